@@ -1,0 +1,87 @@
+"""The names of the span and metric contracts, defined once, and span attributes.
+
+Units are fixed by the contract and the names carry none: joules for
+`codecarbon.energy.*`, watts for `codecarbon.power.*`, grams CO2eq for
+`codecarbon.emissions`, g CO2eq/kWh for `codecarbon.carbon_intensity`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from carbonspan.emissions import CarbonIntensity
+from carbonspan.ledger import Measurement
+from carbonspan.source import COMPONENTS, HardwareInfo
+
+ENERGY_TOTAL = "codecarbon.energy.total"
+ENERGY = {c: f"codecarbon.energy.{c}" for c in COMPONENTS}
+POWER = {c: f"codecarbon.power.{c}" for c in COMPONENTS}
+MEASUREMENT = {c: f"codecarbon.measurement.{c}" for c in COMPONENTS}
+EMISSIONS = "codecarbon.emissions"
+CARBON_INTENSITY = "codecarbon.carbon_intensity"
+COUNTRY = "codecarbon.country.iso_code"
+CLOUD_PROVIDER = "codecarbon.cloud.provider"
+CLOUD_REGION = "codecarbon.cloud.region"
+LOCATION_SOURCE = "codecarbon.location.source"
+ATTRIBUTION = "codecarbon.attribution"
+CONCURRENCY = "codecarbon.concurrency"
+SCOPE = "codecarbon.scope"
+CPU_MODEL = "codecarbon.cpu.model"
+GPU_MODEL = "codecarbon.gpu.model"
+GPU_COUNT = "codecarbon.gpu.count"
+
+# Metric attribute keys.
+HTTP_ROUTE = "http.route"
+HTTP_METHOD = "http.request.method"
+HTTP_STATUS = "http.response.status_code"
+HW_TYPE = "hw.type"
+ATTRIBUTED = "codecarbon.attributed"
+HW_TYPES = {"cpu": "cpu", "gpu": "gpu", "ram": "memory"}
+
+
+def static_attributes(
+    intensity: CarbonIntensity, info: HardwareInfo, scope: str, attribution: str
+) -> dict[str, Any]:
+    """The attributes that are the same on every request's span."""
+    attrs: dict[str, Any] = {
+        CARBON_INTENSITY: intensity.g_per_kwh,
+        LOCATION_SOURCE: intensity.source,
+        SCOPE: scope,
+        ATTRIBUTION: attribution,
+    }
+    optional = {
+        COUNTRY: intensity.country_iso_code,
+        CLOUD_PROVIDER: intensity.cloud_provider,
+        CLOUD_REGION: intensity.cloud_region,
+        CPU_MODEL: info.cpu_model,
+        GPU_MODEL: info.gpu_model,
+        GPU_COUNT: info.gpu_count,
+    }
+    attrs.update({k: v for k, v in optional.items() if v is not None})
+    for component, method in info.measurement.items():
+        attrs[MEASUREMENT[component]] = method
+    return attrs
+
+
+def span_attributes(
+    measurement: Measurement, intensity: CarbonIntensity, static: dict[str, Any]
+) -> dict[str, Any] | None:
+    """All contract attributes for one request, or None if nothing was measured."""
+    total = measurement.total
+    if total is None:
+        return None
+    attrs = dict(static)
+    attrs[ENERGY_TOTAL] = total
+    attrs[EMISSIONS] = intensity.grams(total)
+    attrs[CONCURRENCY] = measurement.concurrency
+    duration = measurement.duration
+    for component, joules in (
+        ("cpu", measurement.cpu),
+        ("gpu", measurement.gpu),
+        ("ram", measurement.ram),
+    ):
+        if joules is not None:
+            attrs[ENERGY[component]] = joules
+            if duration > 0:
+                attrs[POWER[component]] = joules / duration
+    return attrs

@@ -1,0 +1,199 @@
+"""Settings: keyword arguments first, `CARBONSPAN_*` environment second.
+
+A bad keyword argument raises `ValueError` naming the setting and what it
+accepts. A bad environment value is logged and the default is used instead,
+so a typo in a deployment's environment never stops the service (this is
+also what happens under `opentelemetry-instrument`, where settings come from
+the environment only).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from carbonspan import emissions
+from carbonspan.source import PowerSource
+
+_log = logging.getLogger(__name__)
+
+SCOPES = ("process", "machine")
+ATTRIBUTIONS = ("time_share",)
+ENV_PREFIX = "CARBONSPAN_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    country_iso_code: str | None = None
+    region: str | None = None
+    cloud_provider: str | None = None
+    cloud_region: str | None = None
+    carbon_intensity: float | None = None
+    sample_interval: float = 0.1
+    scope: str = "process"
+    attribution: str = "time_share"
+    excluded_urls: re.Pattern[str] | None = None
+    power_source: PowerSource | None = None
+    meter_provider: Any = None
+
+    @classmethod
+    def load(
+        cls, kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Validated settings from `kwargs`, falling back on the environment."""
+        environ = os.environ if environ is None else environ
+        unknown = set(kwargs) - _NAMES
+        if unknown:
+            raise ValueError(
+                f"unknown setting(s) {', '.join(sorted(unknown))}; "
+                f"accepted: {', '.join(sorted(_NAMES))}"
+            )
+        values: dict[str, Any] = {}
+        for name, parse in _PARSERS.items():
+            if name in kwargs and kwargs[name] is not None:
+                values[name] = parse(name, kwargs[name])
+                continue
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[name] = parse(name, raw)
+            except ValueError as exc:
+                _log.error(
+                    "carbonspan: ignoring %s%s=%r: %s; using the default",
+                    ENV_PREFIX,
+                    name.upper(),
+                    raw,
+                    exc,
+                )
+        for name in ("power_source", "meter_provider"):
+            if kwargs.get(name) is not None:
+                values[name] = kwargs[name]
+        if values.get("power_source") is not None and not isinstance(
+            values["power_source"], PowerSource
+        ):
+            raise ValueError(
+                "power_source: expected an object with read() and describe() "
+                f"(the carbonspan.PowerSource protocol), got {values['power_source']!r}"
+            )
+        settings = cls(**values)
+        settings._check_location()
+        return settings
+
+    def _check_location(self) -> None:
+        if self.cloud_region and not self.cloud_provider:
+            raise ValueError(
+                "cloud_region: needs cloud_provider too "
+                f"(one of {', '.join(emissions.CLOUD_PROVIDERS)})"
+            )
+        if self.cloud_provider and self.cloud_region:
+            known = emissions.cloud_regions(self.cloud_provider)
+            if self.cloud_region not in known:
+                sample = ", ".join(sorted(known)[:8])
+                raise ValueError(
+                    f"cloud_region: {self.cloud_region!r} is not a known "
+                    f"{self.cloud_provider} region; accepted are CodeCarbon's "
+                    f"regions for it, e.g. {sample}, ..."
+                )
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name}: expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _country(name: str, value: Any) -> str:
+    code = _text(name, value).upper()
+    if code not in emissions.countries():
+        raise ValueError(
+            f"{name}: {value!r} is not a country CodeCarbon has data for; "
+            "accepted: ISO 3166-1 alpha-3 codes such as FRA, USA, DEU, IND"
+        )
+    return code
+
+
+def _cloud_provider(name: str, value: Any) -> str:
+    provider = _text(name, value).lower()
+    if provider not in emissions.CLOUD_PROVIDERS:
+        raise ValueError(
+            f"{name}: {value!r} is not accepted; use one of "
+            f"{', '.join(emissions.CLOUD_PROVIDERS)}"
+        )
+    return provider
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return number
+
+
+def _intensity(name: str, value: Any) -> float:
+    number = _number(name, value)
+    if number < 0:
+        raise ValueError(f"{name}: expected g CO2eq/kWh >= 0, got {value!r}")
+    return number
+
+
+def _interval(name: str, value: Any) -> float:
+    number = _number(name, value)
+    if not 0 < number <= 60:
+        raise ValueError(f"{name}: expected seconds in (0, 60], got {value!r}")
+    return number
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def parse(name: str, value: Any) -> str:
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text not in choices:
+            raise ValueError(
+                f"{name}: {value!r} is not accepted; use one of {', '.join(choices)}"
+            )
+        return str(text)
+
+    return parse
+
+
+def _excluded(name: str, value: Any) -> re.Pattern[str] | None:
+    if isinstance(value, re.Pattern):
+        return value
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        parts = [p for p in value if p]
+    else:
+        raise ValueError(
+            f"{name}: expected comma-separated regexes or a list of them, got {value!r}"
+        )
+    if not parts:
+        return None
+    try:
+        return re.compile("|".join(f"(?:{p})" for p in parts))
+    except re.error as exc:
+        raise ValueError(f"{name}: {value!r} is not a valid regex list ({exc})") from None
+
+
+_PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    "country_iso_code": _country,
+    "region": _text,
+    "cloud_provider": _cloud_provider,
+    "cloud_region": _text,
+    "carbon_intensity": _intensity,
+    "sample_interval": _interval,
+    "scope": _choice(SCOPES),
+    "attribution": _choice(ATTRIBUTIONS),
+    "excluded_urls": _excluded,
+}
+_NAMES = frozenset(f.name for f in fields(Settings))

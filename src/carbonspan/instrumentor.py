@@ -1,0 +1,145 @@
+"""`CodeCarbonInstrumentor`: wires the middleware into FastAPI apps.
+
+It only wires things together. `instrument_app(app)` patches one app's
+`build_middleware_stack`; `instrument()` patches
+`fastapi.applications.FastAPI.build_middleware_stack`, so every app built
+afterwards is covered whether this loads before or after the FastAPI
+instrumentor. In both cases the built stack is returned with
+`CodeCarbonMiddleware` placed just inside the span-creating middleware:
+
+- below contrib's `OpenTelemetryMiddleware` when that is in the stack;
+- otherwise just inside the outermost `ServerErrorMiddleware`, whose object is
+  returned unchanged (contrib checks for it, and FastAPI's native telemetry
+  opens its span outside the stack).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
+
+from carbonspan.config import Settings
+from carbonspan.middleware import CodeCarbonMiddleware
+from carbonspan.package import _instruments
+from carbonspan.runtime import Runtime
+
+_APP_ATTR = "_carbonspan_runtime"
+
+
+def _is_contrib_asgi(node: Any) -> bool:
+    cls = type(node)
+    return (
+        cls.__name__ == "OpenTelemetryMiddleware"
+        and cls.__module__ == "opentelemetry.instrumentation.asgi"
+    )
+
+
+def insert_middleware(stack: Any, runtime: Runtime) -> Any:
+    """Put `CodeCarbonMiddleware` into a built stack, just inside the span creator."""
+    node = stack
+    while node is not None:
+        if isinstance(node, CodeCarbonMiddleware):
+            return stack  # already measured (both instrument() and instrument_app)
+        node = getattr(node, "app", None)
+    node = stack
+    while node is not None:
+        if _is_contrib_asgi(node):
+            node.app = CodeCarbonMiddleware(node.app, runtime=runtime)
+            return stack
+        node = getattr(node, "app", None)
+    if type(stack).__name__ == "ServerErrorMiddleware" and hasattr(stack, "app"):
+        stack.app = CodeCarbonMiddleware(stack.app, runtime=runtime)
+        return stack
+    return CodeCarbonMiddleware(stack, runtime=runtime)
+
+
+class _Patch:
+    """The global `FastAPI.build_middleware_stack` patch and its runtime."""
+
+    original: Callable[[Any], Any] | None = None
+    runtime: Runtime | None = None
+
+
+class CodeCarbonInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Energy and CO2eq of every HTTP request on its server span and in metrics.
+
+    Settings (keyword arguments, or `CARBONSPAN_<NAME>` in the environment):
+    `country_iso_code`, `region`, `cloud_provider`, `cloud_region`,
+    `carbon_intensity`, `sample_interval`, `scope`, `attribution`,
+    `excluded_urls`, `power_source`, `meter_provider`.
+    """
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        import fastapi.applications
+
+        if _Patch.original is not None:
+            return
+        runtime = Runtime(Settings.load(kwargs))
+        cls = fastapi.applications.FastAPI
+        original = cls.build_middleware_stack
+
+        def build_middleware_stack(app: Any) -> Any:
+            stack = original(app)
+            own = getattr(app, _APP_ATTR, None)
+            active = _Patch.runtime
+            if (own is not None and own.active) or active is None or not active.active:
+                return stack
+            return insert_middleware(stack, active)
+
+        _Patch.original = original
+        _Patch.runtime = runtime
+        cls.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        import fastapi.applications
+
+        if _Patch.original is not None:
+            fastapi.applications.FastAPI.build_middleware_stack = _Patch.original  # type: ignore[method-assign]
+        if _Patch.runtime is not None:
+            _Patch.runtime.close()
+        _Patch.original = None
+        _Patch.runtime = None
+
+    @staticmethod
+    def instrument_app(app: Any, **settings: Any) -> None:
+        """Measure every request of one FastAPI (or Starlette) app."""
+        existing: Runtime | None = getattr(app, _APP_ATTR, None)
+        if existing is not None and existing.active:
+            return
+        runtime = Runtime(Settings.load(settings))
+        original = app.build_middleware_stack
+
+        def build_middleware_stack() -> Any:
+            stack = original()
+            if not runtime.active:
+                return stack
+            return insert_middleware(stack, runtime)
+
+        setattr(app, _APP_ATTR, runtime)
+        app._carbonspan_patch = (original, build_middleware_stack)
+        app.build_middleware_stack = build_middleware_stack
+        if getattr(app, "middleware_stack", None) is not None:
+            app.middleware_stack = app.build_middleware_stack()
+
+    @staticmethod
+    def uninstrument_app(app: Any) -> None:
+        """Stop measuring `app` and take the middleware out of its stack."""
+        runtime: Runtime | None = getattr(app, _APP_ATTR, None)
+        if runtime is None:
+            return
+        runtime.close()
+        original, wrapper = app.__dict__.pop("_carbonspan_patch")
+        if app.__dict__.get("build_middleware_stack") is wrapper:
+            # Nobody patched over us; otherwise our wrapper stays in their
+            # chain and passes the stack through, as the runtime is closed.
+            app.build_middleware_stack = original
+        delattr(app, _APP_ATTR)
+        if getattr(app, "middleware_stack", None) is not None:
+            app.middleware_stack = app.build_middleware_stack()

@@ -1,0 +1,98 @@
+"""The pure-ASGI middleware that charges each HTTP request and annotates its span.
+
+It sits just inside the span-creating middleware (contrib's
+`OpenTelemetryMiddleware`, FastAPI's native telemetry or Starlette's), so the
+server span is current when a request enters. It closes the request's window
+and sets the span attributes *before* forwarding the final
+`http.response.body`, because the span creators end the span right after
+that message. A `finally` covers exceptions and client disconnects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from time import monotonic
+from typing import Any
+
+from opentelemetry import trace
+
+from carbonspan.config import Settings
+from carbonspan.runtime import Runtime
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class CodeCarbonMiddleware:
+    """Measure every HTTP request of `app`.
+
+    Give either keyword settings (as for `CodeCarbonInstrumentor`) or a
+    `runtime` shared with other middlewares.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, runtime: Runtime | None = None, **settings: Any
+    ) -> None:
+        self.app = app
+        self.runtime = runtime if runtime is not None else Runtime(Settings.load(settings))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = self.runtime
+        if scope["type"] != "http" or not runtime.active:
+            await self.app(scope, receive, send)
+            return
+        request = _Request(runtime, scope, send)
+        try:
+            await self.app(scope, receive, request.send)
+        finally:
+            if request.window is not None:
+                request.finish()
+
+
+class _Request:
+    """One request's window, and the send wrapper that closes it in time."""
+
+    __slots__ = ("_send", "excluded", "ledger", "runtime", "scope", "span", "status", "window")
+
+    def __init__(self, runtime: Runtime, scope: Scope, send: Send) -> None:
+        self.runtime = runtime
+        self.scope = scope
+        self._send = send
+        self.span = trace.get_current_span()
+        self.status = 500
+        self.ledger = runtime.ledger
+        excluded = runtime.excluded
+        self.excluded = excluded is not None and excluded(scope.get("path", "")) is not None
+        self.window: Any = self.ledger.open(monotonic())
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+        elif (
+            kind == "http.response.body" and not message.get("more_body", False)
+        ) or kind == "http.response.pathsend":
+            if self.window is not None:
+                self.finish()
+        await self._send(message)
+
+    def finish(self) -> None:
+        window, self.window = self.window, None
+        runtime = self.runtime
+        try:
+            measurement = self.ledger.close(window, monotonic(), not self.excluded)
+            if self.excluded:
+                return
+            scope = self.scope
+            route = getattr(scope.get("route"), "path", None)
+            runtime.metrics.record(measurement, route, scope.get("method", ""), self.status)
+            span = self.span
+            if span.is_recording():
+                attributes = runtime.span_attributes(measurement)
+                if attributes is not None:
+                    span.set_attributes(attributes)
+        except Exception as exc:  # never let measuring hurt the request
+            runtime.report(exc)

@@ -1,0 +1,148 @@
+"""One daemon thread per process that reads the power source into the ledger.
+
+The sampler is the only reader of its source (CodeCarbon's hardware objects
+keep state between calls). Samplers are shared: every instrumentation in a
+process that uses the same source settings leases the same one, and the
+thread stops when the last lease is released.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable
+
+from carbonspan.ledger import Ledger
+from carbonspan.source import HardwareInfo, PowerSource
+
+_log = logging.getLogger(__name__)
+
+#: Seconds between two log lines about the same failing source.
+LOG_EVERY = 60.0
+
+
+class Sampler:
+    """Reads `source` every `interval` seconds and ticks `ledger` with it."""
+
+    def __init__(self, source: PowerSource, interval: float = 0.1) -> None:
+        self.source = source
+        self.interval = interval
+        self.ledger = Ledger()
+        self._read_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_error_log = -LOG_EVERY
+        self.errors = 0
+        self.info = HardwareInfo()
+        _live.add(self)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="carbonspan-sampler", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def sample(self) -> bool:
+        """Read the source once and tick the ledger; False if the read failed."""
+        with self._read_lock:
+            try:
+                reading = self.source.read()
+                if not self.info.measurement:
+                    self.info = self.source.describe()
+            except Exception as exc:
+                self._report(exc)
+                return False
+            self.ledger.tick(reading)
+            return True
+
+    def _run(self) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            began = time.monotonic()
+            self.sample()
+            stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
+
+    def _report(self, exc: BaseException) -> None:
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= LOG_EVERY:
+            self._last_error_log = now
+            _log.warning(
+                "carbonspan: reading the power source %r failed (%d failures so far); "
+                "requests go on without energy figures until it recovers",
+                self.source,
+                self.errors,
+                exc_info=exc,
+            )
+
+    def _after_fork(self) -> None:
+        was_running = self._thread is not None
+        self._thread = None
+        self._read_lock = threading.Lock()
+        self.ledger.reset()
+        if was_running:
+            self.start()
+
+
+_live: weakref.WeakSet[Sampler] = weakref.WeakSet()
+
+
+def _restart_in_child() -> None:
+    for sampler in list(_live):
+        sampler._after_fork()
+    _registry.after_fork()
+
+
+class _Registry:
+    """Shared samplers by key, reference-counted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[Hashable, tuple[Sampler, int]] = {}
+
+    def lease(self, key: Hashable, make: Callable[[], Sampler]) -> Sampler:
+        with self._lock:
+            sampler, count = self._entries.get(key, (None, 0))
+            if sampler is None:
+                sampler = make()
+            self._entries[key] = (sampler, count + 1)
+        sampler.start()
+        return sampler
+
+    def release(self, sampler: Sampler) -> None:
+        with self._lock:
+            for key, (entry, count) in list(self._entries.items()):
+                if entry is sampler:
+                    if count > 1:
+                        self._entries[key] = (entry, count - 1)
+                        return
+                    del self._entries[key]
+                    break
+        sampler.stop()
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+_registry = _Registry()
+lease = _registry.lease
+release = _registry.release
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_in_child)

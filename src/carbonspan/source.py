@@ -1,0 +1,293 @@
+"""Where joules come from: the PowerSource protocol and CodeCarbon's hardware.
+
+A power source reports *cumulative* joules per component since it started, at a
+`time.monotonic()` instant. Everything downstream (sampler, ledger) only ever
+takes differences of these readings, so a source is free to integrate power
+itself (models) or to read a hardware energy counter (RAPL, NVML).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import psutil
+
+_log = logging.getLogger(__name__)
+
+Scope = Literal["process", "machine"]
+COMPONENTS = ("cpu", "gpu", "ram")
+
+
+@dataclass(frozen=True)
+class EnergyReading:
+    """Cumulative joules per component at `time` (seconds, `time.monotonic()`).
+
+    A component that is not measured is `None`, never 0.
+    """
+
+    time: float
+    cpu: float | None = None
+    gpu: float | None = None
+    ram: float | None = None
+
+
+@dataclass(frozen=True)
+class HardwareInfo:
+    """What was measured and how. `measurement` maps component -> method."""
+
+    cpu_model: str | None = None
+    gpu_model: str | None = None
+    gpu_count: int | None = None
+    measurement: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class PowerSource(Protocol):
+    """Anything that can report cumulative joules per component."""
+
+    def read(self) -> EnergyReading:
+        """Cumulative joules since the source started, per component."""
+        ...
+
+    def describe(self) -> HardwareInfo:
+        """Hardware models and the measurement method per component."""
+        ...
+
+
+class CodeCarbonPowerSource:
+    """CodeCarbon's hardware readings, integrated into cumulative joules.
+
+    Hardware detection (about 2 s cold, mostly py-cpuinfo) runs on the first
+    `read()`, which the sampler calls from its own thread, never on a request.
+    It never touches the network.
+
+    With ``scope="process"`` the machine's power is scaled by this process's
+    share: CPU by its CPU time over the machine's busy CPU time, RAM by its
+    resident memory over the machine's used memory, GPU by NVML's per-process
+    utilisation where the driver offers it. With ``scope="machine"`` the whole
+    machine is charged.
+    """
+
+    def __init__(self, scope: Scope = "process", *, gpu: bool = True) -> None:
+        if scope not in ("process", "machine"):
+            raise ValueError(
+                f"scope: {scope!r} is not accepted; use 'process' or 'machine'"
+            )
+        self.scope: Scope = scope
+        self._want_gpu = gpu
+        self._lock = threading.Lock()
+        self._ready = False
+        self._cpu: Any = None
+        self._ram: Any = None
+        self._gpu: _NvmlGpu | None = None
+        self._info = HardwareInfo()
+        self._last_time = 0.0
+        self._total: dict[str, float] = {}
+        self._process = psutil.Process()
+        self._last_proc_cpu = 0.0
+        self._last_machine_busy = 0.0
+
+    # -- detection --------------------------------------------------------
+
+    def _detect(self) -> None:
+        measurement: dict[str, str] = {}
+        cpu_model: str | None = None
+        try:
+            self._cpu, measurement["cpu"], cpu_model = _detect_cpu()
+        except Exception:
+            _log.warning("CPU detection failed; CPU energy is not measured", exc_info=True)
+        try:
+            from codecarbon.external.ram import RAM
+
+            self._ram = RAM(tracking_mode="machine")
+            measurement["ram"] = "model"
+        except Exception:
+            _log.warning("RAM detection failed; RAM energy is not measured", exc_info=True)
+        gpu_model: str | None = None
+        gpu_count: int | None = None
+        if self._want_gpu:
+            self._gpu = _NvmlGpu.detect()
+            if self._gpu is not None:
+                measurement["gpu"] = "nvml"
+                gpu_model, gpu_count = self._gpu.model, self._gpu.count
+        self._info = HardwareInfo(
+            cpu_model=cpu_model,
+            gpu_model=gpu_model,
+            gpu_count=gpu_count,
+            measurement=measurement,
+        )
+        now = time.monotonic()
+        self._last_time = now
+        self._total = {name: 0.0 for name in measurement}
+        self._last_proc_cpu, self._last_machine_busy = self._cpu_times()
+        if self._cpu is not None:
+            self._cpu.start()
+        self._ready = True
+
+    # -- PowerSource -----------------------------------------------------
+
+    def read(self) -> EnergyReading:
+        with self._lock:
+            if not self._ready:
+                self._detect()
+                return self._reading(self._last_time)
+            now = time.monotonic()
+            dt = now - self._last_time
+            self._last_time = now
+            if dt > 0:
+                self._integrate(dt)
+            return self._reading(now)
+
+    def describe(self) -> HardwareInfo:
+        return self._info
+
+    # -- internals ---------------------------------------------------------
+
+    def _reading(self, at: float) -> EnergyReading:
+        return EnergyReading(
+            time=at,
+            cpu=self._total.get("cpu"),
+            gpu=self._total.get("gpu"),
+            ram=self._total.get("ram"),
+        )
+
+    def _integrate(self, dt: float) -> None:
+        process = self.scope == "process"
+        if self._cpu is not None:
+            _, energy = self._cpu.measure_power_and_energy(last_duration=dt)
+            joules = float(energy.kWh) * 3.6e6
+            proc_cpu, machine_busy = self._cpu_times()
+            if process:
+                busy = machine_busy - self._last_machine_busy
+                used = proc_cpu - self._last_proc_cpu
+                joules *= min(max(used / busy, 0.0), 1.0) if busy > 0 else 0.0
+            self._last_proc_cpu, self._last_machine_busy = proc_cpu, machine_busy
+            self._total["cpu"] += joules
+        if self._ram is not None:
+            watts = float(self._ram.total_power().W)
+            if process:
+                watts *= _memory_share(self._process)
+            self._total["ram"] += watts * dt
+        if self._gpu is not None:
+            self._total["gpu"] += self._gpu.joules(dt, os.getpid() if process else None)
+
+    def _cpu_times(self) -> tuple[float, float]:
+        proc = self._process.cpu_times()
+        machine = psutil.cpu_times()
+        idle = machine.idle + getattr(machine, "iowait", 0.0)
+        total = sum(machine) - getattr(machine, "guest", 0.0)
+        total -= getattr(machine, "guest_nice", 0.0)
+        return proc.user + proc.system, total - idle
+
+
+def _detect_cpu() -> tuple[Any, str, str | None]:
+    """CodeCarbon's CPU object in machine mode, and how it measures."""
+    from codecarbon.core import cpu as cc_cpu
+    from codecarbon.core.hardware_cache import get_cached_tdp
+    from codecarbon.core.util import count_physical_cpus, is_linux_os
+    from codecarbon.external.hardware import CPU, MODE_CPU_LOAD
+
+    if is_linux_os() and cc_cpu.is_rapl_available():
+        hw = CPU.from_utils(".", "intel_rapl", tracking_mode="machine")
+        return hw, "rapl", hw.get_model()
+    tdp = get_cached_tdp(cc_cpu)
+    max_power = tdp.tdp * count_physical_cpus() if tdp.tdp is not None else None
+    mode, label = (MODE_CPU_LOAD, "cpu_load")
+    if not cc_cpu.is_psutil_available():
+        mode, label = ("constant", "tdp")
+    hw = CPU.from_utils(".", mode, tdp.model, max_power, tracking_mode="machine")
+    return hw, label, tdp.model
+
+
+def _memory_share(process: psutil.Process) -> float:
+    vm = psutil.virtual_memory()
+    used = vm.total - vm.available
+    if used <= 0:
+        return 0.0
+    return min(process.memory_info().rss / used, 1.0)
+
+
+class _NvmlGpu:
+    """NVIDIA GPUs through NVML: the energy counter where the driver has one.
+
+    With a pid, the device's energy is scaled by the pid's share of the SM
+    utilisation NVML reports per process; where that is unsupported, by the
+    pid's share of the memory used by processes on the device.
+    """
+
+    def __init__(self, nvml: Any, handles: list[Any], model: str) -> None:
+        self._nvml = nvml
+        self._handles = handles
+        self.count = len(handles)
+        self.model = model
+        self._last_mj: list[int | None] = [self._energy_mj(h) for h in handles]
+        self._last_seen = [0] * len(handles)
+
+    @classmethod
+    def detect(cls) -> _NvmlGpu | None:
+        try:
+            from codecarbon.core import gpu_nvidia
+
+            if not gpu_nvidia.PYNVML_AVAILABLE or not gpu_nvidia.is_nvidia_system():
+                return None
+            nvml = gpu_nvidia.pynvml
+            nvml.nvmlInit()
+            count = nvml.nvmlDeviceGetCount()
+            if count == 0:
+                return None
+            handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            names = [_text(nvml.nvmlDeviceGetName(h)) for h in handles]
+            model = ", ".join(sorted(set(names)))
+            return cls(nvml, handles, model)
+        except Exception:
+            _log.warning("NVML detection failed; GPU energy is not measured", exc_info=True)
+            return None
+
+    def _energy_mj(self, handle: Any) -> int | None:
+        try:
+            return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+        except Exception:
+            return None
+
+    def joules(self, dt: float, pid: int | None) -> float:
+        total = 0.0
+        for i, handle in enumerate(self._handles):
+            now_mj = self._energy_mj(handle)
+            last_mj = self._last_mj[i]
+            if now_mj is not None and last_mj is not None and now_mj >= last_mj:
+                joules = (now_mj - last_mj) / 1000.0
+            else:
+                joules = self._nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0 * dt
+            self._last_mj[i] = now_mj
+            if pid is not None:
+                joules *= self._share(i, handle, pid)
+            total += joules
+        return total
+
+    def _share(self, index: int, handle: Any, pid: int) -> float:
+        nvml = self._nvml
+        try:
+            samples = nvml.nvmlDeviceGetProcessUtilization(handle, self._last_seen[index])
+            if samples:
+                self._last_seen[index] = max(s.timeStamp for s in samples)
+                sm_all = sum(s.smUtil for s in samples)
+                if sm_all > 0:
+                    return sum(s.smUtil for s in samples if s.pid == pid) / sm_all
+        except Exception:
+            pass
+        try:
+            procs = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        except Exception:
+            return 0.0
+        memory = {p.pid: (p.usedGpuMemory or 0) for p in procs}
+        used = sum(memory.values())
+        return memory.get(pid, 0) / used if used > 0 else 0.0
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
