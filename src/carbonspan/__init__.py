@@ -1,4 +1,4 @@
-"""carbonspan: each HTTP request's energy (J) and CO2eq (g) on its OpenTelemetry span."""
+"""carbonspan: each HTTP request's energy and CO2eq on its OpenTelemetry span."""
 
 from carbonspan.instrumentor import CodeCarbonInstrumentor
 from carbonspan.ledger import Measurement

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from carbonspan import emissions
-from carbonspan.source import PowerSource
+from carbonspan.source import PowerSource, Scope
 
 _log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Settings:
     cloud_region: str | None = None
     carbon_intensity: float | None = None
     sample_interval: float = 0.1
-    scope: str = "process"
+    scope: Scope = "process"
     attribution: str = "time_share"
     excluded_urls: re.Pattern[str] | None = None
     power_source: PowerSource | None = None
@@ -182,7 +182,9 @@ def _excluded(name: str, value: Any) -> re.Pattern[str] | None:
     try:
         return re.compile("|".join(f"(?:{p})" for p in parts))
     except re.error as exc:
-        raise ValueError(f"{name}: {value!r} is not a valid regex list ({exc})") from None
+        raise ValueError(
+            f"{name}: {value!r} is not a valid regex list ({exc})"
+        ) from None
 
 
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {

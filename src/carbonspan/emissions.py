@@ -54,7 +54,9 @@ def resolve(
         if factor is not None:
             return CarbonIntensity(factor, "cloud", **where)
     if country_iso_code:
-        return CarbonIntensity(_country_factor(country_iso_code, region), "country", **where)
+        return CarbonIntensity(
+            _country_factor(country_iso_code, region), "country", **where
+        )
     return CarbonIntensity(world_average(), "default", **where)
 
 
@@ -92,11 +94,13 @@ def countries() -> frozenset[str]:
     return frozenset(DataSource().get_global_energy_mix_data())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cloud_regions(provider: str) -> dict[str, float]:
     """Region -> g CO2eq/kWh for one cloud provider, from CodeCarbon's table."""
     from codecarbon.input import DataSource
 
     df = DataSource().get_cloud_emissions_data()
     rows = df[df["provider"] == provider]
-    return {str(r): float(i) for r, i in zip(rows["region"], rows["impact"], strict=True)}
+    return {
+        str(r): float(i) for r, i in zip(rows["region"], rows["impact"], strict=True)
+    }

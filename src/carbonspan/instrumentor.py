@@ -95,13 +95,14 @@ class CodeCarbonInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         _Patch.original = original
         _Patch.runtime = runtime
-        cls.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
+        setattr(cls, "build_middleware_stack", build_middleware_stack)  # noqa: B010
 
     def _uninstrument(self, **kwargs: Any) -> None:
         import fastapi.applications
 
         if _Patch.original is not None:
-            fastapi.applications.FastAPI.build_middleware_stack = _Patch.original  # type: ignore[method-assign]
+            cls = fastapi.applications.FastAPI
+            setattr(cls, "build_middleware_stack", _Patch.original)  # noqa: B010
         if _Patch.runtime is not None:
             _Patch.runtime.close()
         _Patch.original = None

@@ -61,7 +61,7 @@ class Metrics:
             "codecarbon.energy",
             callbacks=[self._observe_energy],
             unit="J",
-            description="Energy measured for this process, attributed to requests or not",
+            description="Energy measured for this process, attributed or not",
         )
         meter.create_observable_counter(
             "codecarbon.emissions",
@@ -115,9 +115,13 @@ class Metrics:
             if not totals.known[i]:
                 continue
             hw = a.HW_TYPES[component]
-            out.append(Observation(totals.attributed[i], {a.HW_TYPE: hw, a.ATTRIBUTED: True}))
             out.append(
-                Observation(totals.unattributed[i], {a.HW_TYPE: hw, a.ATTRIBUTED: False})
+                Observation(totals.attributed[i], {a.HW_TYPE: hw, a.ATTRIBUTED: True})
+            )
+            out.append(
+                Observation(
+                    totals.unattributed[i], {a.HW_TYPE: hw, a.ATTRIBUTED: False}
+                )
             )
         return out
 

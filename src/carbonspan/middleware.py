@@ -37,7 +37,9 @@ class CodeCarbonMiddleware:
         self, app: ASGIApp, *, runtime: Runtime | None = None, **settings: Any
     ) -> None:
         self.app = app
-        self.runtime = runtime if runtime is not None else Runtime(Settings.load(settings))
+        self.runtime = (
+            runtime if runtime is not None else Runtime(Settings.load(settings))
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime
@@ -55,7 +57,16 @@ class CodeCarbonMiddleware:
 class _Request:
     """One request's window, and the send wrapper that closes it in time."""
 
-    __slots__ = ("_send", "excluded", "ledger", "runtime", "scope", "span", "status", "window")
+    __slots__ = (
+        "_send",
+        "excluded",
+        "ledger",
+        "runtime",
+        "scope",
+        "span",
+        "status",
+        "window",
+    )
 
     def __init__(self, runtime: Runtime, scope: Scope, send: Send) -> None:
         self.runtime = runtime
@@ -65,18 +76,20 @@ class _Request:
         self.status = 500
         self.ledger = runtime.ledger
         excluded = runtime.excluded
-        self.excluded = excluded is not None and excluded(scope.get("path", "")) is not None
+        self.excluded = (
+            excluded is not None and excluded(scope.get("path", "")) is not None
+        )
         self.window: Any = self.ledger.open(monotonic())
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
-        elif (
-            kind == "http.response.body" and not message.get("more_body", False)
-        ) or kind == "http.response.pathsend":
-            if self.window is not None:
-                self.finish()
+        elif self.window is not None and (
+            (kind == "http.response.body" and not message.get("more_body", False))
+            or kind == "http.response.pathsend"
+        ):
+            self.finish()
         await self._send(message)
 
     def finish(self) -> None:
@@ -88,7 +101,9 @@ class _Request:
                 return
             scope = self.scope
             route = getattr(scope.get("route"), "path", None)
-            runtime.metrics.record(measurement, route, scope.get("method", ""), self.status)
+            runtime.metrics.record(
+                measurement, route, scope.get("method", ""), self.status
+            )
             span = self.span
             if span.is_recording():
                 attributes = runtime.span_attributes(measurement)

@@ -29,20 +29,17 @@ class Runtime:
             region=settings.region,
         )
         source = settings.power_source
+        interval = settings.sample_interval
         if source is None:
-            key: Any = ("codecarbon", settings.scope, settings.sample_interval)
             scope = settings.scope
             self.sampler = sampler.lease(
-                key,
-                lambda: sampler.Sampler(
-                    CodeCarbonPowerSource(scope), settings.sample_interval  # type: ignore[arg-type]
-                ),
+                ("codecarbon", scope, interval),
+                lambda: sampler.Sampler(CodeCarbonPowerSource(scope), interval),
             )
         else:
             src: PowerSource = source
             self.sampler = sampler.lease(
-                (id(source), settings.sample_interval),
-                lambda: sampler.Sampler(src, settings.sample_interval),
+                (id(src), interval), lambda: sampler.Sampler(src, interval)
             )
         self.ledger = self.sampler.ledger
         self.metrics = Metrics(self.ledger, self.intensity, settings.meter_provider)

@@ -100,14 +100,18 @@ class CodeCarbonPowerSource:
         try:
             self._cpu, measurement["cpu"], cpu_model = _detect_cpu()
         except Exception:
-            _log.warning("CPU detection failed; CPU energy is not measured", exc_info=True)
+            _log.warning(
+                "CPU detection failed; CPU energy is not measured", exc_info=True
+            )
         try:
             from codecarbon.external.ram import RAM
 
             self._ram = RAM(tracking_mode="machine")
             measurement["ram"] = "model"
         except Exception:
-            _log.warning("RAM detection failed; RAM energy is not measured", exc_info=True)
+            _log.warning(
+                "RAM detection failed; RAM energy is not measured", exc_info=True
+            )
         gpu_model: str | None = None
         gpu_count: int | None = None
         if self._want_gpu:
@@ -206,10 +210,10 @@ def _detect_cpu() -> tuple[Any, str, str | None]:
 
 def _memory_share(process: psutil.Process) -> float:
     vm = psutil.virtual_memory()
-    used = vm.total - vm.available
+    used = float(vm.total - vm.available)
     if used <= 0:
         return 0.0
-    return min(process.memory_info().rss / used, 1.0)
+    return min(float(process.memory_info().rss) / used, 1.0)
 
 
 class _NvmlGpu:
@@ -245,7 +249,9 @@ class _NvmlGpu:
             model = ", ".join(sorted(set(names)))
             return cls(nvml, handles, model)
         except Exception:
-            _log.warning("NVML detection failed; GPU energy is not measured", exc_info=True)
+            _log.warning(
+                "NVML detection failed; GPU energy is not measured", exc_info=True
+            )
             return None
 
     def _energy_mj(self, handle: Any) -> int | None:
@@ -272,12 +278,16 @@ class _NvmlGpu:
     def _share(self, index: int, handle: Any, pid: int) -> float:
         nvml = self._nvml
         try:
-            samples = nvml.nvmlDeviceGetProcessUtilization(handle, self._last_seen[index])
+            samples = nvml.nvmlDeviceGetProcessUtilization(
+                handle, self._last_seen[index]
+            )
             if samples:
                 self._last_seen[index] = max(s.timeStamp for s in samples)
-                sm_all = sum(s.smUtil for s in samples)
+                sm_all = float(sum(s.smUtil for s in samples))
                 if sm_all > 0:
-                    return sum(s.smUtil for s in samples if s.pid == pid) / sm_all
+                    return (
+                        float(sum(s.smUtil for s in samples if s.pid == pid)) / sm_all
+                    )
         except Exception:
             pass
         try:
