@@ -1,0 +1,454 @@
+"""carbonspan demo: each HTTP request's energy and CO2eq, read back from its span.
+
+It serves a small FastAPI app with a real uvicorn server on 127.0.0.1, traced
+by opentelemetry-instrumentation-fastapi and measured by carbonspan with the
+default power source (CodeCarbon's hardware readings). It sends the app a
+bounded mix of requests, some of them concurrently, then prints one row per
+request from the server spans, and the process's energy totals from the
+`codecarbon.energy` metric.
+
+    bash scripts/demo                       # or: python examples/demo.py
+    bash scripts/demo --country DEU --requests 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import StreamingResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import SpanKind
+
+from carbonspan import CodeCarbonInstrumentor
+from carbonspan.runtime import Runtime
+
+HOST = "127.0.0.1"
+COMPONENTS = ("cpu", "gpu", "ram")
+HW_TYPES = {"cpu": "cpu", "gpu": "gpu", "memory": "ram"}  # metric hw.type -> ours
+READY_TIMEOUT = 15.0  # seconds to wait for hardware detection (about 2 s)
+
+log = logging.getLogger("demo")
+
+
+# -- the app -----------------------------------------------------------------
+
+
+class DemoFailure(RuntimeError):
+    """Raised on purpose by `/fail`; the server answers 500."""
+
+
+def burn_cpu(seconds: float) -> int:
+    """Spin on this thread's CPU time (not wall time) for `seconds`."""
+    deadline = time.thread_time() + seconds
+    rounds = 0
+    while time.thread_time() < deadline:
+        total = 0
+        for i in range(2_000):
+            total += i * i
+        rounds += 1
+    return rounds
+
+
+def make_app() -> FastAPI:
+    app = FastAPI(title="carbonspan demo")
+
+    @app.get("/fast")
+    async def fast() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/cpu")
+    def cpu() -> dict[str, int]:  # sync: runs in Starlette's thread pool
+        return {"rounds": burn_cpu(0.2)}
+
+    @app.get("/sleep")
+    async def sleep() -> dict[str, float]:
+        await asyncio.sleep(0.3)
+        return {"slept": 0.3}
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(6):
+                await asyncio.sleep(0.04)
+                yield f"chunk {i}\n".encode()
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    @app.get("/fail")
+    async def fail() -> None:
+        raise DemoFailure("this endpoint always fails")
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        raise HTTPException(status_code=404, detail=f"no item {item_id}")
+
+    return app
+
+
+class QuietDemoFailure(logging.Filter):
+    """Drop uvicorn's traceback for the failure `/fail` raises on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, DemoFailure)
+
+
+# -- the server ----------------------------------------------------------------
+
+
+class Server:
+    """uvicorn in a thread of this process, so its spans land in our exporter."""
+
+    def __init__(self, app: FastAPI, port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, port))  # port 0: the OS picks a free one
+        self.port: int = self.sock.getsockname()[1]
+        config = uvicorn.Config(
+            app, log_config=None, log_level="warning", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="uvicorn"
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(timeout=5.0)
+        self.sock.close()
+
+
+# -- the traffic ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One request the client sent, and the trace id it propagated."""
+
+    phase: str
+    path: str
+    trace_id: int
+    status: int
+
+
+async def send(client: httpx.AsyncClient, phase: str, path: str) -> Sent:
+    # A traceparent we choose, so each row can be matched to its server span.
+    trace_id = random.getrandbits(128) or 1
+    parent = f"00-{trace_id:032x}-{random.getrandbits(64) or 1:016x}-01"
+    response = await client.get(path, headers={"traceparent": parent})
+    await response.aread()
+    return Sent(phase, path, trace_id, response.status_code)
+
+
+async def traffic(url: str, multiplier: int) -> list[Sent]:
+    """One of each endpoint in turn, then bursts of concurrent requests."""
+    one_of_each = ["/fast", "/cpu", "/sleep", "/stream", "/fail", "/items/42"]
+    burst = ["/fast"] * 4 + ["/cpu"] * 2 + ["/sleep"] * 2 + ["/stream"]
+    sent: list[Sent] = []
+    limits = httpx.Limits(max_connections=len(burst))
+    async with httpx.AsyncClient(
+        base_url=url, trust_env=False, timeout=10.0, limits=limits
+    ) as client:
+        for _ in range(multiplier):
+            for path in one_of_each:
+                sent.append(await send(client, "sequential", path))
+        for _ in range(multiplier):
+            sent += await asyncio.gather(
+                *(send(client, "concurrent", path) for path in burst)
+            )
+    return sent
+
+
+# -- reading the results -------------------------------------------------------
+
+
+def wait_for_hardware(runtime: Runtime, timeout: float) -> None:
+    """Block until the sampler has detected the hardware and ticked the ledger."""
+    deadline = time.monotonic() + timeout
+    sampler = runtime.sampler
+    while not (sampler.info.measurement and runtime.ledger.last_reading is not None):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"no power reading after {timeout:.0f} s "
+                f"({sampler.errors} failed reads); see the log above"
+            )
+        time.sleep(0.05)
+
+
+def print_hardware(runtime: Runtime, elapsed: float) -> None:
+    info = runtime.sampler.info
+    intensity = runtime.intensity
+    settings = runtime.settings
+    where = intensity.country_iso_code or intensity.cloud_region or "world"
+    print(f"Hardware detected in {elapsed:.1f} s:")
+    print(f"  CPU model          {info.cpu_model or 'unknown'}")
+    if info.gpu_model:
+        print(f"  GPU model          {info.gpu_model} (x{info.gpu_count})")
+    methods = ", ".join(f"{c}={m}" for c, m in sorted(info.measurement.items()))
+    print(f"  measured by        {methods}")
+    unmeasured = [c for c in COMPONENTS if c not in info.measurement]
+    if unmeasured:
+        print(f"  not measured       {', '.join(unmeasured)}")
+    print(
+        f"  scope              {settings.scope}, sampled every "
+        f"{settings.sample_interval * 1000:.0f} ms, attribution {settings.attribution}"
+    )
+    print(
+        f"  carbon intensity   {intensity.g_per_kwh:.1f} g CO2eq/kWh "
+        f"({where}, source: {intensity.source})"
+    )
+    print()
+
+
+def server_spans(spans: Iterable[ReadableSpan]) -> dict[int, ReadableSpan]:
+    out: dict[int, ReadableSpan] = {}
+    for span in spans:
+        if span.kind is SpanKind.SERVER and span.context is not None:
+            out[span.context.trace_id] = span
+    return out
+
+
+def fmt(value: float | None, scale: float, width: int, digits: int = 3) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value * scale:{width}.{digits}f}"
+
+
+COLUMNS = (
+    ("phase", 10, "<"),
+    ("route", 16, "<"),
+    ("status", 6, ">"),
+    ("ms", 7, ">"),
+    ("cpu mJ", 9, ">"),
+    ("gpu mJ", 9, ">"),
+    ("ram mJ", 9, ">"),
+    ("total mJ", 9, ">"),
+    ("conc.", 5, ">"),
+    ("CO2eq µg", 9, ">"),
+)
+
+
+def row(cells: Iterable[str]) -> str:
+    return "  ".join(
+        f"{cell:{align}{width}}"
+        for cell, (_, width, align) in zip(cells, COLUMNS, strict=True)
+    )
+
+
+def print_requests(sent: list[Sent], spans: Mapping[int, ReadableSpan]) -> float:
+    """One row per request; returns the joules the rows add up to."""
+    header = row(name for name, _, _ in COLUMNS)
+    print(header)
+    print("-" * len(header))
+    total = 0.0
+    missing = 0
+    for request in sent:
+        span = spans.get(request.trace_id)
+        attrs: Mapping[str, Any] = (span.attributes or {}) if span else {}
+        route = str(attrs.get("http.route", request.path))
+        status = attrs.get("http.response.status_code", attrs.get("http.status_code"))
+        duration = None
+        if span is not None and span.end_time and span.start_time:
+            duration = (span.end_time - span.start_time) / 1e9
+        energy = attrs.get("codecarbon.energy.total")
+        if energy is None:
+            missing += 1
+        else:
+            total += energy
+        concurrency = attrs.get("codecarbon.concurrency")
+        print(
+            row(
+                [
+                    request.phase,
+                    route,
+                    str(status if status is not None else request.status),
+                    fmt(duration, 1e3, 7, 1),
+                    *(
+                        fmt(attrs.get(f"codecarbon.energy.{c}"), 1e3, 9)
+                        for c in COMPONENTS
+                    ),
+                    fmt(energy, 1e3, 9),
+                    fmt(concurrency, 1, 5, 2),
+                    fmt(attrs.get("codecarbon.emissions"), 1e6, 9),
+                ]
+            )
+        )
+    print()
+    if missing:
+        log.warning("%d request(s) have no energy figures on their span", missing)
+    return total
+
+
+def metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    points: list[Any] = []
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    points += metric.data.data_points
+    return points
+
+
+def print_totals(
+    runtime: Runtime, reader: InMemoryMetricReader, from_spans: float
+) -> None:
+    energy: dict[bool, dict[str, float]] = {True: {}, False: {}}
+    for point in metric_points(reader, "codecarbon.energy"):
+        attributed = bool(point.attributes.get("codecarbon.attributed"))
+        component = HW_TYPES.get(str(point.attributes.get("hw.type")), "?")
+        energy[attributed][component] = float(point.value)
+    grams: dict[bool, float] = {}
+    for point in metric_points(reader, "codecarbon.emissions"):
+        grams[bool(point.attributes.get("codecarbon.attributed"))] = point.value
+    totals = runtime.ledger.totals()
+    measured = {
+        c: totals.measured[i] for i, c in enumerate(COMPONENTS) if totals.known[i]
+    }
+    grams_measured = runtime.intensity.grams(sum(measured.values()))
+
+    print("Totals for this process (J; the metric is `codecarbon.energy`):")
+    print(f"  {'':26}" + "".join(f"{c:>10}" for c in (*COMPONENTS, "total")))
+
+    def line(label: str, values: Mapping[str, float], extra: str = "") -> None:
+        cells = [fmt(values.get(c), 1, 10) for c in COMPONENTS]
+        cells.append(fmt(sum(values.values()), 1, 10))
+        print(f"  {label:26}" + "".join(cells) + extra)
+
+    def co2(g: float | None) -> str:
+        return "" if g is None else f"   {g * 1e3:8.4f} mg CO2eq"
+
+    line("attributed to requests", energy[True], co2(grams.get(True)))
+    line("unattributed (idle)", energy[False], co2(grams.get(False)))
+    line("measured by the source", measured, co2(grams_measured))
+    attributed = sum(energy[True].values())
+    accounted = attributed + sum(energy[False].values())
+    measured_j = sum(measured.values())
+    print()
+    print(f"  sum of the request rows    {from_spans:10.4f} J  (metric: {attributed:.4f})")
+    if measured_j > 0:
+        gap = (accounted - measured_j) / measured_j
+        print(
+            f"  attributed + unattributed = {accounted:.4f} J, "
+            f"{gap:+.3%} off the measured {measured_j:.4f} J"
+        )
+
+
+# -- main ----------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--country",
+        default="FRA",
+        help="ISO 3166-1 alpha-3 code for the carbon intensity (default: FRA)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=1,
+        metavar="N",
+        help="send N times the request mix, 1 to 20 (default: 1)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)"
+    )
+    args = parser.parse_args(argv)
+    if not 1 <= args.requests <= 20:
+        parser.error("--requests: expected 1 to 20")
+    if not 0 <= args.port <= 65535:
+        parser.error("--port: expected 0 to 65535")
+    return args
+
+
+def run(args: argparse.Namespace) -> None:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    server: Server | None = None
+    try:
+        app = make_app()
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
+        began = time.monotonic()
+        try:
+            CodeCarbonInstrumentor().instrument_app(
+                app, country_iso_code=args.country, meter_provider=meter_provider
+            )
+        except ValueError as exc:
+            raise SystemExit(f"demo: {exc}") from None
+        runtime: Runtime = app._carbonspan_runtime  # type: ignore[attr-defined]
+
+        server = Server(app, args.port)
+        server.start()
+        print(f"Serving on {server.url}; detecting hardware (about 2 s)...")
+        wait_for_hardware(runtime, READY_TIMEOUT)
+        print_hardware(runtime, time.monotonic() - began)
+
+        sent = asyncio.run(traffic(server.url, args.requests))
+        # Let the sampler take one more tick, so the last interval is counted,
+        # then stop it, so the totals below stay put while we read them.
+        time.sleep(runtime.settings.sample_interval * 2.5)
+        CodeCarbonInstrumentor.uninstrument_app(app)
+
+        print(f"{len(sent)} requests, read back from their server spans:")
+        from_spans = print_requests(sent, server_spans(exporter.get_finished_spans()))
+        print_totals(runtime, reader, from_spans)
+    finally:
+        if server is not None:
+            server.stop()
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.WARNING, format="[%(levelname)s %(name)s] %(message)s"
+    )
+    logging.getLogger("uvicorn.error").addFilter(QuietDemoFailure())
+    args = parse_args(argv)
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; server stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The ledger's arithmetic against the power source's own readings."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carbonspan.ledger import Ledger
+from carbonspan.testing import ConstantPowerSource, ScriptedPowerSource
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def measured(ledger: Ledger, component: str = "cpu") -> float:
+    """Joules between the first and last reading, from the source's own numbers."""
+    first, last = ledger.first_reading, ledger.last_reading
+    assert first is not None and last is not None
+    return float(getattr(last, component) - getattr(first, component))
+
+
+def test_one_request_alone_gets_the_power_times_its_duration() -> None:
+    clock = Clock()
+    source = ConstantPowerSource(cpu=10.0, clock=clock)
+    ledger = Ledger()
+    ledger.tick(source.read())
+    clock.now += 0.1
+    ledger.tick(source.read())
+    w = ledger.open(clock.now + 0.02)
+    m = ledger.close(w, clock.now + 0.07)
+    assert m.cpu == pytest.approx(0.5)
+    assert m.gpu is None and m.ram is None
+    assert m.total == pytest.approx(0.5)
+    assert m.power("cpu") == pytest.approx(10.0)
+    assert m.concurrency == pytest.approx(1.0)
+
+
+def test_overlapping_requests_split_the_power() -> None:
+    clock = Clock()
+    source = ConstantPowerSource(cpu=12.0, ram=6.0, clock=clock)
+    ledger = Ledger()
+    ledger.tick(source.read())
+    clock.now += 1.0
+    ledger.tick(source.read())
+    t = clock.now
+    a = ledger.open(t)  # alone for 1 s, then shares 1 s with b
+    b = ledger.open(t + 1.0)
+    ma = ledger.close(a, t + 2.0)
+    mb = ledger.close(b, t + 3.0)  # shares 1 s with a, then alone 1 s
+    assert ma.cpu == pytest.approx(12.0 + 6.0)
+    assert mb.cpu == pytest.approx(6.0 + 12.0)
+    assert ma.ram == pytest.approx(6.0 + 3.0)
+    assert ma.concurrency == pytest.approx(2 / 1.5)
+
+
+def test_power_change_is_corrected_at_the_tick_onto_open_windows() -> None:
+    clock = Clock()
+    watts = {"w": 10.0}
+    source = ScriptedPowerSource(cpu=lambda _t: watts["w"], resolution=1.0, clock=clock)
+    ledger = Ledger()
+    ledger.tick(source.read())
+    clock.now += 1.0
+    ledger.tick(source.read())  # the ledger now believes 10 W
+    w = ledger.open(clock.now)
+    watts["w"] = 30.0  # the source jumps; the ledger learns it at the next tick
+    clock.now += 1.0
+    ledger.tick(source.read())
+    m = ledger.close(w, clock.now)
+    assert m.cpu == pytest.approx(30.0)
+
+
+def test_power_drop_is_never_taken_back_and_is_absorbed_later() -> None:
+    clock = Clock()
+    watts = {"w": 30.0}
+    source = ScriptedPowerSource(cpu=lambda _t: watts["w"], resolution=1.0, clock=clock)
+    ledger = Ledger()
+    ledger.tick(source.read())
+    clock.now += 1.0
+    ledger.tick(source.read())  # believes 30 W
+    w = ledger.open(clock.now)
+    watts["w"] = 10.0
+    clock.now += 0.5
+    m = ledger.close(w, clock.now)  # charged at the believed 30 W
+    assert m.cpu == pytest.approx(15.0)
+    # 30 J were handed out at the believed 30 W that the source did not draw
+    # (1.5 s at 20 W too many); the next 3 s at 10 W pay them back.
+    for _ in range(4):
+        clock.now += 1.0
+        ledger.tick(source.read())
+        totals = ledger.totals()
+        assert totals.attributed[0] == pytest.approx(15.0)  # never taken back
+    totals = ledger.totals()
+    assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(measured(ledger))
+    assert totals.unattributed[0] >= 0
+
+
+def test_components_not_measured_stay_none_and_nan_is_ignored() -> None:
+    from carbonspan.source import EnergyReading
+
+    ledger = Ledger()
+    ledger.tick(EnergyReading(time=1.0, cpu=0.0, gpu=None, ram=0.0))
+    ledger.tick(EnergyReading(time=2.0, cpu=5.0, gpu=None, ram=float("nan")))
+    ledger.tick(EnergyReading(time=3.0, cpu=10.0, gpu=None, ram=2.0))
+    w = ledger.open(3.0)
+    m = ledger.close(w, 4.0)
+    assert m.gpu is None
+    assert m.cpu == pytest.approx(5.0)
+    assert m.ram is not None and m.ram >= 0
+
+
+def test_requests_before_the_first_reading_carry_no_energy() -> None:
+    ledger = Ledger()
+    w = ledger.open(1.0)
+    m = ledger.close(w, 2.0)
+    assert m.total is None
+
+
+# --- the conservation invariant, property-based --------------------------------
+
+events = st.lists(
+    st.tuples(
+        st.sampled_from(["open", "close", "tick", "wait"]),
+        st.floats(min_value=0.0, max_value=0.2),
+    ),
+    min_size=1,
+    max_size=120,
+)
+powers = st.lists(st.floats(min_value=0.0, max_value=500.0), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=events, cpu=powers, ram=powers)
+def test_attributed_plus_unattributed_equals_measured(
+    events: list[tuple[str, float]], cpu: list[float], ram: list[float]
+) -> None:
+    """Any sequence of opens, closes and ticks, under any piecewise power."""
+    clock = Clock()
+
+    def stepped(levels: list[float]) -> object:
+        return lambda t: levels[min(int(t / 0.25), len(levels) - 1)]
+
+    source = ScriptedPowerSource(
+        cpu=stepped(cpu), ram=stepped(ram), resolution=0.005, clock=clock
+    )  # type: ignore[arg-type]
+    ledger = Ledger()
+    ledger.tick(source.read())
+    open_windows = []
+    charged = {"cpu": 0.0, "ram": 0.0}
+    for kind, dt in events:
+        clock.now += dt
+        if kind == "open":
+            open_windows.append(ledger.open(clock.now))
+        elif kind == "close" and open_windows:
+            m = ledger.close(open_windows.pop(0), clock.now)
+            if m.total is not None:
+                assert m.cpu is not None and m.cpu >= 0
+                assert m.ram is not None and m.ram >= 0
+                charged["cpu"] += m.cpu
+                charged["ram"] += m.ram
+        elif kind == "tick":
+            ledger.tick(source.read())
+    for w in open_windows:
+        clock.now += 0.01
+        m = ledger.close(w, clock.now)
+        charged["cpu"] += m.cpu or 0.0
+        charged["ram"] += m.ram or 0.0
+    # Settle: idle ticks at the top power pay back any over-estimate, which is
+    # at most the top power over the longest stretch without a tick (24 s).
+    top = {"cpu": max(cpu), "ram": max(ram)}
+    source._watts = {"cpu": lambda _t: top["cpu"], "gpu": None, "ram": lambda _t: top["ram"]}
+    for _ in range(60):
+        clock.now += 0.5
+        ledger.tick(source.read())
+    totals = ledger.totals()
+    for i, name in enumerate(("cpu", "ram")):
+        index = (0, 2)[i]
+        assert totals.attributed[index] == pytest.approx(charged[name], rel=1e-9, abs=1e-9)
+        got = charged[name] + totals.unattributed[index]
+        truth = measured(ledger, name)
+        assert got == pytest.approx(truth, rel=0.01, abs=1e-6)
