@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import random
 import socket
@@ -304,10 +305,30 @@ def print_requests(sent: list[Sent], spans: Mapping[int, ReadableSpan]) -> float
                 ]
             )
         )
+    print(
+        "conc. = mean number of requests sharing the process's power meanwhile; "
+        "- = not measured"
+    )
     print()
     if missing:
         log.warning("%d request(s) have no energy figures on their span", missing)
     return total
+
+
+def print_span(sent: list[Sent], spans: Mapping[int, ReadableSpan], path: str) -> None:
+    """The `codecarbon.*` attributes of the first request to `path`."""
+    for request in sent:
+        span = spans.get(request.trace_id)
+        if request.path == path and span is not None and span.attributes:
+            break
+    else:
+        return
+    print(f"The codecarbon.* attributes on the first {path} request's server span:")
+    for key, value in sorted(span.attributes.items()):
+        if key.startswith("codecarbon."):
+            shown = f"{value:.6g}" if isinstance(value, float) else repr(value)
+            print(f"  {key:30} {shown}")
+    print()
 
 
 def metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
@@ -352,16 +373,22 @@ def print_totals(
     line("attributed to requests", energy[True], co2(grams.get(True)))
     line("unattributed (idle)", energy[False], co2(grams.get(False)))
     line("measured by the source", measured, co2(grams_measured))
+    gap = {
+        c: energy[True].get(c, 0.0) + energy[False].get(c, 0.0) - measured[c]
+        for c in measured
+    }
+    line("(attr. + unattr.) - meas.", gap)
     attributed = sum(energy[True].values())
-    accounted = attributed + sum(energy[False].values())
     measured_j = sum(measured.values())
     print()
-    print(f"  sum of the request rows    {from_spans:10.4f} J  (metric: {attributed:.4f})")
+    print(
+        f"  The request rows add up to {from_spans:.4f} J; "
+        f"the metric's attributed total is {attributed:.4f} J."
+    )
     if measured_j > 0:
-        gap = (accounted - measured_j) / measured_j
         print(
-            f"  attributed + unattributed = {accounted:.4f} J, "
-            f"{gap:+.3%} off the measured {measured_j:.4f} J"
+            f"  Attributed + unattributed is {sum(gap.values()) / measured_j:+.2%} "
+            "off what the source measured."
         )
 
 
@@ -427,7 +454,9 @@ def run(args: argparse.Namespace) -> None:
         CodeCarbonInstrumentor.uninstrument_app(app)
 
         print(f"{len(sent)} requests, read back from their server spans:")
-        from_spans = print_requests(sent, server_spans(exporter.get_finished_spans()))
+        spans = server_spans(exporter.get_finished_spans())
+        from_spans = print_requests(sent, spans)
+        print_span(sent, spans, "/cpu")
         print_totals(runtime, reader, from_spans)
     finally:
         if server is not None:
@@ -437,6 +466,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # keep order with the log
     logging.basicConfig(
         level=logging.WARNING, format="[%(levelname)s %(name)s] %(message)s"
     )

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import fastapi
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
 
@@ -20,7 +21,8 @@ def burn(seconds: float) -> int:
 
 
 def build_app(**fastapi_kwargs: object) -> FastAPI:
-    app = FastAPI(**fastapi_kwargs)  # type: ignore[arg-type]
+    # Looked up at call time: the contrib instrumentor's instrument() swaps it.
+    app = fastapi.FastAPI(**fastapi_kwargs)  # type: ignore[arg-type]
 
     @app.get("/fast")
     async def fast() -> dict[str, str]:

@@ -37,7 +37,9 @@ class Otel:
         self.meter_provider = MeterProvider(metric_readers=[self.reader])
 
     def server_spans(self) -> list[ReadableSpan]:
-        return [s for s in self.exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+        return [
+            s for s in self.exporter.get_finished_spans() if s.kind == SpanKind.SERVER
+        ]
 
     def points(self, name: str) -> list[Any]:
         data = self.reader.get_metrics_data()
@@ -68,7 +70,12 @@ class Instrumented:
         self.contrib: list[Any] = []
 
     def __call__(
-        self, app: Any, otel: Otel | None, *, contrib: str | None = "before", **settings: Any
+        self,
+        app: Any,
+        otel: Otel | None,
+        *,
+        contrib: str | None = "before",
+        **settings: Any,
     ) -> Runtime:
         if otel is not None:
             settings.setdefault("meter_provider", otel.meter_provider)
@@ -83,7 +90,9 @@ class Instrumented:
 
     def _contrib(self, app: Any, otel: Otel) -> None:
         FastAPIInstrumentor.instrument_app(
-            app, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
+            app,
+            tracer_provider=otel.tracer_provider,
+            meter_provider=otel.meter_provider,
         )
         self.contrib.append(app)
 

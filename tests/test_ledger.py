@@ -96,7 +96,9 @@ def test_power_drop_is_never_taken_back_and_is_absorbed_later() -> None:
         totals = ledger.totals()
         assert totals.attributed[0] == pytest.approx(15.0)  # never taken back
     totals = ledger.totals()
-    assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(measured(ledger))
+    assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(
+        measured(ledger)
+    )
     assert totals.unattributed[0] >= 0
 
 
@@ -173,14 +175,20 @@ def test_attributed_plus_unattributed_equals_measured(
     # Settle: idle ticks at the top power pay back any over-estimate, which is
     # at most the top power over the longest stretch without a tick (24 s).
     top = {"cpu": max(cpu), "ram": max(ram)}
-    source._watts = {"cpu": lambda _t: top["cpu"], "gpu": None, "ram": lambda _t: top["ram"]}
+    source._watts = {
+        "cpu": lambda _t: top["cpu"],
+        "gpu": None,
+        "ram": lambda _t: top["ram"],
+    }
     for _ in range(60):
         clock.now += 0.5
         ledger.tick(source.read())
     totals = ledger.totals()
     for i, name in enumerate(("cpu", "ram")):
         index = (0, 2)[i]
-        assert totals.attributed[index] == pytest.approx(charged[name], rel=1e-9, abs=1e-9)
+        assert totals.attributed[index] == pytest.approx(
+            charged[name], rel=1e-9, abs=1e-9
+        )
         got = charged[name] + totals.unattributed[index]
         truth = measured(ledger, name)
         assert got == pytest.approx(truth, rel=0.01, abs=1e-6)

@@ -46,7 +46,9 @@ def test_contrib_span_carries_the_contract(
     assert span.instrumentation_scope.name == "opentelemetry.instrumentation.fastapi"
     got = attrs(span)
     intensity = resolve(country_iso_code="FRA")
-    assert got[a.ENERGY_TOTAL] == pytest.approx(got[a.ENERGY["cpu"]] + got[a.ENERGY["ram"]])
+    assert got[a.ENERGY_TOTAL] == pytest.approx(
+        got[a.ENERGY["cpu"]] + got[a.ENERGY["ram"]]
+    )
     assert a.ENERGY["gpu"] not in got and a.POWER["gpu"] not in got
     # A lone request is charged the process's whole power over its life.
     duration = (span.end_time - span.start_time) / 1e9  # type: ignore[operator]
@@ -75,7 +77,9 @@ def test_native_fastapi_span_carries_the_contract(
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", otel.tracer_provider)
     monkeypatch.setattr(metrics._internal, "_METER_PROVIDER", otel.meter_provider)
     app = build_app()
-    runtime = instrument(app, otel, contrib=None, power_source=source, sample_interval=0.02)
+    runtime = instrument(
+        app, otel, contrib=None, power_source=source, sample_interval=0.02
+    )
     wait_ready(runtime)
     assert get_all(app, ["/items/7"]) == [200]
     (span,) = otel.server_spans()
@@ -114,7 +118,9 @@ def test_every_response_kind_is_measured(
         assert got[a.ENERGY_TOTAL] > 0, span.name
         assert got[a.EMISSIONS] > 0, span.name
     points = otel.points("codecarbon.request.energy")
-    series = {(p.attributes.get(a.HTTP_ROUTE), p.attributes[a.HTTP_STATUS]) for p in points}
+    series = {
+        (p.attributes.get(a.HTTP_ROUTE), p.attributes[a.HTTP_STATUS]) for p in points
+    }
     assert series == {
         ("/fast", 200), ("/sleep", 200), ("/sync-sleep", 200), ("/cpu", 200),
         ("/stream", 200), ("/boom", 500), ("/teapot", 418),
@@ -176,7 +182,9 @@ def test_no_tracing_configured_still_measures(
     otel = Otel()
     app = build_app()
     # No span creator at all: only carbonspan and a meter provider.
-    runtime = instrument(app, otel, contrib=None, power_source=source, sample_interval=0.02)
+    runtime = instrument(
+        app, otel, contrib=None, power_source=source, sample_interval=0.02
+    )
     wait_ready(runtime)
     assert get_all(app, ["/fast", "/fast", "/cpu?seconds=0.01"]) == [200] * 3
     points = otel.points("codecarbon.request.energy")
@@ -189,7 +197,11 @@ def test_excluded_urls_hold_a_window_but_get_nothing(
 ) -> None:
     app = build_app()
     runtime = instrument(
-        app, otel, power_source=source, sample_interval=0.02, excluded_urls="^/health$,/sleep"
+        app,
+        otel,
+        power_source=source,
+        sample_interval=0.02,
+        excluded_urls="^/health$,/sleep",
     )
     wait_ready(runtime)
     before = runtime.ledger.totals()
@@ -197,7 +209,9 @@ def test_excluded_urls_hold_a_window_but_get_nothing(
     spans = {s.name: s for s in otel.server_spans()}
     assert attrs(spans["GET /sleep"]) == {}
     assert attrs(spans["GET /fast"])[a.ENERGY_TOTAL] > 0
-    routes = [p.attributes.get(a.HTTP_ROUTE) for p in otel.points("codecarbon.request.energy")]
+    routes = [
+        p.attributes.get(a.HTTP_ROUTE) for p in otel.points("codecarbon.request.energy")
+    ]
     assert routes == ["/fast"]
     after = runtime.ledger.totals()
     # The excluded request's share went to the unattributed account.

@@ -1,0 +1,818 @@
+"""Per-request overhead of carbonspan, against FastAPIInstrumentor alone and against
+a CodeCarbon tracker per request.
+
+Run from the repository root:
+
+    .venv/bin/python benchmarks/overhead.py            # full run, about 3 minutes
+    .venv/bin/python benchmarks/overhead.py --quick    # about 20 s
+    .venv/bin/python benchmarks/overhead.py --json out.json
+
+Three FastAPI apps live in this one process, each with `GET /ping` (returns a
+small dict) and `GET /cpu` (an `async def` that does a fixed amount of Python
+work, a few ms of CPU):
+
+  a  FastAPIInstrumentor alone (real SDK TracerProvider with a
+     SimpleSpanProcessor to an in-memory exporter, real SDK MeterProvider with an
+     InMemoryMetricReader);
+  b  a + carbonspan, with the real default source (`CodeCarbonPowerSource`,
+     sample_interval 0.1 s) and the same MeterProvider;
+  c  a + "the obvious design": a pure-ASGI middleware that starts and stops a
+     CodeCarbon `OfflineEmissionsTracker` around every request.
+
+Method (the VM is noisy, see DESIGN.md "Performance budget"): requests are
+driven straight through the ASGI interface (no sockets, no HTTP client), one at
+a time, alternating between the variants (a b, b a, ...; c every k-th round
+because it is slow), and the variants are compared by their MEDIAN per-request
+latency. requests/s = 1 / median. Wall time (`perf_counter_ns`) and the request
+thread's CPU time (`thread_time_ns`, which leaves out time stolen by the host)
+are both recorded.
+
+The sampler thread runs during all variants (one process), so its cost does not
+show up in b/a; it is measured separately (its thread's CPU clock over the run,
+and timed `Sampler.sample()` calls) and folded in as a separate figure.
+
+The script sends nothing over the network: outbound connections and name
+lookups for anything but loopback are refused and counted (the count is printed;
+it should be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import gc
+import ipaddress
+import json
+import logging
+import os
+import platform
+import socket
+import statistics
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import SimpleNamespace
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+COUNTRY = "FRA"
+
+
+# -- no network ---------------------------------------------------------------
+
+
+class NetworkGuard:
+    """Refuse (and count) any connection or name lookup that is not loopback."""
+
+    def __init__(self) -> None:
+        self.blocked: list[str] = []
+
+    @staticmethod
+    def _loopback(host: Any) -> bool:
+        if host is None:
+            return True
+        if isinstance(host, bytes):
+            host = host.decode(errors="replace")
+        host = str(host)
+        if host in ("localhost", "localhost.localdomain", ""):
+            return True
+        try:
+            return ipaddress.ip_address(host.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+
+    def _refuse(self, what: str) -> None:
+        self.blocked.append(what)
+
+    def install(self) -> None:
+        guard = self
+        real_connect = socket.socket.connect
+        real_connect_ex = socket.socket.connect_ex
+        real_getaddrinfo = socket.getaddrinfo
+
+        def check(sock: socket.socket, address: Any) -> None:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                host = address[0] if isinstance(address, tuple) else address
+                if not guard._loopback(host):
+                    guard._refuse(f"connect {address!r}")
+                    raise OSError(errno.ENETUNREACH, "network blocked by benchmark")
+
+        def connect(sock: socket.socket, address: Any) -> None:
+            check(sock, address)
+            real_connect(sock, address)
+
+        def connect_ex(sock: socket.socket, address: Any) -> int:
+            check(sock, address)
+            return real_connect_ex(sock, address)
+
+        def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if not guard._loopback(host):
+                guard._refuse(f"getaddrinfo {host!r}")
+                raise socket.gaierror(socket.EAI_NONAME, "lookup blocked by benchmark")
+            return real_getaddrinfo(host, *args, **kwargs)
+
+        socket.socket.connect = connect  # type: ignore[method-assign]
+        socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+        socket.getaddrinfo = getaddrinfo
+
+
+NETWORK = NetworkGuard()
+NETWORK.install()
+# CodeCarbon and friends are imported only after the guard is in place.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+from codecarbon import OfflineEmissionsTracker  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+from opentelemetry import trace  # noqa: E402
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: E402
+from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import SpanKind  # noqa: E402
+
+from carbonspan import CodeCarbonInstrumentor, CodeCarbonMiddleware  # noqa: E402
+from carbonspan.ledger import Ledger  # noqa: E402
+from carbonspan.runtime import Runtime  # noqa: E402
+from carbonspan.sampler import Sampler  # noqa: E402
+from carbonspan.source import CodeCarbonPowerSource, EnergyReading  # noqa: E402
+
+# -- the CPU-heavy endpoint's work ---------------------------------------------
+
+
+def spin(loops: int) -> int:
+    """A fixed amount of pure-Python work (not a time-based busy wait, which
+    would make every variant take the same time and hide the overhead)."""
+    x = 0
+    for i in range(loops):
+        x = (x + i * i) % 1_000_003
+    return x
+
+
+def calibrate_spin(target_ms: float) -> int:
+    loops = 10_000
+    while True:
+        t0 = time.perf_counter()
+        spin(loops)
+        elapsed = time.perf_counter() - t0
+        if elapsed > 0.02:
+            break
+        loops *= 2
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        spin(loops)
+        samples.append(time.perf_counter() - t0)
+    per_loop = min(samples) / loops
+    return max(1, int(target_ms / 1000 / per_loop))
+
+
+# -- the three variants --------------------------------------------------------
+
+
+class PerRequestTrackerMiddleware:
+    """The obvious design: one OfflineEmissionsTracker started/stopped per request.
+
+    Like carbonspan, it stops the tracker and sets the span attributes before the
+    final body is forwarded (the span ends right after it).
+    """
+
+    def __init__(self, app: ASGIApp, **tracker_kwargs: Any) -> None:
+        self.app = app
+        self.tracker_kwargs = tracker_kwargs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        span = trace.get_current_span()
+        tracker = OfflineEmissionsTracker(**self.tracker_kwargs)
+        tracker.start()
+        done = False
+
+        def stop() -> None:
+            nonlocal done
+            done = True
+            kg = tracker.stop()
+            data = getattr(tracker, "final_emissions_data", None)
+            if kg is not None and data is not None and span.is_recording():
+                span.set_attributes(
+                    {
+                        "codecarbon.energy.total": float(data.energy_consumed) * 3.6e6,
+                        "codecarbon.emissions": float(kg) * 1000.0,
+                    }
+                )
+
+        async def wrapped_send(message: Message) -> None:
+            if (
+                not done
+                and message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+            ):
+                stop()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped_send)
+        finally:
+            if not done:
+                stop()
+
+
+@dataclass
+class Otel:
+    exporter: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
+    reader: InMemoryMetricReader = field(default_factory=InMemoryMetricReader)
+
+    def __post_init__(self) -> None:
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+
+def build_app(loops: int) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/ping")
+    async def ping() -> dict[str, Any]:
+        return {"ok": True, "service": "bench"}
+
+    @app.get("/cpu")
+    async def cpu() -> dict[str, int]:
+        return {"x": spin(loops)}
+
+    return app
+
+
+@dataclass
+class Variant:
+    key: str
+    label: str
+    app: FastAPI
+    wall: dict[str, list[int]] = field(default_factory=dict)
+    cpu: dict[str, list[int]] = field(default_factory=dict)
+    errors: int = 0
+
+
+def make_scope(path: str) -> Scope:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"bench")],
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+    }
+
+
+async def call(app: ASGIApp, path: str) -> tuple[int, int, int]:
+    """One request straight through ASGI: (wall ns, request-thread CPU ns, status)."""
+    scope = make_scope(path)
+    received = False
+    status = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.disconnect"}  # never block: the run must end
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    perf, cpu = time.perf_counter_ns, time.thread_time_ns
+    w0, c0 = perf(), cpu()
+    await app(scope, receive, send)
+    c1, w1 = cpu(), perf()
+    return w1 - w0, c1 - c0, status
+
+
+def stack_chain(app: FastAPI) -> str:
+    names = []
+    node: Any = app.middleware_stack
+    while node is not None and len(names) < 12:
+        names.append(type(node).__name__)
+        node = getattr(node, "app", None)
+    return " > ".join(names)
+
+
+# -- statistics ----------------------------------------------------------------
+
+
+def median_us(values: list[int]) -> float:
+    return statistics.median(values) / 1000.0 if values else float("nan")
+
+
+def pct_us(values: list[int], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0
+
+
+def per_call_ns(fn: Callable[[], Any], number: int, repeat: int = 7) -> float:
+    """Median over `repeat` batches of the mean ns per call in a batch."""
+    results = []
+    for _ in range(repeat):
+        t0 = time.perf_counter_ns()
+        for _ in range(number):
+            fn()
+        results.append((time.perf_counter_ns() - t0) / number)
+    return statistics.median(results)
+
+
+# -- the benchmark -------------------------------------------------------------
+
+
+async def run_endpoint(
+    path: str,
+    a: Variant,
+    b: Variant,
+    c: Variant | None,
+    rounds: int,
+    every: int,
+    otel: Otel,
+) -> None:
+    for v in (a, b) + ((c,) if c else ()):
+        v.wall[path], v.cpu[path] = [], []
+    for r in range(rounds):
+        order: tuple[Variant, ...] = (a, b) if r % 2 == 0 else (b, a)
+        if c is not None and r % every == 0:
+            order = (c, *order)
+        for v in order:
+            wall, cpu, status = await call(v.app, path)
+            if status != 200:
+                v.errors += 1
+            v.wall[path].append(wall)
+            v.cpu[path].append(cpu)
+        if r % 256 == 0:
+            otel.exporter.clear()
+
+
+def summarize(path: str, a: Variant, b: Variant, c: Variant | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"path": path, "variants": {}}
+    for v in (a, b) + ((c,) if c else ()):
+        wall, cpu = v.wall[path], v.cpu[path]
+        med = median_us(wall)
+        out["variants"][v.key] = {
+            "label": v.label,
+            "n": len(wall),
+            "median_us": med,
+            "cpu_median_us": median_us(cpu),
+            "p10_us": pct_us(wall, 0.10),
+            "p90_us": pct_us(wall, 0.90),
+            "requests_per_s": 1e6 / med,
+        }
+    va, vb = out["variants"]["a"], out["variants"]["b"]
+    aw, bw = a.wall[path], b.wall[path]
+    half = len(aw) // 2
+    paired = [x / y for x, y in zip(aw, bw, strict=True)]  # per-round rps ratio
+    out["b_over_a"] = va["median_us"] / vb["median_us"]
+    out["b_over_a_cpu"] = va["cpu_median_us"] / vb["cpu_median_us"]
+    out["b_over_a_halves"] = [
+        statistics.median(aw[:half]) / statistics.median(bw[:half]),
+        statistics.median(aw[half:]) / statistics.median(bw[half:]),
+    ]
+    out["b_over_a_paired_median"] = statistics.median(paired)
+    out["added_us"] = vb["median_us"] - va["median_us"]
+    out["added_cpu_us"] = vb["cpu_median_us"] - va["cpu_median_us"]
+    out["added_us_paired_median"] = (
+        statistics.median([y - x for x, y in zip(aw, bw, strict=True)]) / 1000.0
+    )
+    if c is not None:
+        out["b_over_c"] = out["variants"]["c"]["median_us"] / vb["median_us"]
+    return out
+
+
+def print_endpoint(s: dict[str, Any]) -> None:
+    print()
+    print(f"== GET {s['path']}")
+    header = (
+        f"  {'variant':<34}{'n':>7}{'median µs':>11}{'cpu µs':>9}"
+        f"{'p10 µs':>9}{'p90 µs':>9}{'req/s':>9}"
+    )
+    print(header)
+    for key, v in s["variants"].items():
+        print(
+            f"  {key + '  ' + v['label']:<34}{v['n']:>7}{v['median_us']:>11.1f}"
+            f"{v['cpu_median_us']:>9.1f}{v['p10_us']:>9.1f}{v['p90_us']:>9.1f}"
+            f"{v['requests_per_s']:>9.0f}"
+        )
+    h1, h2 = s["b_over_a_halves"]
+    verdict = "meets" if s["b_over_a"] >= 0.97 else "MISSES"
+    print(
+        f"  b/a req/s: {s['b_over_a']:.4f}  ({verdict} goal >= 0.97; "
+        f"by CPU time {s['b_over_a_cpu']:.4f}; halves {h1:.4f} / {h2:.4f}; "
+        f"paired median {s['b_over_a_paired_median']:.4f})"
+    )
+    if "b_over_c" in s:
+        print(f"  b/c req/s: {s['b_over_c']:.1f}x")
+    print(
+        f"  added per request (b - a): {s['added_us']:+.1f} µs wall, "
+        f"{s['added_cpu_us']:+.1f} µs CPU (paired median {s['added_us_paired_median']:+.1f}"
+        " µs)"
+    )
+
+
+def thread_cpu_s(thread: threading.Thread) -> float | None:
+    try:
+        assert thread.ident is not None
+        clock = time.pthread_getcpuclockid(thread.ident)
+        return time.clock_gettime(clock)
+    except (AttributeError, AssertionError, OSError):
+        return None
+
+
+def sampler_thread() -> threading.Thread | None:
+    for t in threading.enumerate():
+        if t.name == "carbonspan-sampler":
+            return t
+    return None
+
+
+async def middleware_cost(runtime: Runtime, otel: Otel, n: int) -> dict[str, float]:
+    """CodeCarbonMiddleware around a trivial ASGI app vs the app alone, inside a
+    recording SDK server span; alternating, medians."""
+
+    async def trivial(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    wrapped = CodeCarbonMiddleware(trivial, runtime=runtime)
+    tracer = otel.tracer_provider.get_tracer("bench")
+    route = SimpleNamespace(path="/ping")
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    times: dict[str, list[int]] = {"bare": [], "wrapped": []}
+    cpus: dict[str, list[int]] = {"bare": [], "wrapped": []}
+    for i in range(n):
+        order = (("bare", trivial), ("wrapped", wrapped))
+        if i % 2:
+            order = order[::-1]
+        for name, app in order:
+            scope = make_scope("/ping")
+            scope["route"] = route
+            span = tracer.start_span("GET /ping", kind=SpanKind.SERVER)
+            with trace.use_span(span, end_on_exit=False):
+                w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+                await app(scope, receive, send)
+                c1, w1 = time.thread_time_ns(), time.perf_counter_ns()
+            span.end()
+            times[name].append(w1 - w0)
+            cpus[name].append(c1 - c0)
+        if i % 256 == 0:
+            otel.exporter.clear()
+    return {
+        "wall_us": median_us(times["wrapped"]) - median_us(times["bare"]),
+        "cpu_us": median_us(cpus["wrapped"]) - median_us(cpus["bare"]),
+        "paired_wall_us": statistics.median(
+            [w - b for w, b in zip(times["wrapped"], times["bare"], strict=True)]
+        )
+        / 1000.0,
+    }
+
+
+def component_costs(runtime: Runtime, otel: Otel, number: int) -> dict[str, float]:
+    """Pieces of the request path, each timed alone (ns per call)."""
+    out: dict[str, float] = {}
+    ledger = Ledger()
+    t = time.monotonic()
+    ledger.tick(EnergyReading(t - 0.2, cpu=0.0, ram=0.0))
+    ledger.tick(EnergyReading(t - 0.1, cpu=0.8, ram=2.0))
+
+    def open_close() -> None:
+        now = time.monotonic()
+        ledger.close(ledger.open(now), now + 1e-4)
+
+    out["Ledger.open+close"] = per_call_ns(open_close, number)
+    out["time.monotonic()"] = per_call_ns(time.monotonic, number)
+    window = ledger.open(time.monotonic())
+    measurement = ledger.close(window, time.monotonic() + 1e-3)
+    out["trace.get_current_span()"] = per_call_ns(trace.get_current_span, number)
+    out["Runtime.span_attributes()"] = per_call_ns(
+        lambda: runtime.span_attributes(measurement), number
+    )
+    attrs = runtime.span_attributes(measurement) or {}
+    out["attribute count"] = float(len(attrs))
+    span = otel.tracer_provider.get_tracer("bench").start_span("x")
+    out["span.set_attributes(those)"] = per_call_ns(
+        lambda: span.set_attributes(attrs), number // 4
+    )
+    span.end()
+    out["Metrics.record() (1 histogram)"] = per_call_ns(
+        lambda: runtime.metrics.record(measurement, "/ping", "GET", 200), number // 4
+    )
+    return out
+
+
+def sampler_cost(samples: int, interval: float) -> dict[str, float]:
+    """CPU time of `Sampler.sample()` (source.read() + ledger.tick()) on a fresh
+    sampler over a fresh CodeCarbonPowerSource, called every 10 ms."""
+    sampler = Sampler(CodeCarbonPowerSource(), interval)
+    t0 = time.perf_counter()
+    sampler.sample()  # hardware detection
+    detect_s = time.perf_counter() - t0
+    sampler.sample()
+    cpu_ns: list[int] = []
+    wall_ns: list[int] = []
+    for _ in range(samples):
+        time.sleep(0.01)
+        c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+        sampler.sample()
+        cpu_ns.append(time.thread_time_ns() - c0)
+        wall_ns.append(time.perf_counter_ns() - w0)
+    mean_cpu = statistics.fmean(cpu_ns) / 1000.0
+    return {
+        "detect_s": detect_s,
+        "sample_cpu_median_us": median_us(cpu_ns),
+        "sample_cpu_mean_us": mean_cpu,
+        "sample_wall_median_us": median_us(wall_ns),
+        "core_percent_at_interval": mean_cpu / 1e6 / interval * 100.0,
+    }
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in (
+        "carbonspan",
+        "codecarbon",
+        "fastapi",
+        "starlette",
+        "opentelemetry-sdk",
+        "opentelemetry-instrumentation-fastapi",
+    ):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "?"
+    return out
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    began = time.perf_counter()
+    print("carbonspan overhead benchmark")
+    print(
+        "  "
+        + ", ".join(f"{k} {v}" for k, v in versions().items())
+        + f"; {os.cpu_count()} CPUs"
+    )
+    loops = calibrate_spin(args.cpu_ms)
+    otel = Otel()
+    tracker_kwargs = {
+        "country_iso_code": COUNTRY,
+        "save_to_file": False,
+        "log_level": "error",
+        "allow_multiple_runs": True,
+    }
+
+    app_a = build_app(loops)
+    FastAPIInstrumentor.instrument_app(
+        app_a,
+        tracer_provider=otel.tracer_provider,
+        meter_provider=otel.meter_provider,
+    )
+    app_b = build_app(loops)
+    FastAPIInstrumentor.instrument_app(
+        app_b,
+        tracer_provider=otel.tracer_provider,
+        meter_provider=otel.meter_provider,
+    )
+    CodeCarbonInstrumentor().instrument_app(
+        app_b, country_iso_code=COUNTRY, meter_provider=otel.meter_provider
+    )
+    runtime: Runtime = app_b._carbonspan_runtime  # type: ignore[attr-defined]
+    a = Variant("a", "FastAPIInstrumentor", app_a)
+    b = Variant("b", "+ carbonspan", app_b)
+    c: Variant | None = None
+    if args.obvious_every > 0:
+        app_c = build_app(loops)
+        app_c.add_middleware(PerRequestTrackerMiddleware, **tracker_kwargs)
+        FastAPIInstrumentor.instrument_app(
+            app_c,
+            tracer_provider=otel.tracer_provider,
+            meter_provider=otel.meter_provider,
+        )
+        c = Variant("c", "+ tracker per request", app_c)
+
+    # Wait for the sampler's hardware detection, then for a reading or two.
+    t0 = time.perf_counter()
+    while not runtime.sampler.info.measurement or runtime.ledger.totals().known == (
+        False,
+        False,
+        False,
+    ):
+        if time.perf_counter() - t0 > 60:
+            raise SystemExit("the carbonspan sampler produced no reading in 60 s")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(3 * runtime.sampler.interval)
+    print(
+        f"  sampler ready after {time.perf_counter() - t0:.1f} s: "
+        f"{runtime.sampler.info.measurement}, cpu model {runtime.sampler.info.cpu_model}"
+    )
+
+    # Warm-up (also builds the middleware stacks and pays c's first tracker).
+    first_c_s = None
+    for path in ("/ping", "/cpu"):
+        for v in (a, b) + ((c,) if c else ()):
+            n = args.warmup if v is not c else max(3, args.warmup // 20)
+            for i in range(n):
+                wall, _, status = await call(v.app, path)
+                if status != 200:
+                    raise SystemExit(f"{v.key} {path}: status {status}")
+                if v is c and i == 0 and first_c_s is None:
+                    first_c_s = wall / 1e9
+    print(f"  /cpu endpoint: {loops} loops (target {args.cpu_ms} ms of CPU)")
+    print(f"  b stack: {stack_chain(app_b)}")
+    if first_c_s is not None:
+        print(f"  c: first request (first tracker in the process) {first_c_s:.2f} s")
+
+    # Sanity: spans carry what each variant sets.
+    otel.exporter.clear()
+    await call(app_b, "/ping")
+    if c is not None:
+        await call(c.app, "/ping")
+    servers = [
+        s for s in otel.exporter.get_finished_spans() if s.kind == SpanKind.SERVER
+    ]
+    energy = [
+        dict(s.attributes or {}).get("codecarbon.energy.total") for s in servers
+    ]
+    print(f"  sanity: server spans' codecarbon.energy.total (b, c): {energy}")
+    otel.exporter.clear()
+
+    gc.collect()
+    gc.freeze()
+    thread = sampler_thread()
+    thread_cpu0 = thread_cpu_s(thread) if thread else None
+    wall0 = time.perf_counter()
+
+    results: dict[str, Any] = {"endpoints": []}
+    for path, rounds in (("/ping", args.requests), ("/cpu", args.cpu_requests)):
+        t = time.perf_counter()
+        await run_endpoint(path, a, b, c, rounds, args.obvious_every, otel)
+        s = summarize(path, a, b, c)
+        s["seconds"] = time.perf_counter() - t
+        results["endpoints"].append(s)
+
+    thread_cpu1 = thread_cpu_s(thread) if thread else None
+    wall1 = time.perf_counter()
+    live = None
+    if thread_cpu0 is not None and thread_cpu1 is not None:
+        live = (thread_cpu1 - thread_cpu0) / (wall1 - wall0) * 100.0
+
+    for s in results["endpoints"]:
+        print_endpoint(s)
+    errors = {v.key: v.errors for v in (a, b) + ((c,) if c else ())}
+    if any(errors.values()):
+        print(f"  non-200 responses: {errors}")
+
+    print()
+    print("== carbonspan middleware alone (trivial ASGI app, recording SDK span)")
+    mw = await middleware_cost(runtime, otel, args.middleware_requests)
+    print(
+        f"  added: {mw['wall_us']:+.1f} µs wall, {mw['cpu_us']:+.1f} µs CPU "
+        f"(paired median {mw['paired_wall_us']:+.1f} µs; budget 20 µs)"
+    )
+    results["middleware"] = mw
+
+    print()
+    print("== request-path pieces (ns per call, median of batches)")
+    comp = component_costs(runtime, otel, args.micro_number)
+    for name, ns in comp.items():
+        if name == "attribute count":
+            print(f"  {name:<36}{ns:>10.0f}")
+        else:
+            print(f"  {name:<36}{ns:>10.0f} ns  ({ns / 1000:.2f} µs)")
+    results["components_ns"] = comp
+
+    gc.unfreeze()
+    # The live sampler reads psutil too; stop it before timing a fresh one.
+    CodeCarbonInstrumentor.uninstrument_app(app_b)
+    print()
+    print(f"== sampler (CodeCarbonPowerSource, interval {runtime.sampler.interval} s)")
+    sc = sampler_cost(args.sampler_samples, runtime.sampler.interval)
+    sc["live_thread_core_percent"] = live
+    print(
+        f"  one Sampler.sample() (read + tick): {sc['sample_cpu_median_us']:.0f} µs "
+        f"CPU median, {sc['sample_cpu_mean_us']:.0f} µs mean, "
+        f"{sc['sample_wall_median_us']:.0f} µs wall median"
+    )
+    print(
+        f"  => {sc['core_percent_at_interval']:.3f}% of one core at the default "
+        "interval (budget 0.5%)"
+    )
+    if live is not None:
+        print(
+            f"  live sampler thread during the timed run: {live:.3f}% of one core "
+            f"({wall1 - wall0:.0f} s)"
+        )
+    print(f"  (fresh source's hardware detection took {sc['detect_s']:.2f} s)")
+    results["sampler"] = sc
+    share = (live if live is not None else sc["core_percent_at_interval"]) / 100.0
+    for s in results["endpoints"]:
+        s["b_over_a_with_sampler"] = s["b_over_a"] * (1.0 - share)
+    print(
+        "  b/a with the sampler's share of the core taken off: "
+        + ", ".join(
+            f"{s['path']} {s['b_over_a_with_sampler']:.4f}"
+            for s in results["endpoints"]
+        )
+    )
+
+    print()
+    if NETWORK.blocked:
+        print(f"network: {len(NETWORK.blocked)} outbound attempt(s) BLOCKED:")
+        for what in NETWORK.blocked[:10]:
+            print(f"  {what}")
+    else:
+        print("network: no outbound connection or lookup attempted")
+    elapsed = time.perf_counter() - began
+    print(f"total {elapsed:.0f} s")
+
+    results.update(
+        {
+            "versions": versions(),
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "cpu_loops": loops,
+            "first_tracker_s": first_c_s,
+            "network_blocked": NETWORK.blocked,
+            "elapsed_s": elapsed,
+        }
+    )
+    otel.tracer_provider.shutdown()
+    otel.meter_provider.shutdown()
+    return results
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=10_000, help="rounds on /ping")
+    p.add_argument("--cpu-requests", type=int, default=3_000, help="rounds on /cpu")
+    p.add_argument(
+        "--obvious-every",
+        type=int,
+        default=10,
+        help="run variant c (tracker per request) every k-th round; 0 skips it",
+    )
+    p.add_argument("--cpu-ms", type=float, default=3.0, help="work in /cpu")
+    p.add_argument("--warmup", type=int, default=300, help="warm-up requests")
+    p.add_argument("--middleware-requests", type=int, default=20_000)
+    p.add_argument("--micro-number", type=int, default=40_000)
+    p.add_argument("--sampler-samples", type=int, default=300)
+    p.add_argument("--quick", action="store_true", help="a ~20 s run")
+    p.add_argument("--json", metavar="PATH", help="also write the figures here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.requests = min(args.requests, 1_500)
+        args.cpu_requests = min(args.cpu_requests, 300)
+        args.warmup = min(args.warmup, 100)
+        args.middleware_requests = min(args.middleware_requests, 3_000)
+        args.micro_number = min(args.micro_number, 8_000)
+        args.sampler_samples = min(args.sampler_samples, 50)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)
+    results = asyncio.run(amain(args))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=2, default=str)
+        print(f"wrote {args.json}")
+    return 1 if NETWORK.blocked else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

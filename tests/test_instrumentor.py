@@ -1,0 +1,126 @@
+"""instrument() hooks every FastAPI app built afterwards; uninstrument() undoes it."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import entry_points
+from typing import Any
+
+import pytest
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+from apps import build_app
+from carbonspan import CodeCarbonInstrumentor, CodeCarbonMiddleware
+from carbonspan import attributes as a
+from carbonspan.testing import ConstantPowerSource
+from conftest import Otel, attrs, client, wait_ready
+
+
+def fetch(app: Any, path: str) -> int:
+    async def go() -> int:
+        async with client(app) as c:
+            return (await c.get(path)).status_code
+
+    return asyncio.run(go())
+
+
+def middlewares(app: Any) -> list[str]:
+    node, names = app.middleware_stack, []
+    while node is not None:
+        names.append(type(node).__name__)
+        node = getattr(node, "app", None)
+    return names
+
+
+@pytest.mark.parametrize("contrib_first", [True, False])
+def test_instrument_covers_apps_built_afterwards(
+    otel: Otel, contrib_first: bool
+) -> None:
+    source = ConstantPowerSource(cpu=3.0)
+    carbon = CodeCarbonInstrumentor()
+    contrib = FastAPIInstrumentor()
+    contrib_kwargs = {
+        "tracer_provider": otel.tracer_provider,
+        "meter_provider": otel.meter_provider,
+    }
+    if contrib_first:
+        contrib.instrument(**contrib_kwargs)
+    carbon.instrument(
+        power_source=source, meter_provider=otel.meter_provider, sample_interval=0.01
+    )
+    if not contrib_first:
+        contrib.instrument(**contrib_kwargs)
+    try:
+        app = build_app()
+        assert fetch(app, "/fast") == 200
+        wait_ready(_runtime(app))
+        assert fetch(app, "/sleep?seconds=0.05") == 200
+        stack = middlewares(app)
+        assert stack.count("CodeCarbonMiddleware") == 1
+        assert stack.index("OpenTelemetryMiddleware") < stack.index(
+            "CodeCarbonMiddleware"
+        )
+        assert stack[0] == "ServerErrorMiddleware"
+        span = otel.server_spans()[-1]
+        assert attrs(span)[a.ENERGY_TOTAL] > 0
+    finally:
+        contrib.uninstrument()
+        carbon.uninstrument()
+    after = build_app()
+    assert fetch(after, "/fast") == 200
+    assert "CodeCarbonMiddleware" not in middlewares(after)
+
+
+def _runtime(app: Any) -> Any:
+    node = app.middleware_stack
+    while node is not None:
+        if isinstance(node, CodeCarbonMiddleware):
+            return node.runtime
+        node = getattr(node, "app", None)
+    raise AssertionError("no CodeCarbonMiddleware in the stack")
+
+
+def test_uninstrument_app_takes_the_middleware_out(otel: Otel) -> None:
+    app = build_app()
+    CodeCarbonInstrumentor().instrument_app(
+        app,
+        power_source=ConstantPowerSource(cpu=1.0),
+        meter_provider=otel.meter_provider,
+    )
+    assert fetch(app, "/fast") == 200
+    assert "CodeCarbonMiddleware" in middlewares(app)
+    CodeCarbonInstrumentor.uninstrument_app(app)
+    assert "CodeCarbonMiddleware" not in middlewares(app)
+    assert fetch(app, "/fast") == 200
+
+
+def test_uninstrument_under_contrib_patch_passes_through(otel: Otel) -> None:
+    app = build_app()
+    CodeCarbonInstrumentor().instrument_app(
+        app,
+        power_source=ConstantPowerSource(cpu=1.0),
+        meter_provider=otel.meter_provider,
+    )
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=otel.tracer_provider)
+    try:
+        assert fetch(app, "/fast") == 200
+        CodeCarbonInstrumentor.uninstrument_app(app)
+        assert "CodeCarbonMiddleware" not in middlewares(app)
+        assert "OpenTelemetryMiddleware" in middlewares(app)
+        assert fetch(app, "/fast") == 200
+        assert attrs(otel.server_spans()[-1]) == {}
+    finally:
+        FastAPIInstrumentor.uninstrument_app(app)
+
+
+def test_entry_point_is_registered() -> None:
+    (ep,) = [
+        e
+        for e in entry_points(group="opentelemetry_instrumentor")
+        if e.name == "codecarbon"
+    ]
+    assert ep.value == "carbonspan:CodeCarbonInstrumentor"
+    assert ep.load() is CodeCarbonInstrumentor
+    assert CodeCarbonInstrumentor().instrumentation_dependencies() == (
+        "fastapi >= 0.100",
+    )
