@@ -243,7 +243,9 @@ def server_spans(spans: Iterable[ReadableSpan]) -> dict[int, ReadableSpan]:
 
 
 def fmt(value: float | None, scale: float, width: int, digits: int = 3) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value * scale:{width}.{digits}f}"
+    if value is None:
+        return f"{'-':>{width}}"
+    return f"{round(value * scale, digits) + 0.0:{width}.{digits}f}"  # no "-0.000"
 
 
 COLUMNS = (

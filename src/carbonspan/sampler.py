@@ -103,7 +103,27 @@ class Sampler:
 _live: weakref.WeakSet[Sampler] = weakref.WeakSet()
 
 
-def _restart_in_child() -> None:
+_held: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    # Wait for any read in progress, so the child never inherits a source (or
+    # CodeCarbon object) whose internal locks were held mid-read. A fork from
+    # inside a read (a subprocess of the source) must not wait for itself.
+    me = threading.current_thread()
+    for sampler in list(_live):
+        if sampler._thread is not me:
+            sampler._read_lock.acquire()
+            _held.append(sampler._read_lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held:
+        _held.pop().release()
+
+
+def _after_fork_in_child() -> None:
+    _held.clear()
     for sampler in list(_live):
         sampler._after_fork()
     _registry.after_fork()
@@ -145,4 +165,8 @@ lease = _registry.lease
 release = _registry.release
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_restart_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -80,7 +79,6 @@ class CodeCarbonPowerSource:
             )
         self.scope: Scope = scope
         self._want_gpu = gpu
-        self._lock = threading.Lock()
         self._ready = False
         self._cpu: Any = None
         self._ram: Any = None
@@ -88,7 +86,8 @@ class CodeCarbonPowerSource:
         self._info = HardwareInfo()
         self._last_time = 0.0
         self._total: dict[str, float] = {}
-        self._process = psutil.Process()
+        self._pid = os.getpid()
+        self._process = psutil.Process(self._pid)
         self._last_proc_cpu = 0.0
         self._last_machine_busy = 0.0
 
@@ -136,16 +135,20 @@ class CodeCarbonPowerSource:
     # -- PowerSource -----------------------------------------------------
 
     def read(self) -> EnergyReading:
-        with self._lock:
-            if not self._ready:
-                self._detect()
-                return self._reading(self._last_time)
-            now = time.monotonic()
-            dt = now - self._last_time
-            self._last_time = now
-            if dt > 0:
-                self._integrate(dt)
-            return self._reading(now)
+        """Cumulative joules; one reader at a time (the sampler)."""
+        if not self._ready:
+            self._detect()
+            return self._reading(self._last_time)
+        if os.getpid() != self._pid:  # forked: measure the child from here on
+            self._pid = os.getpid()
+            self._process = psutil.Process(self._pid)
+            self._last_proc_cpu, self._last_machine_busy = self._cpu_times()
+        now = time.monotonic()
+        dt = now - self._last_time
+        self._last_time = now
+        if dt > 0:
+            self._integrate(dt)
+        return self._reading(now)
 
     def describe(self) -> HardwareInfo:
         return self._info
