@@ -26,22 +26,26 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-import uvicorn
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import StreamingResponse
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
-    InMemorySpanExporter,
-)
-from opentelemetry.trace import SpanKind
+try:  # the imports take about 1 s: a Ctrl-C meanwhile leaves quietly too
+    import httpx
+    import uvicorn
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import StreamingResponse
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
+    from opentelemetry.trace import SpanKind
 
-from carbonspan import CodeCarbonInstrumentor
-from carbonspan.runtime import Runtime
+    from carbonspan import CodeCarbonInstrumentor
+    from carbonspan.runtime import Runtime
+except KeyboardInterrupt:
+    print("\ninterrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 HOST = "127.0.0.1"
 COMPONENTS = ("cpu", "gpu", "ram")
@@ -130,7 +134,10 @@ class Server:
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, name="uvicorn"
+            target=self.server.run,
+            kwargs={"sockets": [self.sock]},
+            name="uvicorn",
+            daemon=True,  # a stuck shutdown must not keep the demo alive
         )
 
     @property
@@ -409,14 +416,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=1,
         metavar="N",
-        help="send N times the request mix, 1 to 20 (default: 1)",
+        help="send N times the request mix, 1 to 10 (default: 1)",
     )
     parser.add_argument(
         "--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)"
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.requests <= 20:
-        parser.error("--requests: expected 1 to 20")
+    if not 1 <= args.requests <= 10:
+        parser.error("--requests: expected 1 to 10")
     if not 0 <= args.port <= 65535:
         parser.error("--port: expected 0 to 65535")
     return args

@@ -1,4 +1,4 @@
-"""CodeCarbonPowerSource: real CPU/RAM models here, NVML faked at the pynvml boundary."""
+"""CodeCarbonPowerSource: real CPU and RAM models, NVML faked at the pynvml edge."""
 
 from __future__ import annotations
 

@@ -105,7 +105,9 @@ class Ledger:
             self._n -= 1
             a, known = self._a, self._known
             charges = [a[i] - window.a0[i] for i in range(_N)]
-            account = self._attributed if attributed else self._idle
+            # A window opened before the first reading reports nothing, so
+            # what it was charged since counts as unattributed.
+            account = self._attributed if attributed and window.ready else self._idle
             for i in range(_N):
                 account[i] += charges[i]
             shared = self._b - window.b0

@@ -1,0 +1,85 @@
+"""Run a real uvicorn server in a subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+TESTS = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    """`command` (argv, `{port}` filled in) serving on 127.0.0.1 until stopped."""
+
+    def __init__(
+        self, command: list[str], env: dict[str, str], ready_path: str = "/fast"
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [c.format(port=self.port) for c in command]
+        self.env = {**os.environ, "PYTHONPATH": str(TESTS), **env}
+        self.ready_path = ready_path
+        self.proc: subprocess.Popen[str] | None = None
+        self.output = ""
+
+    def __enter__(self) -> Server:
+        self.proc = subprocess.Popen(
+            self.command,
+            env=self.env,
+            cwd=TESTS,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.proc.stdout.read()}")  # type: ignore[union-attr]
+            try:
+                httpx.get(self.url + self.ready_path, timeout=1)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not start:\n{self.output}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.output += self.proc.stdout.read()
+            self.proc.stdout.close()
+        return self.output
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def uvicorn(module: str = "e2e_server:app") -> list[str]:
+    return [sys.executable, "-m", "uvicorn", module, "--host", "127.0.0.1",
+            "--port", "{port}", "--log-level", "warning"]  # fmt: skip
