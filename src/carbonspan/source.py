@@ -20,6 +20,7 @@ _log = logging.getLogger(__name__)
 
 Scope = Literal["process", "machine"]
 COMPONENTS = ("cpu", "gpu", "ram")
+RAM_REFRESH = 30.0  # seconds between two asks of CodeCarbon's RAM model
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class CodeCarbonPowerSource:
         self._process = psutil.Process(self._pid)
         self._last_proc_cpu = 0.0
         self._last_machine_busy = 0.0
+        self._ram_w = 0.0
+        self._ram_at = -RAM_REFRESH
 
     # -- detection --------------------------------------------------------
 
@@ -176,12 +179,21 @@ class CodeCarbonPowerSource:
             self._last_proc_cpu, self._last_machine_busy = proc_cpu, machine_busy
             self._total["cpu"] += joules
         if self._ram is not None:
-            watts = float(self._ram.total_power().W)
+            watts = self._ram_watts()
             if process:
                 watts *= _memory_share(self._process)
             self._total["ram"] += watts * dt
         if self._gpu is not None:
             self._total["gpu"] += self._gpu.joules(dt, os.getpid() if process else None)
+
+    def _ram_watts(self) -> float:
+        # CodeCarbon's machine RAM model depends on the installed memory only:
+        # ask it again every RAM_REFRESH seconds, not at every read.
+        now = time.monotonic()
+        if now - self._ram_at >= RAM_REFRESH:
+            self._ram_at = now
+            self._ram_w = float(self._ram.total_power().W)
+        return self._ram_w
 
     def _cpu_times(self) -> tuple[float, float]:
         proc = self._process.cpu_times()
