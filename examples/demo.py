@@ -55,6 +55,10 @@ READY_TIMEOUT = 15.0  # seconds to wait for hardware detection (about 2 s)
 log = logging.getLogger("demo")
 
 
+class DemoError(Exception):
+    """The demo cannot go on; its message says why."""
+
+
 # -- the app -----------------------------------------------------------------
 
 
@@ -127,7 +131,11 @@ class Server:
     def __init__(self, app: FastAPI, port: int) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((HOST, port))  # port 0: the OS picks a free one
+        try:
+            self.sock.bind((HOST, port))  # port 0: the OS picks a free one
+        except OSError as exc:
+            self.sock.close()
+            raise DemoError(f"cannot listen on {HOST}:{port}: {exc.strerror}") from None
         self.port: int = self.sock.getsockname()[1]
         config = uvicorn.Config(
             app, log_config=None, log_level="warning", access_log=False
@@ -149,7 +157,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
+                raise DemoError("uvicorn did not start; see the log above")
             time.sleep(0.01)
 
     def stop(self) -> None:
@@ -209,7 +217,7 @@ def wait_for_hardware(runtime: Runtime, timeout: float) -> None:
     sampler = runtime.sampler
     while not (sampler.info.measurement and runtime.ledger.last_reading is not None):
         if time.monotonic() > deadline:
-            raise RuntimeError(
+            raise DemoError(
                 f"no power reading after {timeout:.0f} s "
                 f"({sampler.errors} failed reads); see the log above"
             )
@@ -356,9 +364,9 @@ def print_totals(
 ) -> None:
     energy: dict[bool, dict[str, float]] = {True: {}, False: {}}
     for point in metric_points(reader, "codecarbon.energy"):
-        attributed = bool(point.attributes.get("codecarbon.attributed"))
+        flag = bool(point.attributes.get("codecarbon.attributed"))
         component = HW_TYPES.get(str(point.attributes.get("hw.type")), "?")
-        energy[attributed][component] = float(point.value)
+        energy[flag][component] = float(point.value)
     grams: dict[bool, float] = {}
     for point in metric_points(reader, "codecarbon.emissions"):
         grams[bool(point.attributes.get("codecarbon.attributed"))] = point.value
@@ -387,12 +395,12 @@ def print_totals(
         for c in measured
     }
     line("(attr. + unattr.) - meas.", gap)
-    attributed = sum(energy[True].values())
+    attributed_j = sum(energy[True].values())
     measured_j = sum(measured.values())
     print()
     print(
         f"  The request rows add up to {from_spans:.4f} J; "
-        f"the metric's attributed total is {attributed:.4f} J."
+        f"the metric's attributed total is {attributed_j:.4f} J."
     )
     if measured_j > 0:
         print(
@@ -435,9 +443,10 @@ def run(args: argparse.Namespace) -> None:
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
+    app = make_app()
     server: Server | None = None
     try:
-        app = make_app()
+        server = Server(app, args.port)  # binds now: a busy port fails early
         FastAPIInstrumentor.instrument_app(
             app, tracer_provider=tracer_provider, meter_provider=meter_provider
         )
@@ -446,11 +455,10 @@ def run(args: argparse.Namespace) -> None:
             CodeCarbonInstrumentor().instrument_app(
                 app, country_iso_code=args.country, meter_provider=meter_provider
             )
-        except ValueError as exc:
-            raise SystemExit(f"demo: {exc}") from None
+        except ValueError as exc:  # a bad setting, such as an unknown country
+            raise DemoError(str(exc)) from None
         runtime: Runtime = app._carbonspan_runtime  # type: ignore[attr-defined]
 
-        server = Server(app, args.port)
         server.start()
         print(f"Serving on {server.url}; detecting hardware (about 2 s)...")
         wait_for_hardware(runtime, READY_TIMEOUT)
@@ -470,6 +478,7 @@ def run(args: argparse.Namespace) -> None:
     finally:
         if server is not None:
             server.stop()
+        CodeCarbonInstrumentor.uninstrument_app(app)  # no-op if already done
         tracer_provider.shutdown()
         meter_provider.shutdown()
 
@@ -484,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted; server stopped", file=sys.stderr)
         return 130

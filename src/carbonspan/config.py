@@ -24,7 +24,13 @@ _log = logging.getLogger(__name__)
 
 SCOPES = ("process", "machine")
 ATTRIBUTIONS = ("time_share",)
+HEADER_FIELDS = ("energy", "emissions", "duration")
+HEADER_FORMATS = ("x-codecarbon", "server-timing", "both")
 ENV_PREFIX = "CARBONSPAN_"
+#: Settings that only keyword arguments can give (objects, not text).
+OBJECT_SETTINGS = ("power_source", "meter_provider", "measurement_hook")
+
+MeasurementHook = Callable[[Any, Mapping[str, Any], Any], None]
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,11 @@ class Settings:
     scope: Scope = "process"
     attribution: str = "time_share"
     excluded_urls: re.Pattern[str] | None = None
+    response_headers: tuple[str, ...] = ()
+    response_headers_format: str = "x-codecarbon"
     power_source: PowerSource | None = None
     meter_provider: Any = None
+    measurement_hook: MeasurementHook | None = None
 
     @classmethod
     def load(
@@ -71,9 +80,15 @@ class Settings:
                     raw,
                     exc,
                 )
-        for name in ("power_source", "meter_provider"):
+        for name in OBJECT_SETTINGS:
             if kwargs.get(name) is not None:
                 values[name] = kwargs[name]
+        hook = values.get("measurement_hook")
+        if hook is not None and not callable(hook):
+            raise ValueError(
+                "measurement_hook: expected a callable (span, scope, measurement), "
+                f"got {hook!r}"
+            )
         if values.get("power_source") is not None and not isinstance(
             values["power_source"], PowerSource
         ):
@@ -187,6 +202,26 @@ def _excluded(name: str, value: Any) -> re.Pattern[str] | None:
         ) from None
 
 
+def _headers(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return HEADER_FIELDS
+        if text in ("false", "0", "no", "off", ""):
+            return ()
+        value = [p.strip() for p in text.split(",") if p.strip()]
+    if value is True:
+        return HEADER_FIELDS
+    if value is False:
+        return ()
+    if isinstance(value, (list, tuple)) and all(f in HEADER_FIELDS for f in value):
+        return tuple(f for f in HEADER_FIELDS if f in value)
+    raise ValueError(
+        f"{name}: {value!r} is not accepted; use True, False or a list of "
+        f"{', '.join(HEADER_FIELDS)}"
+    )
+
+
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "country_iso_code": _country,
     "region": _text,
@@ -197,5 +232,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "scope": _choice(SCOPES),
     "attribution": _choice(ATTRIBUTIONS),
     "excluded_urls": _excluded,
+    "response_headers": _headers,
+    "response_headers_format": _choice(HEADER_FORMATS),
 }
 _NAMES = frozenset(f.name for f in fields(Settings))

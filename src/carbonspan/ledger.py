@@ -1,22 +1,32 @@
 """The attribution ledger: splits measured energy between concurrent requests.
 
 Policy ``time_share``: at any instant the process draws power P(t) and n(t)
-requests are in flight; each is charged P(t)/n(t). The ledger keeps one running
-integral per component,
+requests are in flight; each is charged P(t)/n(t).
 
-    A(t) = integral of P(s)/n(s) ds over the instants when n(s) > 0,
+The ledger keeps one running integral, B(t) = integral of 1/n(s) ds over the
+instants when n(s) > 0, so a request open on [b, e] holds B(e) - B(b) seconds
+of "shared time". Power comes from the sampler's ticks: for each interval
+between two ticks the source says how many joules were drawn, so the mean
+power P_j of interval j is known exactly once it ends. A request is charged
 
-and a request open on [b, e] is charged A(e) - A(b). Opening and closing are
-O(1) under one lock. Between sampler ticks A advances with the last sample's
-power; at each tick the difference between what the source measured and what
-the ledger handed out goes to the windows still open (or to the idle account
-when none is), so that at every tick
+    sum over the intervals j it overlaps of P_j * (its shared time in j)
 
-    sum of attributed J + unattributed J == measured J.
+which the ledger gets in O(1) from a second running integral per component,
+C_j = sum of P_i * (B_i - B_{i-1}) over the ticks so far, and a bounded ring of
+the last ticks' (B_j, C_j, P_j). A request that is still open after its last
+interval's tick therefore gets the interval's *measured* power, not a guess.
 
-A negative difference (power fell since the last sample) is never taken back
-from requests: it lowers the power used until the next tick instead, so every
-charge and every total only grows.
+Only the tail of a request after the last tick, before the next one, is
+unknown when it closes: that part is charged at the last interval's power.
+At the next tick the difference between that guess and the measured power of
+the interval goes to the unattributed account, so that at every tick
+
+    sum of closed requests' J + open requests' J + unattributed J == measured J
+
+exactly. What the closed tails were mis-charged is the residual error, which
+docs/attribution.md measures. The unattributed account (idle time, excluded
+requests, those corrections) can dip when power falls; every request's charge
+is >= 0.
 """
 
 from __future__ import annotations
@@ -28,6 +38,9 @@ from dataclasses import dataclass
 from carbonspan.source import COMPONENTS, EnergyReading
 
 _N = len(COMPONENTS)
+#: Ticks kept for windows still open: 8192 ticks is 13.6 min at 0.1 s.
+RING = 8192
+_ZERO = (0.0,) * _N
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,21 +68,25 @@ class Measurement:
 
 
 class Window:
-    """An open request: the integrals' values when it opened."""
+    """An open request: where the integrals stood when it opened."""
 
-    __slots__ = ("a0", "b0", "ready", "start")
+    __slots__ = ("b0", "c0", "j0", "ready", "start")
 
-    def __init__(self, start: float, a0: tuple[float, ...], b0: float, ready: bool):
+    def __init__(
+        self, start: float, b0: float, j0: int, c0: tuple[float, ...], ready: bool
+    ) -> None:
         self.start = start
-        self.a0 = a0
-        self.b0 = b0
+        self.b0 = b0  # B(b)
+        self.j0 = j0  # the last tick before b
+        self.c0 = c0  # C(b) at the power known at b, if its tick is forgotten
         self.ready = ready
 
 
 class Ledger:
-    """Running integrals of per-request power, advanced by the sampler's ticks."""
+    """Running integrals of shared time and measured power, ticked by the sampler."""
 
-    def __init__(self) -> None:
+    def __init__(self, ring: int = RING) -> None:
+        self._ring_size = ring
         self.reset()
 
     def reset(self) -> None:
@@ -77,14 +94,22 @@ class Ledger:
         self._lock = threading.Lock()
         self._t: float | None = None  # last instant the integrals reach
         self._n = 0
+        self._b = 0.0  # B(t)
+        self._idle_time = 0.0  # seconds with nothing in flight
+        self._busy_time = 0.0  # seconds with something in flight
+        self._tick_busy = 0.0  # busy seconds at the last tick
+        self._j = -1  # index of the last tick
+        self._tick_b = 0.0  # B at the last tick
+        self._tick_idle = 0.0  # idle seconds at the last tick
+        self._c = [0.0] * _N  # C at the last tick, per component
+        self._power = [0.0] * _N  # P of the last interval: the guess for the tail
+        self._ring: list[tuple[float, tuple[float, ...], tuple[float, ...]] | None] = [
+            None
+        ] * self._ring_size
+        self._tails = 0.0  # shared time of tails closed since the last tick
         self._known = [False] * _N
-        self._power = [0.0] * _N  # watts used to advance until the next tick
-        self._measured_power = [0.0] * _N  # watts over the last sampled interval
-        self._a = [0.0] * _N  # A(t), joules per request
-        self._b = 0.0  # integral of 1/n(t) dt, for the mean concurrency
-        self._charged = [0.0] * _N  # everything handed out, open windows included
-        self._idle = [0.0] * _N  # unattributed: nothing in flight, or excluded
-        self._attributed = [0.0] * _N  # closed, attributed windows
+        self._idle = [0.0] * _N  # unattributed J
+        self._attributed = [0.0] * _N  # closed, attributed J
         self._measured = [0.0] * _N  # sum of the source's valid deltas
         self._last: list[float | None] = [None] * _N
         self._last_time: float | None = None
@@ -97,30 +122,66 @@ class Ledger:
         with self._lock:
             self._advance(now)
             self._n += 1
-            return Window(now, tuple(self._a), self._b, self._t is not None)
+            if self._t is None:
+                return Window(now, self._b, -1, _ZERO, False)
+            since = self._b - self._tick_b
+            c0 = tuple(c + p * since for c, p in zip(self._c, self._power, strict=True))
+            return Window(now, self._b, self._j, c0, True)
 
     def close(self, window: Window, now: float, attributed: bool = True) -> Measurement:
         with self._lock:
             self._advance(now)
             self._n -= 1
-            a, known = self._a, self._known
-            charges = [a[i] - window.a0[i] for i in range(_N)]
+            charges = self._charges(window)
+            if window.j0 == self._j:
+                self._tails += self._b - window.b0
+            else:
+                self._tails += self._b - self._tick_b
             # A window opened before the first reading reports nothing, so
             # what it was charged since counts as unattributed.
             account = self._attributed if attributed and window.ready else self._idle
             for i in range(_N):
                 account[i] += charges[i]
             shared = self._b - window.b0
+        return self._measurement(window, now, charges, shared)
+
+    def peek(self, window: Window, now: float) -> Measurement:
+        """What `window` has been charged so far, without closing it."""
+        with self._lock:
+            self._advance(now)
+            charges = self._charges(window)
+            shared = self._b - window.b0
+        return self._measurement(window, now, charges, shared)
+
+    def _charges(self, window: Window) -> list[float]:
+        power, tail = self._power, self._b - self._tick_b
+        if window.j0 == self._j:  # no tick since it opened
+            shared = self._b - window.b0
+            return [p * shared for p in power]
+        c = self._c
+        entry = None
+        # Opened before the first tick: C counts from that tick, with c0 = 0.
+        if window.ready and self._j - window.j0 <= self._ring_size:
+            entry = self._ring[(window.j0 + 1) % self._ring_size]
+        if entry is None:  # its first tick is forgotten: use the power it knew
+            return [c[i] - window.c0[i] + power[i] * tail for i in range(_N)]
+        b1, c1, p1 = entry
+        head = b1 - window.b0
+        return [p1[i] * head + c[i] - c1[i] + power[i] * tail for i in range(_N)]
+
+    def _measurement(
+        self, window: Window, now: float, charges: list[float], shared: float
+    ) -> Measurement:
         duration = now - window.start
         if not window.ready:
             return Measurement(duration, None, None, None, 1.0)
-        concurrency = duration / shared if shared > 0 else 1.0
+        known = self._known
         return Measurement(
             duration,
             charges[0] if known[0] else None,
             charges[1] if known[1] else None,
             charges[2] if known[2] else None,
-            concurrency,
+            duration / shared if shared > 0 else 1.0,
         )
 
     def _advance(self, now: float) -> None:
@@ -128,20 +189,11 @@ class Ledger:
         if last is None or now <= last:
             return
         self._t = now
-        dt = now - last
-        power, charged = self._power, self._charged
         if self._n:
-            share = dt / self._n
-            self._b += share
-            a = self._a
-            for i in range(_N):
-                a[i] += power[i] * share
-                charged[i] += power[i] * dt
+            self._b += (now - last) / self._n
+            self._busy_time += now - last
         else:
-            idle = self._idle
-            for i in range(_N):
-                idle[i] += power[i] * dt
-                charged[i] += power[i] * dt
+            self._idle_time += now - last
 
     # -- sampler path ------------------------------------------------------
 
@@ -156,33 +208,46 @@ class Ledger:
                 self._t = reading.time
             else:
                 self._advance(reading.time)
-            dt = reading.time - self._last_time if self._last_time is not None else 0.0
+            first = self._last_time is None
             self._last_time = reading.time
+            shared = self._b - self._tick_b
+            idle_time = self._idle_time - self._tick_idle
+            # The seconds the integrals advanced since the last tick. A request
+            # may have moved them a little past the reading's own time: divide
+            # the joules by this span, not the readings' gap, to hand out
+            # exactly what was measured.
+            span = idle_time + self._busy_time - self._tick_busy
+            measured_power = [0.0] * _N
             for i in range(_N):
                 value = values[i]
                 if value is None or not math.isfinite(value):
-                    continue
+                    continue  # no information: the interval is charged 0 W
                 self._known[i] = True
-                previous = self._last[i]
-                self._last[i] = value
-                if previous is None:
-                    continue
-                delta = value - previous
-                if delta < 0:  # the counter was reset: start again from here
+                previous, self._last[i] = self._last[i], value
+                delta = value - previous if previous is not None else -1.0
+                if delta < 0 or first:  # first value, or the counter reset
                     continue
                 self._measured[i] += delta
-                if dt > 0:
-                    self._measured_power[i] = delta / dt
-                diff = self._measured[i] - self._charged[i]
-                if diff > 0:
-                    if self._n:
-                        self._a[i] += diff / self._n
-                    else:
-                        self._idle[i] += diff
-                    self._charged[i] += diff
-                    self._power[i] = self._measured_power[i]
-                elif dt > 0:
-                    self._power[i] = max(0.0, self._measured_power[i] + diff / dt)
+                if span > 0:
+                    measured_power[i] = delta / span
+                else:  # no time passed for the ledger: nobody to charge
+                    self._idle[i] += delta
+            for i in range(_N):
+                p = measured_power[i]
+                self._c[i] += p * shared
+                # Idle time at the measured power, and the tails that closed
+                # at the guessed power corrected to the measured one.
+                self._idle[i] += p * idle_time + (p - self._power[i]) * self._tails
+                self._power[i] = p
+            self._tails = 0.0
+            self._tick_b, self._tick_idle = self._b, self._idle_time
+            self._tick_busy = self._busy_time
+            self._j += 1
+            self._ring[self._j % self._ring_size] = (
+                self._b,
+                tuple(self._c),
+                tuple(measured_power),
+            )
 
     # -- introspection -----------------------------------------------------
 
@@ -198,7 +263,7 @@ class Ledger:
                 attributed=tuple(self._attributed),
                 unattributed=tuple(self._idle),
                 measured=tuple(self._measured),
-                power=tuple(self._measured_power),
+                power=tuple(self._power),
             )
 
 

@@ -42,6 +42,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._route_grams: dict[RouteKey, float] = {}
         self._attrs: dict[RouteKey, dict[str, Any]] = {}
+        self._idle_floor = [0.0] * len(COMPONENTS)
         meter = get_meter(
             __name__, __version__, meter_provider=meter_provider, schema_url=SCHEMA_URL
         )
@@ -108,21 +109,28 @@ class Metrics:
             items = list(self._route_grams.items())
         return [Observation(grams, self._attrs[key]) for key, grams in items]
 
+    def _unattributed(self) -> list[float]:
+        # The ledger's idle account dips when a power drop is corrected after
+        # the requests concerned have closed; a counter must not go down, so
+        # it holds its last value until the account is above it again.
+        totals = self._ledger.totals()
+        with self._lock:
+            floor = self._idle_floor
+            for i, value in enumerate(totals.unattributed):
+                floor[i] = max(floor[i], value)
+            return list(floor)
+
     def _observe_energy(self, _: CallbackOptions) -> Iterable[Observation]:
         totals = self._ledger.totals()
+        idle = self._unattributed()
         out = []
         for i, component in enumerate(COMPONENTS):
             if not totals.known[i]:
                 continue
             hw = a.HW_TYPES[component]
-            out.append(
-                Observation(totals.attributed[i], {a.HW_TYPE: hw, a.ATTRIBUTED: True})
-            )
-            out.append(
-                Observation(
-                    totals.unattributed[i], {a.HW_TYPE: hw, a.ATTRIBUTED: False}
-                )
-            )
+            attributed: dict[str, Any] = {a.HW_TYPE: hw, a.ATTRIBUTED: True}
+            out.append(Observation(totals.attributed[i], attributed))
+            out.append(Observation(idle[i], {a.HW_TYPE: hw, a.ATTRIBUTED: False}))
         return out
 
     def _observe_emissions(self, _: CallbackOptions) -> Iterable[Observation]:
@@ -130,7 +138,7 @@ class Metrics:
         grams = self._intensity.grams
         return [
             Observation(grams(sum(totals.attributed)), {a.ATTRIBUTED: True}),
-            Observation(grams(sum(totals.unattributed)), {a.ATTRIBUTED: False}),
+            Observation(grams(sum(self._unattributed())), {a.ATTRIBUTED: False}),
         ]
 
     def _observe_power(self, _: CallbackOptions) -> Iterable[Observation]:

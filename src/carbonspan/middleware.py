@@ -10,6 +10,7 @@ that message. A `finally` covers exceptions and client disconnects.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import monotonic
 from typing import Any
@@ -44,6 +45,9 @@ class CodeCarbonMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime
         if scope["type"] != "http" or not runtime.active:
+            if scope["type"] == "lifespan" and runtime.active:
+                await self.app(scope, receive, _FlushAtShutdown(runtime, send))
+                return
             await self.app(scope, receive, send)
             return
         request = _Request(runtime, scope, send)
@@ -76,21 +80,31 @@ class _Request:
         self.status = 500
         self.ledger = runtime.ledger
         excluded = runtime.excluded
-        self.excluded = (
-            excluded is not None and excluded(scope.get("path", "")) is not None
-        )
+        self.excluded = excluded is not None and excluded(scope)
         self.window: Any = self.ledger.open(monotonic())
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
+            if self.runtime.headers is not None and not self.excluded:
+                message = self._with_headers(message)
         elif self.window is not None and (
             (kind == "http.response.body" and not message.get("more_body", False))
             or kind == "http.response.pathsend"
         ):
             self.finish()
         await self._send(message)
+
+    def _with_headers(self, message: Message) -> Message:
+        runtime = self.runtime
+        try:
+            so_far = self.ledger.peek(self.window, monotonic())
+            extra = runtime.headers(so_far)  # type: ignore[misc]
+        except Exception as exc:
+            runtime.report(exc, "writing response headers")
+            return message
+        return {**message, "headers": [*message.get("headers", ()), *extra]}
 
     def finish(self) -> None:
         window, self.window = self.window, None
@@ -111,3 +125,28 @@ class _Request:
                     span.set_attributes(attributes)
         except Exception as exc:  # never let measuring hurt the request
             runtime.report(exc)
+            return
+        if runtime.hook is not None:
+            try:
+                runtime.hook(self.span, self.scope, measurement)
+            except Exception as exc:
+                runtime.report(exc, "the measurement_hook")
+
+
+class _FlushAtShutdown:
+    """Lifespan send wrapper: flush telemetry before shutdown completes."""
+
+    def __init__(self, runtime: Runtime, send: Send) -> None:
+        self.runtime = runtime
+        self._send = send
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            runtime = self.runtime
+            try:
+                # Off the event loop: exporters may block on the network.
+                await asyncio.get_running_loop().run_in_executor(None, runtime.flush)
+            except Exception as exc:
+                runtime.report(exc, "flushing telemetry at shutdown")
+        await self._send(message)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.util.http import get_excluded_urls
 
 from carbonspan import emissions, sampler
 from carbonspan.attributes import span_attributes, static_attributes
@@ -14,6 +18,7 @@ from carbonspan.metrics import Metrics
 from carbonspan.source import CodeCarbonPowerSource, PowerSource
 
 _log = logging.getLogger(__name__)
+Scope = Mapping[str, Any]
 
 
 class Runtime:
@@ -43,8 +48,9 @@ class Runtime:
             )
         self.ledger = self.sampler.ledger
         self.metrics = Metrics(self.ledger, self.intensity, settings.meter_provider)
-        pattern = settings.excluded_urls
-        self.excluded = pattern.search if pattern is not None else None
+        self.excluded = _exclusion(settings)
+        self.headers = _header_writer(settings, self.intensity)
+        self.hook = settings.measurement_hook
         self.active = True
         self._static: dict[str, Any] | None = None
         self._last_error_log = -sampler.LOG_EVERY
@@ -60,14 +66,108 @@ class Runtime:
                 self._static = static
         return span_attributes(measurement, self.intensity, static)
 
-    def report(self, exc: BaseException) -> None:
+    def report(self, exc: BaseException, what: str = "measuring a request") -> None:
         """Log a failure on the request path, at most once a minute."""
         now = time.monotonic()
         if now - self._last_error_log >= sampler.LOG_EVERY:
             self._last_error_log = now
-            _log.warning("carbonspan: measuring a request failed", exc_info=exc)
+            _log.warning("carbonspan: %s failed", what, exc_info=exc)
+
+    def flush(self, timeout_millis: int = 5000) -> None:
+        """At server shutdown: a last reading, then flush spans and metrics.
+
+        uvicorn re-raises SIGTERM once it has shut down, so the SDK's atexit
+        flush never runs; without this, what a BatchSpanProcessor or a
+        periodic metric reader still holds would be lost.
+        """
+        self.sampler.sample()
+        providers = [self.settings.meter_provider or metrics.get_meter_provider()]
+        providers.append(trace.get_tracer_provider())
+        for provider in providers:
+            force_flush = getattr(provider, "force_flush", None)
+            if force_flush is not None:
+                try:
+                    force_flush(timeout_millis)
+                except Exception as exc:
+                    self.report(exc, "flushing telemetry at shutdown")
 
     def close(self) -> None:
         if self.active:
             self.active = False
             sampler.release(self.sampler)
+
+
+def _exclusion(settings: Settings) -> Callable[[Scope], bool] | None:
+    """Which requests get no attributes or metrics (they still hold a window).
+
+    `excluded_urls` (or `CARBONSPAN_EXCLUDED_URLS`) is searched in the path.
+    Without it, `OTEL_PYTHON_FASTAPI_EXCLUDED_URLS` or
+    `OTEL_PYTHON_EXCLUDED_URLS` are honoured as the FastAPI instrumentation
+    does: searched in the full URL.
+    """
+    pattern = settings.excluded_urls
+    if pattern is not None:
+        search = pattern.search
+        return lambda scope: search(scope.get("path", "")) is not None
+    otel = get_excluded_urls("FASTAPI")
+    if otel is None:
+        return None
+    return lambda scope: otel.url_disabled(_url(scope))
+
+
+def _url(scope: Scope) -> str:
+    scheme = scope.get("scheme", "http")
+    host, port = scope.get("server") or ("localhost", None)
+    netloc = f"{host}:{port}" if port is not None else str(host)
+    return f"{scheme}://{netloc}{scope.get('root_path', '')}{scope.get('path', '')}"
+
+
+def _header_writer(
+    settings: Settings, intensity: emissions.CarbonIntensity
+) -> Callable[[Measurement], list[tuple[bytes, bytes]]] | None:
+    """Response headers with the figures so far, or None when they are off."""
+    fields = settings.response_headers
+    if not fields:
+        return None
+    style = settings.response_headers_format
+    x_style = style in ("x-codecarbon", "both")
+    timing = style in ("server-timing", "both")
+
+    def write(m: Measurement) -> list[tuple[bytes, bytes]]:
+        joules = m.total
+        values: dict[str, float] = {"duration": m.duration * 1000.0}
+        if joules is not None:
+            values["energy"] = joules
+            values["emissions"] = intensity.grams(joules)
+        out: list[tuple[bytes, bytes]] = []
+        entries = []
+        for name in fields:
+            if name not in values:
+                continue
+            value = values[name]
+            if x_style:
+                out.append((_X_HEADERS[name], f"{value:.6g}".encode()))
+            if timing:
+                unit, scale = _TIMING[name]
+                entries.append(
+                    f'codecarbon-{name};dur={value * scale:.6g};desc="{unit}"'
+                )
+        if entries:
+            out.append((b"server-timing", ", ".join(entries).encode()))
+        return out
+
+    return write
+
+
+_X_HEADERS = {
+    "energy": b"x-codecarbon-energy",
+    "emissions": b"x-codecarbon-emissions",
+    "duration": b"x-codecarbon-duration",
+}
+# Server-Timing has one number per entry, `dur`, shown by browsers as ms:
+# energy goes as mJ and emissions as mg so that small values stay readable.
+_TIMING = {
+    "energy": ("mJ", 1000.0),
+    "emissions": ("mg CO2eq", 1000.0),
+    "duration": ("ms", 1.0),
+}

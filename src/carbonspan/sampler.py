@@ -63,12 +63,12 @@ class Sampler:
         with self._read_lock:
             try:
                 reading = self.source.read()
-                if not self.info.measurement:
-                    self.info = self.source.describe()
+                info = self.info if self.info.measurement else self.source.describe()
             except Exception as exc:
                 self._report(exc)
                 return False
             self.ledger.tick(reading)
+            self.info = info  # after the tick: known hardware means readings
             return True
 
     def _run(self) -> None:
