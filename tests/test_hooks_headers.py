@@ -1,0 +1,210 @@
+"""measurement_hook, response headers, OTel excluded-URL env, plain ASGI apps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from apps import build_app
+from carbonspan import CodeCarbonMiddleware, Measurement
+from carbonspan import attributes as a
+from carbonspan.testing import ConstantPowerSource
+from conftest import Instrumented, Otel, attrs, client, wait_ready
+
+
+def get(app: Any, path: str) -> httpx.Response:
+    async def go() -> httpx.Response:
+        async with client(app) as c:
+            return await c.get(path)
+
+    return asyncio.run(go())
+
+
+def test_hook_sees_the_measurement_before_the_span_ends(
+    otel: Otel, instrument: Instrumented
+) -> None:
+    seen: list[tuple[bool, str, Measurement]] = []
+
+    def hook(span: Any, scope: Any, measurement: Measurement) -> None:
+        seen.append((span.is_recording(), scope["path"], measurement))
+        span.set_attribute("app.energy_mj", (measurement.total or 0) * 1000)
+
+    app = build_app()
+    runtime = instrument(
+        app, otel, power_source=ConstantPowerSource(cpu=8.0), measurement_hook=hook,
+        sample_interval=0.02,
+    )  # fmt: skip
+    wait_ready(runtime)
+    assert get(app, "/sleep?seconds=0.05").status_code == 200
+    ((recording, path, measurement),) = seen
+    assert recording and path == "/sleep"
+    (span,) = otel.server_spans()
+    assert span.attributes is not None
+    assert span.attributes["app.energy_mj"] == pytest.approx(measurement.total * 1000)
+    assert attrs(span)[a.ENERGY_TOTAL] == pytest.approx(measurement.total)
+
+
+def test_a_failing_hook_is_logged_and_the_request_goes_on(
+    otel: Otel, instrument: Instrumented, caplog: pytest.LogCaptureFixture
+) -> None:
+    def hook(span: Any, scope: Any, measurement: Measurement) -> None:
+        raise ZeroDivisionError("user bug")
+
+    app = build_app()
+    instrument(
+        app, otel, power_source=ConstantPowerSource(cpu=1.0), measurement_hook=hook
+    )
+    with caplog.at_level(logging.WARNING, logger="carbonspan.runtime"):
+        codes = [get(app, "/fast").status_code for _ in range(3)]
+    assert codes == [200, 200, 200]
+    assert len(otel.server_spans()) == 3
+    assert caplog.text.count("measurement_hook failed") == 1  # rate-limited
+
+
+def test_headers_are_off_by_default(otel: Otel, instrument: Instrumented) -> None:
+    app = build_app()
+    instrument(app, otel, power_source=ConstantPowerSource(cpu=1.0))
+    response = get(app, "/fast")
+    assert not [h for h in response.headers if "codecarbon" in h]
+    assert "server-timing" not in response.headers
+
+
+def test_x_codecarbon_headers(otel: Otel, instrument: Instrumented) -> None:
+    app = build_app()
+    runtime = instrument(
+        app, otel, power_source=ConstantPowerSource(cpu=100.0), response_headers=True,
+        carbon_intensity=100.0, sample_interval=0.02,
+    )  # fmt: skip
+    wait_ready(runtime)
+    response = get(app, "/sleep?seconds=0.1")
+    energy = float(response.headers["x-codecarbon-energy"])
+    # The response starts after the 0.1 s sleep at 100 W: about 10 J so far.
+    assert 10.0 * 0.9 <= energy <= 10.0 * 2
+    emissions = float(response.headers["x-codecarbon-emissions"])
+    assert emissions == pytest.approx(energy / 3.6e6 * 100.0, rel=1e-4)
+    assert float(response.headers["x-codecarbon-duration"]) >= 100.0
+    (span,) = otel.server_spans()
+    assert attrs(span)[a.ENERGY_TOTAL] >= energy * 0.999
+
+
+def test_server_timing_with_chosen_fields(otel: Otel, instrument: Instrumented) -> None:
+    app = build_app()
+    runtime = instrument(
+        app, otel, power_source=ConstantPowerSource(cpu=10.0),
+        response_headers=["energy", "duration"], response_headers_format="server-timing",
+        sample_interval=0.02,
+    )  # fmt: skip
+    wait_ready(runtime)
+    response = get(app, "/sleep?seconds=0.05")
+    assert "x-codecarbon-energy" not in response.headers
+    timing = response.headers["server-timing"]
+    entries = dict(e.strip().split(";", 1) for e in timing.split(","))
+    assert set(entries) == {"codecarbon-energy", "codecarbon-duration"}
+    assert 'desc="mJ"' in entries["codecarbon-energy"]
+    millijoules = float(entries["codecarbon-energy"].split("dur=")[1].split(";")[0])
+    assert millijoules >= 0.05 * 10.0 * 1000 * 0.9
+
+
+def test_otel_excluded_urls_env_is_honoured(
+    otel: Otel, instrument: Instrumented, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "health,items/\\d+")
+    app = build_app()
+    runtime = instrument(
+        app, otel, contrib=None, power_source=ConstantPowerSource(cpu=1.0),
+        sample_interval=0.02,
+    )  # fmt: skip
+    wait_ready(runtime)
+    for path in ("/health", "/items/3", "/fast"):
+        assert get(app, path).status_code == 200
+    routes = [
+        p.attributes.get(a.HTTP_ROUTE) for p in otel.points("codecarbon.request.energy")
+    ]
+    assert routes == ["/fast"]
+
+
+def test_carbonspan_excludes_win_over_otel_env(
+    otel: Otel, instrument: Instrumented, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "fast")
+    app = build_app()
+    instrument(
+        app, otel, contrib=None, power_source=ConstantPowerSource(cpu=1.0),
+        excluded_urls="^/health$",
+    )  # fmt: skip
+    wait_ready(app._carbonspan_runtime)
+    for path in ("/health", "/fast"):
+        assert get(app, path).status_code == 200
+    routes = [
+        p.attributes.get(a.HTTP_ROUTE) for p in otel.points("codecarbon.request.energy")
+    ]
+    assert routes == ["/fast"]
+
+
+def test_plain_starlette_app_inside_the_asgi_middleware(otel: Otel) -> None:
+    async def hello(request: Any) -> PlainTextResponse:
+        await asyncio.sleep(0.05)
+        return PlainTextResponse("hello")
+
+    inner = Starlette(routes=[Route("/hello/{name}", hello)])
+    measured = CodeCarbonMiddleware(
+        inner, power_source=ConstantPowerSource(cpu=6.0), sample_interval=0.02,
+        meter_provider=otel.meter_provider,
+    )  # fmt: skip
+    app = OpenTelemetryMiddleware(
+        measured,
+        tracer_provider=otel.tracer_provider,
+        meter_provider=otel.meter_provider,
+    )
+    try:
+        wait_ready(measured.runtime)
+        assert get(app, "/hello/ada").status_code == 200
+        (span,) = otel.server_spans()
+        got = attrs(span)
+        assert got[a.ENERGY_TOTAL] == pytest.approx(got[a.ENERGY["cpu"]])
+        assert got[a.ENERGY["cpu"]] >= 0.05 * 6.0 * 0.95
+        (point,) = otel.points("codecarbon.request.energy")
+        assert point.attributes[a.HTTP_ROUTE] == "/hello/{name}"
+    finally:
+        measured.runtime.close()
+
+
+def test_lifespan_shutdown_flushes_and_takes_a_last_reading(otel: Otel) -> None:
+    source = ConstantPowerSource(cpu=1.0)
+    app = build_app()
+    measured = CodeCarbonMiddleware(
+        app, power_source=source, sample_interval=30, meter_provider=otel.meter_provider
+    )
+    flushed: list[int] = []
+    otel.meter_provider.force_flush = lambda timeout_millis=0: flushed.append(1) or True  # type: ignore[method-assign]
+
+    async def lifespan() -> list[str]:
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+        sent: list[str] = []
+
+        async def receive() -> dict[str, str]:
+            return next(messages)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message["type"])
+
+        await measured({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                       receive, send)  # fmt: skip
+        return sent
+
+    try:
+        reads_before = source.reads
+        sent = asyncio.run(lifespan())
+        assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+        assert flushed == [1]
+        assert source.reads > reads_before
+    finally:
+        measured.runtime.close()
