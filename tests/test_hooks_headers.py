@@ -99,7 +99,8 @@ def test_server_timing_with_chosen_fields(otel: Otel, instrument: Instrumented) 
     app = build_app()
     runtime = instrument(
         app, otel, power_source=ConstantPowerSource(cpu=10.0),
-        response_headers=["energy", "duration"], response_headers_format="server-timing",
+        response_headers=["energy", "duration"],
+        response_headers_format="server-timing",
         sample_interval=0.02,
     )  # fmt: skip
     wait_ready(runtime)
