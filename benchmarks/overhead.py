@@ -3,7 +3,7 @@ a CodeCarbon tracker per request.
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/overhead.py            # full run, about 3 minutes
+    .venv/bin/python benchmarks/overhead.py            # full run, about 2 minutes
     .venv/bin/python benchmarks/overhead.py --quick    # about 20 s
     .venv/bin/python benchmarks/overhead.py --json out.json
 
@@ -26,6 +26,13 @@ because it is slow), and the variants are compared by their MEDIAN per-request
 latency. requests/s = 1 / median. Wall time (`perf_counter_ns`) and the request
 thread's CPU time (`thread_time_ns`, which leaves out time stolen by the host)
 are both recorded.
+
+Where b's added time goes: `CodeCarbonMiddleware` around a trivial ASGI app,
+inside a recording SDK server span, with the span attributes and/or the
+histogram record switched off (on runtimes built for the purpose; src/ is not
+touched), all rows alternating. Then each piece timed alone in a tight loop,
+which understates its cost on the real request path (warm caches), so read those
+as a lower bound and the alternating rows as the real figures.
 
 The sampler thread runs during all variants (one process), so its cost does not
 show up in b/a; it is measured separately (its thread's CPU clock over the run,
@@ -146,6 +153,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 from opentelemetry.trace import SpanKind  # noqa: E402
 
 from carbonspan import CodeCarbonInstrumentor, CodeCarbonMiddleware  # noqa: E402
+from carbonspan.config import Settings  # noqa: E402
 from carbonspan.ledger import Ledger  # noqa: E402
 from carbonspan.runtime import Runtime  # noqa: E402
 from carbonspan.sampler import Sampler  # noqa: E402
@@ -430,10 +438,10 @@ def print_endpoint(s: dict[str, Any]) -> None:
     )
     if "b_over_c" in s:
         print(f"  b/c req/s: {s['b_over_c']:.1f}x")
+    paired = s["added_us_paired_median"]
     print(
         f"  added per request (b - a): {s['added_us']:+.1f} µs wall, "
-        f"{s['added_cpu_us']:+.1f} µs CPU (paired median {s['added_us_paired_median']:+.1f}"
-        " µs)"
+        f"{s['added_cpu_us']:+.1f} µs CPU (paired median {paired:+.1f} µs)"
     )
 
 
@@ -453,15 +461,66 @@ def sampler_thread() -> threading.Thread | None:
     return None
 
 
-async def middleware_cost(runtime: Runtime, otel: Otel, n: int) -> dict[str, float]:
-    """CodeCarbonMiddleware around a trivial ASGI app vs the app alone, inside a
-    recording SDK server span; alternating, medians."""
+class PassThrough:
+    """An ASGI layer with a send wrapper and nothing else: the floor for any
+    middleware of this shape."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def wrapped(message: Message) -> None:
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+def ablated_runtime(
+    *, attributes: bool, metrics: bool
+) -> tuple[Runtime, MeterProvider] | None:
+    """A runtime on the shared default sampler, with its own MeterProvider, and
+    the span attributes and/or the histogram record switched off."""
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    runtime = Runtime(
+        Settings.load({"country_iso_code": COUNTRY, "meter_provider": provider})
+    )
+    try:
+        if not attributes:
+            runtime.span_attributes = lambda measurement: None  # type: ignore[method-assign]
+        if not metrics:
+            runtime.metrics.record = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    except AttributeError:  # the internals moved: skip the breakdown
+        runtime.close()
+        return None
+    return runtime, provider
+
+
+async def middleware_breakdown(otel: Otel, n: int) -> dict[str, dict[str, float]]:
+    """CodeCarbonMiddleware around a trivial ASGI app, inside a recording SDK
+    server span with `scope["route"]` set, against the app alone, with parts of
+    the request path switched off; all variants alternate, medians compared."""
 
     async def trivial(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    wrapped = CodeCarbonMiddleware(trivial, runtime=runtime)
+    apps: dict[str, ASGIApp] = {
+        "bare trivial app": trivial,
+        "+ pass-through ASGI layer": PassThrough(trivial),
+    }
+    owned: list[tuple[Runtime, MeterProvider]] = []
+    for label, attributes, metrics in (
+        ("+ carbonspan, no attrs, no metrics", False, False),
+        ("+ carbonspan, no span attributes", False, True),
+        ("+ carbonspan, no histogram record", True, False),
+        ("+ carbonspan (all)", True, True),
+    ):
+        made = ablated_runtime(attributes=attributes, metrics=metrics)
+        if made is None:
+            continue
+        owned.append(made)
+        apps[label] = CodeCarbonMiddleware(trivial, runtime=made[0])
+
     tracer = otel.tracer_provider.get_tracer("bench")
     route = SimpleNamespace(path="/ping")
 
@@ -471,32 +530,39 @@ async def middleware_cost(runtime: Runtime, otel: Otel, n: int) -> dict[str, flo
     async def send(message: Message) -> None:
         return None
 
-    times: dict[str, list[int]] = {"bare": [], "wrapped": []}
-    cpus: dict[str, list[int]] = {"bare": [], "wrapped": []}
+    names = list(apps)
+    walls: dict[str, list[int]] = {name: [] for name in names}
+    cpus: dict[str, list[int]] = {name: [] for name in names}
+    perf, cpu = time.perf_counter_ns, time.thread_time_ns
     for i in range(n):
-        order = (("bare", trivial), ("wrapped", wrapped))
-        if i % 2:
-            order = order[::-1]
-        for name, app in order:
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            app = apps[name]
             scope = make_scope("/ping")
             scope["route"] = route
             span = tracer.start_span("GET /ping", kind=SpanKind.SERVER)
             with trace.use_span(span, end_on_exit=False):
-                w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+                w0, c0 = perf(), cpu()
                 await app(scope, receive, send)
-                c1, w1 = time.thread_time_ns(), time.perf_counter_ns()
+                c1, w1 = cpu(), perf()
             span.end()
-            times[name].append(w1 - w0)
+            walls[name].append(w1 - w0)
             cpus[name].append(c1 - c0)
         if i % 256 == 0:
             otel.exporter.clear()
+    for runtime, provider in owned:
+        runtime.close()
+        provider.shutdown()
+    base_wall = median_us(walls[names[0]])
+    base_cpu = median_us(cpus[names[0]])
     return {
-        "wall_us": median_us(times["wrapped"]) - median_us(times["bare"]),
-        "cpu_us": median_us(cpus["wrapped"]) - median_us(cpus["bare"]),
-        "paired_wall_us": statistics.median(
-            [w - b for w, b in zip(times["wrapped"], times["bare"], strict=True)]
-        )
-        / 1000.0,
+        name: {
+            "median_us": median_us(walls[name]),
+            "cpu_median_us": median_us(cpus[name]),
+            "added_us": median_us(walls[name]) - base_wall,
+            "added_cpu_us": median_us(cpus[name]) - base_cpu,
+        }
+        for name in names
     }
 
 
@@ -523,7 +589,7 @@ def component_costs(runtime: Runtime, otel: Otel, number: int) -> dict[str, floa
     attrs = runtime.span_attributes(measurement) or {}
     out["attribute count"] = float(len(attrs))
     span = otel.tracer_provider.get_tracer("bench").start_span("x")
-    out["span.set_attributes(those)"] = per_call_ns(
+    out["span.set_attributes(those), overwriting"] = per_call_ns(
         lambda: span.set_attributes(attrs), number // 4
     )
     span.end()
@@ -559,6 +625,33 @@ def sampler_cost(samples: int, interval: float) -> dict[str, float]:
     }
 
 
+def source_revision() -> str:
+    """The git commit of the carbonspan being measured, `+dirty` if edited."""
+    import subprocess
+
+    import carbonspan
+
+    where = os.path.dirname(os.path.abspath(carbonspan.__file__))
+    try:
+        rev = subprocess.run(
+            ["git", "-C", where, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"? ({where})"
+    return f"{rev}{'+dirty' if dirty else ''} ({where})"
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in (
@@ -584,6 +677,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         + ", ".join(f"{k} {v}" for k, v in versions().items())
         + f"; {os.cpu_count()} CPUs"
     )
+    print(f"  carbonspan source: {source_revision()}")
     loops = calibrate_spin(args.cpu_ms)
     otel = Otel()
     tracker_kwargs = {
@@ -599,19 +693,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         tracer_provider=otel.tracer_provider,
         meter_provider=otel.meter_provider,
     )
-    app_b = build_app(loops)
-    FastAPIInstrumentor.instrument_app(
-        app_b,
-        tracer_provider=otel.tracer_provider,
-        meter_provider=otel.meter_provider,
-    )
-    CodeCarbonInstrumentor().instrument_app(
-        app_b, country_iso_code=COUNTRY, meter_provider=otel.meter_provider
-    )
-    runtime: Runtime = app_b._carbonspan_runtime  # type: ignore[attr-defined]
-    a = Variant("a", "FastAPIInstrumentor", app_a)
-    b = Variant("b", "+ carbonspan", app_b)
     c: Variant | None = None
+    first_c_s: float | None = None
     if args.obvious_every > 0:
         app_c = build_app(loops)
         app_c.add_middleware(PerRequestTrackerMiddleware, **tracker_kwargs)
@@ -621,38 +704,61 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             meter_provider=otel.meter_provider,
         )
         c = Variant("c", "+ tracker per request", app_c)
+        # Its first request pays CodeCarbon's cold hardware detection; do it
+        # before carbonspan's sampler warms the same caches.
+        wall, _, status = await call(app_c, "/ping")
+        first_c_s = wall / 1e9
+        if status != 200:
+            raise SystemExit(f"c /ping: status {status}")
 
-    # Wait for the sampler's hardware detection, then for a reading or two.
+    app_b = build_app(loops)
+    FastAPIInstrumentor.instrument_app(
+        app_b,
+        tracer_provider=otel.tracer_provider,
+        meter_provider=otel.meter_provider,
+    )
     t0 = time.perf_counter()
-    while not runtime.sampler.info.measurement or runtime.ledger.totals().known == (
-        False,
-        False,
-        False,
+    CodeCarbonInstrumentor().instrument_app(
+        app_b, country_iso_code=COUNTRY, meter_provider=otel.meter_provider
+    )
+    instrument_s = time.perf_counter() - t0
+    runtime: Runtime = app_b._carbonspan_runtime  # type: ignore[attr-defined]
+    a = Variant("a", "FastAPIInstrumentor", app_a)
+    b = Variant("b", "+ carbonspan", app_b)
+
+    # The sampler may start at the first request (or lifespan startup) rather
+    # than at instrument time: send one, make sure it runs, then wait for the
+    # hardware detection and a few readings.
+    await call(app_b, "/ping")
+    if not runtime.sampler.running:
+        runtime.sampler.start()
+    while not runtime.sampler.info.measurement or not any(
+        runtime.ledger.totals().known
     ):
         if time.perf_counter() - t0 > 60:
             raise SystemExit("the carbonspan sampler produced no reading in 60 s")
         await asyncio.sleep(0.05)
+    ready_s = time.perf_counter() - t0
     await asyncio.sleep(3 * runtime.sampler.interval)
+    info = runtime.sampler.info
     print(
-        f"  sampler ready after {time.perf_counter() - t0:.1f} s: "
-        f"{runtime.sampler.info.measurement}, cpu model {runtime.sampler.info.cpu_model}"
+        f"  carbonspan: instrument_app {instrument_s * 1000:.1f} ms, sampler ready "
+        f"after {ready_s:.2f} s; measurement {info.measurement}, "
+        f"cpu model {info.cpu_model!r}"
     )
+    if first_c_s is not None:
+        print(f"  c: first request (first tracker in the process) {first_c_s:.2f} s")
 
-    # Warm-up (also builds the middleware stacks and pays c's first tracker).
-    first_c_s = None
+    # Warm-up (also builds the middleware stacks).
     for path in ("/ping", "/cpu"):
         for v in (a, b) + ((c,) if c else ()):
             n = args.warmup if v is not c else max(3, args.warmup // 20)
-            for i in range(n):
-                wall, _, status = await call(v.app, path)
+            for _ in range(n):
+                _, _, status = await call(v.app, path)
                 if status != 200:
                     raise SystemExit(f"{v.key} {path}: status {status}")
-                if v is c and i == 0 and first_c_s is None:
-                    first_c_s = wall / 1e9
     print(f"  /cpu endpoint: {loops} loops (target {args.cpu_ms} ms of CPU)")
     print(f"  b stack: {stack_chain(app_b)}")
-    if first_c_s is not None:
-        print(f"  c: first request (first tracker in the process) {first_c_s:.2f} s")
 
     # Sanity: spans carry what each variant sets.
     otel.exporter.clear()
@@ -662,9 +768,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     servers = [
         s for s in otel.exporter.get_finished_spans() if s.kind == SpanKind.SERVER
     ]
-    energy = [
-        dict(s.attributes or {}).get("codecarbon.energy.total") for s in servers
-    ]
+    energy = [dict(s.attributes or {}).get("codecarbon.energy.total") for s in servers]
     print(f"  sanity: server spans' codecarbon.energy.total (b, c): {energy}")
     otel.exporter.clear()
 
@@ -695,12 +799,21 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  non-200 responses: {errors}")
 
     print()
-    print("== carbonspan middleware alone (trivial ASGI app, recording SDK span)")
-    mw = await middleware_cost(runtime, otel, args.middleware_requests)
-    print(
-        f"  added: {mw['wall_us']:+.1f} µs wall, {mw['cpu_us']:+.1f} µs CPU "
-        f"(paired median {mw['paired_wall_us']:+.1f} µs; budget 20 µs)"
-    )
+    print("== where b's time goes: CodeCarbonMiddleware around a trivial ASGI app")
+    print("   (inside a recording SDK server span; all rows alternate; medians)")
+    mw = await middleware_breakdown(otel, args.middleware_requests)
+    print(f"  {'variant':<40}{'median µs':>10}{'cpu µs':>9}{'added µs':>10}{'cpu':>8}")
+    for name, row in mw.items():
+        print(
+            f"  {name:<40}{row['median_us']:>10.1f}{row['cpu_median_us']:>9.1f}"
+            f"{row['added_us']:>+10.1f}{row['added_cpu_us']:>+8.1f}"
+        )
+    full = mw.get("+ carbonspan (all)")
+    if full is not None:
+        print(
+            f"  carbonspan adds {full['added_cpu_us']:.1f} µs CPU per request "
+            "(budget 20 µs, metrics included)"
+        )
     results["middleware"] = mw
 
     print()
@@ -708,9 +821,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     comp = component_costs(runtime, otel, args.micro_number)
     for name, ns in comp.items():
         if name == "attribute count":
-            print(f"  {name:<36}{ns:>10.0f}")
+            print(f"  {name:<42}{ns:>10.0f}")
         else:
-            print(f"  {name:<36}{ns:>10.0f} ns  ({ns / 1000:.2f} µs)")
+            print(f"  {name:<42}{ns:>10.0f} ns  ({ns / 1000:.2f} µs)")
     results["components_ns"] = comp
 
     gc.unfreeze()
@@ -760,6 +873,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     results.update(
         {
             "versions": versions(),
+            "source_revision": source_revision(),
             "cpu_count": os.cpu_count(),
             "machine": platform.machine(),
             "settings": {k: v for k, v in vars(args).items() if k != "json"},
@@ -776,8 +890,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=10_000, help="rounds on /ping")
-    p.add_argument("--cpu-requests", type=int, default=3_000, help="rounds on /cpu")
+    p.add_argument("--requests", type=int, default=20_000, help="rounds on /ping")
+    p.add_argument("--cpu-requests", type=int, default=5_000, help="rounds on /cpu")
     p.add_argument(
         "--obvious-every",
         type=int,
@@ -793,8 +907,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="also write the figures here")
     args = p.parse_args(argv)
     if args.quick:
-        args.requests = min(args.requests, 1_500)
-        args.cpu_requests = min(args.cpu_requests, 300)
+        args.requests = min(args.requests, 2_500)
+        args.cpu_requests = min(args.cpu_requests, 600)
         args.warmup = min(args.warmup, 100)
         args.middleware_requests = min(args.middleware_requests, 3_000)
         args.micro_number = min(args.micro_number, 8_000)

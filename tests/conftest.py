@@ -111,7 +111,8 @@ def instrument() -> Iterator[Instrumented]:
 
 
 def wait_ready(runtime: Runtime, readings: int = 2, timeout: float = 10.0) -> None:
-    """Wait until the sampler has taken `readings` more readings."""
+    """Start the sampler as a server's startup would, and wait for readings."""
+    runtime.sampler.start()
     source = runtime.sampler.source
     start = getattr(source, "reads", 0)
     deadline = time.monotonic() + timeout

@@ -86,12 +86,13 @@ def test_a_blocking_source_does_not_hold_up_requests(
     source = BlockingSource()
     app = build_app()
     instrument(app, otel, power_source=source, sample_interval=0.01)
+    assert fetch(app, ["/fast"]) == [200]  # the first request starts the sampler
     assert source.entered.wait(5)
     try:
         # The sampler thread is stuck inside read(); requests finish anyway.
         assert fetch(app, ["/fast"] * 20) == [200] * 20
         assert not source.release.is_set()
-        assert len(otel.server_spans()) == 20
+        assert len(otel.server_spans()) == 21
     finally:
         source.release.set()
 
@@ -121,6 +122,7 @@ def test_apps_with_the_same_source_share_one_sampler(otel: Otel) -> None:
     try:
         samplers = {id(app._carbonspan_runtime.sampler) for app in apps}
         assert len(samplers) == 1
+        assert fetch(apps[0], ["/fast"]) == [200]
         CodeCarbonInstrumentor.uninstrument_app(apps[0])
         assert apps[1]._carbonspan_runtime.sampler.running
     finally:
@@ -145,3 +147,18 @@ def test_describe_failure_counts_as_a_failed_read() -> None:
     sampler = Sampler(NoDescribe(cpu=1.0), 0.01)
     assert sampler.sample() is False
     assert sampler.errors == 1
+
+
+def test_the_sampler_starts_with_the_server_not_at_import(otel: Otel) -> None:
+    source = ConstantPowerSource(cpu=1.0)
+    app = build_app()
+    CodeCarbonInstrumentor().instrument_app(
+        app, power_source=source, meter_provider=otel.meter_provider
+    )
+    try:
+        runtime = app._carbonspan_runtime
+        assert not runtime.sampler.started and source.reads == 0
+        assert fetch(app, ["/fast"]) == [200]
+        assert runtime.sampler.running
+    finally:
+        CodeCarbonInstrumentor.uninstrument_app(app)

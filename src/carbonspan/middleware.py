@@ -44,6 +44,8 @@ class CodeCarbonMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime
+        if not runtime.sampler.started and runtime.active:
+            runtime.sampler.start()  # the server is up: measure from now on
         if scope["type"] != "http" or not runtime.active:
             if scope["type"] == "lifespan" and runtime.active:
                 await self.app(scope, receive, _FlushAtShutdown(runtime, send))

@@ -4,6 +4,11 @@ The sampler is the only reader of its source (CodeCarbon's hardware objects
 keep state between calls). Samplers are shared: every instrumentation in a
 process that uses the same source settings leases the same one, and the
 thread stops when the last lease is released.
+
+The thread starts when the server does (ASGI lifespan startup) or at the first
+request, never at import: a process that only imports the app (a gunicorn
+master with --preload, a CLI script, a subprocess under
+`opentelemetry-instrument`) never runs one.
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ class Sampler:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def started(self) -> bool:
+        """Whether start() was called (and not undone by stop() or a fork)."""
+        return self._thread is not None
+
     def start(self) -> None:
         if self.running:
             return
@@ -64,10 +74,10 @@ class Sampler:
             try:
                 reading = self.source.read()
                 info = self.info if self.info.measurement else self.source.describe()
+                self.ledger.tick(reading)
             except Exception as exc:
                 self._report(exc)
                 return False
-            self.ledger.tick(reading)
             self.info = info  # after the tick: known hardware means readings
             return True
 
@@ -92,12 +102,11 @@ class Sampler:
             )
 
     def _after_fork(self) -> None:
-        was_running = self._thread is not None
+        # The thread did not survive the fork. Like the first time, the
+        # child's first request (or lifespan startup) starts a new one.
         self._thread = None
         self._read_lock = threading.Lock()
         self.ledger.reset()
-        if was_running:
-            self.start()
 
 
 _live: weakref.WeakSet[Sampler] = weakref.WeakSet()
@@ -142,7 +151,6 @@ class _Registry:
             if sampler is None:
                 sampler = make()
             self._entries[key] = (sampler, count + 1)
-        sampler.start()
         return sampler
 
     def release(self, sampler: Sampler) -> None:

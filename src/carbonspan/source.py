@@ -207,20 +207,58 @@ class CodeCarbonPowerSource:
 def _detect_cpu() -> tuple[Any, str, str | None]:
     """CodeCarbon's CPU object in machine mode, and how it measures."""
     from codecarbon.core import cpu as cc_cpu
-    from codecarbon.core.hardware_cache import get_cached_tdp
     from codecarbon.core.util import count_physical_cpus, is_linux_os
     from codecarbon.external.hardware import CPU, MODE_CPU_LOAD
 
     if is_linux_os() and cc_cpu.is_rapl_available():
         hw = CPU.from_utils(".", "intel_rapl", tracking_mode="machine")
-        return hw, "rapl", hw.get_model()
-    tdp = get_cached_tdp(cc_cpu)
-    max_power = tdp.tdp * count_physical_cpus() if tdp.tdp is not None else None
+        return hw, "rapl", cpu_model()
+    model, tdp = _cpu_tdp(cc_cpu)
+    max_power = tdp * count_physical_cpus() if tdp is not None else None
     mode, label = (MODE_CPU_LOAD, "cpu_load")
     if not cc_cpu.is_psutil_available():
         mode, label = ("constant", "tdp")
-    hw = CPU.from_utils(".", mode, tdp.model, max_power, tracking_mode="machine")
-    return hw, label, tdp.model
+    hw = CPU.from_utils(".", mode, model, max_power, tracking_mode="machine")
+    return hw, label, model
+
+
+def cpu_model() -> str | None:
+    """The CPU's brand string, read without starting a process where possible.
+
+    CodeCarbon asks py-cpuinfo, which runs a second Python interpreter: slow,
+    and under `opentelemetry-instrument` that child instruments itself too.
+    On Linux /proc/cpuinfo has the same string.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    try:
+        from codecarbon.core.util import detect_cpu_model
+
+        model: str | None = detect_cpu_model()
+        return model
+    except Exception:
+        return None
+
+
+def _cpu_tdp(cc_cpu: Any) -> tuple[str, float | None]:
+    """CodeCarbon's TDP for the model, from its CPU power table, as it computes it."""
+    from codecarbon.core.util import count_cpus
+
+    model = cpu_model()
+    if not model:
+        return "Unknown", None
+    table = cc_cpu.TDP.__new__(cc_cpu.TDP)  # its lookup, without its detection
+    power = table._get_cpu_power_from_registry(model)
+    if power:
+        return model, float(power)
+    # CodeCarbon's own fallback for a model missing from its table.
+    return model, float(count_cpus() * cc_cpu.DEFAULT_POWER_PER_CORE)
 
 
 def _memory_share(process: psutil.Process) -> float:
