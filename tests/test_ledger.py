@@ -231,3 +231,17 @@ def test_attributed_plus_unattributed_equals_measured(
         got = charged[name] + totals.unattributed[index]
         truth = measured(ledger, name)
         assert got == pytest.approx(truth, rel=1e-9, abs=1e-9)
+
+
+def test_a_window_older_than_the_ring_is_charged_from_the_oldest_kept_tick() -> None:
+    clock = Clock()
+    source = ConstantPowerSource(cpu=10.0, clock=clock)
+    ledger = Ledger(ring=4)
+    ledger.tick(source.read())
+    w = ledger.open(clock.now)
+    for _ in range(10):
+        clock.now += 1.0
+        ledger.tick(source.read())
+    m = ledger.close(w, clock.now + 0.5)
+    # Ticks 7..10 are kept (4 of them): three whole intervals, plus the tail.
+    assert m.cpu == pytest.approx(10.0 * 3.5)

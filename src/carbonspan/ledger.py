@@ -43,21 +43,35 @@ RING = 8192
 _ZERO = (0.0,) * _N
 
 
-@dataclass(frozen=True, slots=True)
 class Measurement:
-    """What one request was charged. Joules are `None` where not measured."""
+    """What one request was charged. Joules are `None` where not measured.
 
-    duration: float
-    cpu: float | None
-    gpu: float | None
-    ram: float | None
-    concurrency: float
-    attribution: str = "time_share"
+    `total` is the sum of the measured components (None if none is), and
+    `concurrency` the mean number of requests that shared the power.
+    """
 
-    @property
-    def total(self) -> float | None:
-        parts = [j for j in (self.cpu, self.gpu, self.ram) if j is not None]
-        return sum(parts) if parts else None
+    __slots__ = ("attribution", "concurrency", "cpu", "duration", "gpu", "ram", "total")
+
+    def __init__(
+        self,
+        duration: float,
+        cpu: float | None,
+        gpu: float | None,
+        ram: float | None,
+        concurrency: float,
+        attribution: str = "time_share",
+    ) -> None:
+        self.duration = duration
+        self.cpu = cpu
+        self.gpu = gpu
+        self.ram = ram
+        self.concurrency = concurrency
+        self.attribution = attribution
+        total = None
+        for joules in (cpu, gpu, ram):
+            if joules is not None:
+                total = joules if total is None else total + joules
+        self.total: float | None = total
 
     def power(self, component: str) -> float | None:
         """Mean watts on `component` over the request, or `None`."""
@@ -66,19 +80,23 @@ class Measurement:
             return None
         return joules / self.duration
 
+    def __repr__(self) -> str:
+        return (
+            f"Measurement(duration={self.duration!r}, cpu={self.cpu!r}, "
+            f"gpu={self.gpu!r}, ram={self.ram!r}, concurrency={self.concurrency!r}, "
+            f"attribution={self.attribution!r})"
+        )
+
 
 class Window:
     """An open request: where the integrals stood when it opened."""
 
-    __slots__ = ("b0", "c0", "j0", "ready", "start")
+    __slots__ = ("b0", "j0", "ready", "start")
 
-    def __init__(
-        self, start: float, b0: float, j0: int, c0: tuple[float, ...], ready: bool
-    ) -> None:
+    def __init__(self, start: float, b0: float, j0: int, ready: bool) -> None:
         self.start = start
         self.b0 = b0  # B(b)
         self.j0 = j0  # the last tick before b
-        self.c0 = c0  # C(b) at the power known at b, if its tick is forgotten
         self.ready = ready
 
 
@@ -122,11 +140,7 @@ class Ledger:
         with self._lock:
             self._advance(now)
             self._n += 1
-            if self._t is None:
-                return Window(now, self._b, -1, _ZERO, False)
-            since = self._b - self._tick_b
-            c0 = tuple(c + p * since for c, p in zip(self._c, self._power, strict=True))
-            return Window(now, self._b, self._j, c0, True)
+            return Window(now, self._b, self._j, self._t is not None)
 
     def close(self, window: Window, now: float, attributed: bool = True) -> Measurement:
         with self._lock:
@@ -140,8 +154,9 @@ class Ledger:
             # A window opened before the first reading reports nothing, so
             # what it was charged since counts as unattributed.
             account = self._attributed if attributed and window.ready else self._idle
-            for i in range(_N):
-                account[i] += charges[i]
+            account[0] += charges[0]
+            account[1] += charges[1]
+            account[2] += charges[2]
             shared = self._b - window.b0
         return self._measurement(window, now, charges, shared)
 
@@ -154,20 +169,29 @@ class Ledger:
         return self._measurement(window, now, charges, shared)
 
     def _charges(self, window: Window) -> list[float]:
-        power, tail = self._power, self._b - self._tick_b
-        if window.j0 == self._j:  # no tick since it opened
-            shared = self._b - window.b0
-            return [p * shared for p in power]
+        power, b = self._power, self._b
+        j0 = window.j0
+        if j0 == self._j:  # no tick since it opened
+            shared = b - window.b0
+            return [power[0] * shared, power[1] * shared, power[2] * shared]
+        tail = b - self._tick_b
         c = self._c
-        entry = None
-        # Opened before the first tick: C counts from that tick, with c0 = 0.
-        if window.ready and self._j - window.j0 <= self._ring_size:
-            entry = self._ring[(window.j0 + 1) % self._ring_size]
-        if entry is None:  # its first tick is forgotten: use the power it knew
-            return [c[i] - window.c0[i] + power[i] * tail for i in range(_N)]
-        b1, c1, p1 = entry
-        head = b1 - window.b0
-        return [p1[i] * head + c[i] - c1[i] + power[i] * tail for i in range(_N)]
+        if window.ready and self._j - j0 <= self._ring_size:
+            b1, c1, p1 = self._ring[(j0 + 1) % self._ring_size]  # type: ignore[misc]
+            head = b1 - window.b0
+        else:
+            # Opened before the first tick (C counts from it), or so long ago
+            # that its first tick is forgotten: charged from the oldest kept.
+            oldest = (
+                self._ring[(self._j + 1) % self._ring_size] if window.ready else None
+            )
+            b1, c1, p1 = oldest if oldest is not None else (0.0, _ZERO, _ZERO)
+            head = 0.0
+        return [
+            p1[0] * head + c[0] - c1[0] + power[0] * tail,
+            p1[1] * head + c[1] - c1[1] + power[1] * tail,
+            p1[2] * head + c[2] - c1[2] + power[2] * tail,
+        ]
 
     def _measurement(
         self, window: Window, now: float, charges: list[float], shared: float

@@ -110,8 +110,8 @@ def _exclusion(settings: Settings) -> Callable[[Scope], bool] | None:
         search = pattern.search
         return lambda scope: search(scope.get("path", "")) is not None
     otel = get_excluded_urls("FASTAPI")
-    if otel is None:
-        return None
+    if otel is None or not getattr(otel, "_excluded_urls", True):
+        return None  # no OTEL_PYTHON_*_EXCLUDED_URLS: nothing to check per request
     return lambda scope: otel.url_disabled(_url(scope))
 
 

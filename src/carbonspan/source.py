@@ -93,6 +93,8 @@ class CodeCarbonPowerSource:
         self._last_machine_busy = 0.0
         self._ram_w = 0.0
         self._ram_at = -RAM_REFRESH
+        self._share = 0.0
+        self._share_at = -1.0
 
     # -- detection --------------------------------------------------------
 
@@ -171,7 +173,7 @@ class CodeCarbonPowerSource:
         if self._cpu is not None:
             _, energy = self._cpu.measure_power_and_energy(last_duration=dt)
             joules = float(energy.kWh) * 3.6e6
-            proc_cpu, machine_busy = self._cpu_times()
+            proc_cpu, machine_busy = self._cpu_times(_load_meter_times(self._cpu))
             if process:
                 busy = machine_busy - self._last_machine_busy
                 used = proc_cpu - self._last_proc_cpu
@@ -181,10 +183,19 @@ class CodeCarbonPowerSource:
         if self._ram is not None:
             watts = self._ram_watts()
             if process:
-                watts *= _memory_share(self._process)
+                watts *= self._memory_share()
             self._total["ram"] += watts * dt
         if self._gpu is not None:
             self._total["gpu"] += self._gpu.joules(dt, os.getpid() if process else None)
+
+    def _memory_share(self) -> float:
+        # RSS over the machine's used memory moves slowly, and reading it
+        # costs two /proc files: refresh it once a second.
+        now = time.monotonic()
+        if now - self._share_at >= 1.0:
+            self._share_at = now
+            self._share = _memory_share(self._process)
+        return self._share
 
     def _ram_watts(self) -> float:
         # CodeCarbon's machine RAM model depends on the installed memory only:
@@ -195,13 +206,15 @@ class CodeCarbonPowerSource:
             self._ram_w = float(self._ram.total_power().W)
         return self._ram_w
 
-    def _cpu_times(self) -> tuple[float, float]:
-        proc = self._process.cpu_times()
-        machine = psutil.cpu_times()
+    def _cpu_times(self, machine: Any = None) -> tuple[float, float]:
+        """This process's CPU seconds, and the machine's busy CPU seconds."""
+        proc = os.times()
+        if machine is None:
+            machine = psutil.cpu_times()
         idle = machine.idle + getattr(machine, "iowait", 0.0)
         total = sum(machine) - getattr(machine, "guest", 0.0)
         total -= getattr(machine, "guest_nice", 0.0)
-        return proc.user + proc.system, total - idle
+        return proc.user + proc.system, float(total - idle)
 
 
 def _detect_cpu() -> tuple[Any, str, str | None]:
@@ -220,6 +233,16 @@ def _detect_cpu() -> tuple[Any, str, str | None]:
         mode, label = ("constant", "tdp")
     hw = CPU.from_utils(".", mode, model, max_power, tracking_mode="machine")
     return hw, label, model
+
+
+def _load_meter_times(cpu: Any) -> Any:
+    """The /proc/stat times CodeCarbon's load model has just read, if it has.
+
+    Reusing them spares the sampler a second read of /proc/stat per tick.
+    """
+    meter = getattr(cpu, "_cpu_load_meter", None)
+    times = getattr(meter, "_last_times", None)
+    return times if hasattr(times, "idle") else None
 
 
 def cpu_model() -> str | None:
