@@ -67,8 +67,35 @@ def test_unknown_setting_is_refused() -> None:
 def test_cloud_region_needs_a_known_provider_region() -> None:
     with pytest.raises(ValueError, match="cloud_region: needs cloud_provider"):
         Settings.load({"cloud_region": "europe-west1"}, environ={})
-    with pytest.raises(ValueError, match="cloud_region: 'mars-1' is not a known gcp"):
+    with pytest.raises(ValueError, match="cloud_region: 'mars-1' is not a gcp region"):
         Settings.load({"cloud_provider": "gcp", "cloud_region": "mars-1"}, environ={})
+    # CodeCarbon has no factors for AWS: any region name is taken, and the
+    # factor comes from the country (or the world average).
+    s = Settings.load(
+        {"cloud_provider": "aws", "cloud_region": "eu-west-3"}, environ={}
+    )
+    assert (s.cloud_provider, s.cloud_region) == ("aws", "eu-west-3")
+
+
+def test_bad_cloud_region_from_env_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {"CARBONSPAN_CLOUD_PROVIDER": "gcp", "CARBONSPAN_CLOUD_REGION": "mars-1"}
+    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
+        s = Settings.load({}, environ=env)
+    assert s.cloud_provider is None and s.cloud_region is None
+    assert "mars-1" in caplog.text
+
+
+def test_gcp_region_gives_the_cloud_factor_and_its_country() -> None:
+    region, factor = next(iter(cloud_regions("gcp").items()))
+    intensity = resolve(cloud_provider="gcp", cloud_region=region)
+    assert (intensity.g_per_kwh, intensity.source) == (factor, "cloud")
+    assert intensity.country_iso_code is not None
+    aws = resolve(
+        cloud_provider="aws", cloud_region="eu-west-3", country_iso_code="FRA"
+    )
+    assert aws.source == "country" and aws.cloud_provider == "aws"
 
 
 def test_env_is_read_and_kwargs_win() -> None:

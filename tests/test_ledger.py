@@ -243,5 +243,9 @@ def test_a_window_older_than_the_ring_is_charged_from_the_oldest_kept_tick() -> 
         clock.now += 1.0
         ledger.tick(source.read())
     m = ledger.close(w, clock.now + 0.5)
-    # Ticks 7..10 are kept (4 of them): three whole intervals, plus the tail.
-    assert m.cpu == pytest.approx(10.0 * 3.5)
+    # Its first interval is forgotten, and charged at the power it knew then.
+    assert m.cpu == pytest.approx(10.0 * 10.5)
+    totals = ledger.totals()
+    assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(
+        measured(ledger) + 10.0 * 0.5  # the tail since the last tick, not read yet
+    )

@@ -63,6 +63,7 @@ class Settings:
                 f"accepted: {', '.join(sorted(_NAMES))}"
             )
         values: dict[str, Any] = {}
+        from_env: set[str] = set()
         for name, parse in _PARSERS.items():
             if name in kwargs and kwargs[name] is not None:
                 values[name] = parse(name, kwargs[name])
@@ -72,14 +73,9 @@ class Settings:
                 continue
             try:
                 values[name] = parse(name, raw)
+                from_env.add(name)
             except ValueError as exc:
-                _log.error(
-                    "carbonspan: ignoring %s%s=%r: %s; using the default",
-                    ENV_PREFIX,
-                    name.upper(),
-                    raw,
-                    exc,
-                )
+                _env_error(name, raw, exc)
         for name in OBJECT_SETTINGS:
             if kwargs.get(name) is not None:
                 values[name] = kwargs[name]
@@ -96,25 +92,44 @@ class Settings:
                 "power_source: expected an object with read() and describe() "
                 f"(the carbonspan.PowerSource protocol), got {values['power_source']!r}"
             )
-        settings = cls(**values)
-        settings._check_location()
-        return settings
+        try:
+            _check_cloud(values.get("cloud_provider"), values.get("cloud_region"))
+        except ValueError as exc:
+            if not {"cloud_provider", "cloud_region"} & from_env:
+                raise
+            # Environment only: log, and go on without the cloud location.
+            _env_error("cloud_region", values.get("cloud_region"), exc)
+            values.pop("cloud_provider", None)
+            values.pop("cloud_region", None)
+        return cls(**values)
 
-    def _check_location(self) -> None:
-        if self.cloud_region and not self.cloud_provider:
+
+def _env_error(name: str, raw: Any, exc: ValueError) -> None:
+    _log.error(
+        "carbonspan: ignoring %s%s=%r: %s; using the default",
+        ENV_PREFIX,
+        name.upper(),
+        raw,
+        exc,
+    )
+
+
+def _check_cloud(provider: str | None, region: str | None) -> None:
+    if region and not provider:
+        raise ValueError(
+            "cloud_region: needs cloud_provider too "
+            f"(one of {', '.join(emissions.CLOUD_PROVIDERS)})"
+        )
+    if provider and region:
+        known = emissions.cloud_regions(provider)
+        # CodeCarbon has factors for some providers only (3.3: gcp): there a
+        # region must be one of its; elsewhere any region name is taken.
+        if known and region not in known:
+            sample = ", ".join(sorted(known)[:6])
             raise ValueError(
-                "cloud_region: needs cloud_provider too "
-                f"(one of {', '.join(emissions.CLOUD_PROVIDERS)})"
+                f"cloud_region: {region!r} is not a {provider} region CodeCarbon "
+                f"knows; accepted: {sample}, ... ({len(known)} in all)"
             )
-        if self.cloud_provider and self.cloud_region:
-            known = emissions.cloud_regions(self.cloud_provider)
-            if self.cloud_region not in known:
-                sample = ", ".join(sorted(known)[:8])
-                raise ValueError(
-                    f"cloud_region: {self.cloud_region!r} is not a known "
-                    f"{self.cloud_provider} region; accepted are CodeCarbon's "
-                    f"regions for it, e.g. {sample}, ..."
-                )
 
 
 def _text(name: str, value: Any) -> str:

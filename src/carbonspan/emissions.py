@@ -52,6 +52,9 @@ def resolve(
     if cloud_provider and cloud_region:
         factor = cloud_regions(cloud_provider).get(cloud_region)
         if factor is not None:
+            where["country_iso_code"] = country_iso_code or cloud_country(
+                cloud_provider, cloud_region
+            )
             return CarbonIntensity(factor, "cloud", **where)
     if country_iso_code:
         return CarbonIntensity(
@@ -104,3 +107,13 @@ def cloud_regions(provider: str) -> dict[str, float]:
     return {
         str(r): float(i) for r, i in zip(rows["region"], rows["impact"], strict=True)
     }
+
+
+def cloud_country(provider: str, region: str) -> str | None:
+    """ISO alpha-3 country of a cloud region, from CodeCarbon's table."""
+    from codecarbon.input import DataSource
+
+    df = DataSource().get_cloud_emissions_data()
+    rows = df[(df["provider"] == provider) & (df["region"] == region)]
+    codes = [str(c) for c in rows["countryIsoCode"] if isinstance(c, str)]
+    return codes[0] if codes else None

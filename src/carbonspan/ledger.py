@@ -41,6 +41,7 @@ _N = len(COMPONENTS)
 #: Ticks kept for windows still open: 8192 ticks is 13.6 min at 0.1 s.
 RING = 8192
 _ZERO = (0.0,) * _N
+_Tick = tuple[float, tuple[float, ...], tuple[float, ...]]  # B_j, C_j, P_j
 
 
 class Measurement:
@@ -91,13 +92,16 @@ class Measurement:
 class Window:
     """An open request: where the integrals stood when it opened."""
 
-    __slots__ = ("b0", "j0", "ready", "start")
+    __slots__ = ("b0", "j0", "last_tick", "ready", "start")
 
-    def __init__(self, start: float, b0: float, j0: int, ready: bool) -> None:
+    def __init__(
+        self, start: float, b0: float, j0: int, ready: bool, last_tick: _Tick | None
+    ) -> None:
         self.start = start
         self.b0 = b0  # B(b)
         self.j0 = j0  # the last tick before b
         self.ready = ready
+        self.last_tick = last_tick  # that tick's (B, C, P), in case it is evicted
 
 
 class Ledger:
@@ -121,9 +125,7 @@ class Ledger:
         self._tick_idle = 0.0  # idle seconds at the last tick
         self._c = [0.0] * _N  # C at the last tick, per component
         self._power = [0.0] * _N  # P of the last interval: the guess for the tail
-        self._ring: list[tuple[float, tuple[float, ...], tuple[float, ...]] | None] = [
-            None
-        ] * self._ring_size
+        self._ring: list[_Tick | None] = [None] * self._ring_size
         self._tails = 0.0  # shared time of tails closed since the last tick
         self._known = [False] * _N
         self._idle = [0.0] * _N  # unattributed J
@@ -140,7 +142,9 @@ class Ledger:
         with self._lock:
             self._advance(now)
             self._n += 1
-            return Window(now, self._b, self._j, self._t is not None)
+            j = self._j
+            last_tick = self._ring[j % self._ring_size] if j >= 0 else None
+            return Window(now, self._b, j, self._t is not None, last_tick)
 
     def close(self, window: Window, now: float, attributed: bool = True) -> Measurement:
         with self._lock:
@@ -179,13 +183,13 @@ class Ledger:
         if window.ready and self._j - j0 <= self._ring_size:
             b1, c1, p1 = self._ring[(j0 + 1) % self._ring_size]  # type: ignore[misc]
             head = b1 - window.b0
-        else:
-            # Opened before the first tick (C counts from it), or so long ago
-            # that its first tick is forgotten: charged from the oldest kept.
-            oldest = (
-                self._ring[(self._j + 1) % self._ring_size] if window.ready else None
-            )
-            b1, c1, p1 = oldest if oldest is not None else (0.0, _ZERO, _ZERO)
+        elif window.ready and window.last_tick is not None:
+            # Open so long that the tick after it opened is forgotten: its
+            # first interval is charged at the power known when it opened.
+            b1, c1, p1 = window.last_tick
+            head = b1 - window.b0  # <= 0: takes back the C before it opened
+        else:  # opened before the first tick: C counts from that tick
+            b1, c1, p1 = 0.0, _ZERO, _ZERO
             head = 0.0
         return [
             p1[0] * head + c[0] - c1[0] + power[0] * tail,
