@@ -124,3 +124,27 @@ def test_entry_point_is_registered() -> None:
     assert CodeCarbonInstrumentor().instrumentation_dependencies() == (
         "fastapi >= 0.100",
     )
+
+
+def test_starlette_experimental_span_creator_is_recognised(otel: Otel) -> None:
+    from starlette.middleware.opentelemetry import OpenTelemetryMiddleware
+
+    app = build_app()
+    app.add_middleware(OpenTelemetryMiddleware, tracer_provider=otel.tracer_provider)
+    CodeCarbonInstrumentor().instrument_app(
+        app,
+        power_source=ConstantPowerSource(cpu=2.0),
+        meter_provider=otel.meter_provider,
+    )
+    try:
+        wait_ready(app._carbonspan_runtime)
+        assert fetch(app, "/sleep?seconds=0.05") == 200
+        stack = middlewares(app)
+        assert stack.index("OpenTelemetryMiddleware") + 1 == stack.index(
+            "CodeCarbonMiddleware"
+        )
+        (span,) = otel.server_spans()
+        assert span.instrumentation_scope.name == "starlette"
+        assert attrs(span)[a.ENERGY_TOTAL] > 0
+    finally:
+        CodeCarbonInstrumentor.uninstrument_app(app)

@@ -156,7 +156,9 @@ def test_concurrent_requests_share_the_power(
     for span in spans:
         got = attrs(span)
         assert got[a.CONCURRENCY] == pytest.approx(4, rel=0.15)
-        assert got[a.POWER["cpu"]] == pytest.approx(CPU_W / 4, rel=0.15)
+        # Each is charged a quarter, while the process drew its full power.
+        assert got[a.ENERGY["cpu"]] == pytest.approx(0.2 * CPU_W / 4, rel=0.15)
+        assert got[a.POWER["cpu"]] == pytest.approx(CPU_W, rel=0.05)
 
 
 def test_unsampled_and_untraced_requests_hold_windows_and_count_in_metrics(
@@ -238,3 +240,27 @@ def test_instrumenting_twice_does_nothing_the_second_time(
     assert count == 1
     (point,) = otel.points("codecarbon.request.energy")
     assert point.count == 1
+
+
+def test_two_apps_on_one_meter_provider_report_together(
+    otel: Otel, instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    apps = [build_app(), build_app()]
+    runtimes = [
+        instrument(app, otel, power_source=source, sample_interval=0.02) for app in apps
+    ]
+    assert runtimes[0].sampler is runtimes[1].sampler  # one source: one sampler
+    wait_ready(runtimes[0])
+    assert get_all(apps[0], ["/sleep?seconds=0.05"] * 2) == [200, 200]
+    assert get_all(apps[1], ["/sleep?seconds=0.05"] * 3) == [200, 200, 200]
+    (energy,) = otel.points("codecarbon.request.energy")
+    assert energy.count == 5
+    (grams,) = otel.points("codecarbon.request.emissions")
+    assert grams.value == pytest.approx(runtimes[0].intensity.grams(energy.sum))
+    attributed = [
+        p.value
+        for p in otel.points("codecarbon.energy")
+        if p.attributes[a.ATTRIBUTED] and p.attributes[a.HW_TYPE] == "cpu"
+    ]
+    # The shared ledger is counted once, not once per app.
+    assert attributed == [pytest.approx(runtimes[0].ledger.totals().attributed[0])]

@@ -74,14 +74,11 @@ def span_attributes(
     attrs[ENERGY_TOTAL] = total
     attrs[EMISSIONS] = intensity.grams(total)
     attrs[CONCURRENCY] = measurement.concurrency
-    duration = measurement.duration
-    for component, joules in (
-        ("cpu", measurement.cpu),
-        ("gpu", measurement.gpu),
-        ("ram", measurement.ram),
-    ):
+    for component in COMPONENTS:
+        joules = getattr(measurement, component)
         if joules is not None:
             attrs[ENERGY[component]] = joules
-            if duration > 0:
-                attrs[POWER[component]] = joules / duration
+            power = measurement.power(component)
+            if power is not None:
+                attrs[POWER[component]] = power
     return attrs

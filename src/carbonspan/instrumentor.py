@@ -7,7 +7,8 @@ afterwards is covered whether this loads before or after the FastAPI
 instrumentor. In both cases the built stack is returned with
 `CodeCarbonMiddleware` placed just inside the span-creating middleware:
 
-- below contrib's `OpenTelemetryMiddleware` when that is in the stack;
+- below contrib's `OpenTelemetryMiddleware` (or Starlette's experimental
+  one, added as a user middleware) when one is in the stack;
 - otherwise just inside the outermost `ServerErrorMiddleware`, whose object is
   returned unchanged (contrib checks for it, and FastAPI's native telemetry
   opens its span outside the stack).
@@ -30,11 +31,18 @@ from carbonspan.runtime import Runtime
 _APP_ATTR = "_carbonspan_runtime"
 
 
-def _is_contrib_asgi(node: Any) -> bool:
+_SPAN_CREATORS = frozenset(
+    (
+        "opentelemetry.instrumentation.asgi",  # contrib's, also FastAPIInstrumentor's
+        "starlette.middleware.opentelemetry",  # Starlette's experimental one
+    )
+)
+
+
+def _creates_server_span(node: Any) -> bool:
     cls = type(node)
     return (
-        cls.__name__ == "OpenTelemetryMiddleware"
-        and cls.__module__ == "opentelemetry.instrumentation.asgi"
+        cls.__name__ == "OpenTelemetryMiddleware" and cls.__module__ in _SPAN_CREATORS
     )
 
 
@@ -47,7 +55,7 @@ def insert_middleware(stack: Any, runtime: Runtime) -> Any:
         node = getattr(node, "app", None)
     node = stack
     while node is not None:
-        if _is_contrib_asgi(node):
+        if _creates_server_span(node):
             node.app = CodeCarbonMiddleware(node.app, runtime=runtime)
             return stack
         node = getattr(node, "app", None)

@@ -75,11 +75,16 @@ class Measurement:
         self.total: float | None = total
 
     def power(self, component: str) -> float | None:
-        """Mean watts on `component` over the request, or `None`."""
+        """The process's mean watts on `component` while the request ran.
+
+        The mean is weighted by the request's share of each instant, so its
+        joules are this power divided by the mean concurrency: with one
+        request alone it is simply joules / duration.
+        """
         joules: float | None = getattr(self, component)
         if joules is None or self.duration <= 0:
             return None
-        return joules / self.duration
+        return joules * self.concurrency / self.duration
 
     def __repr__(self) -> str:
         return (

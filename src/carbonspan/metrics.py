@@ -8,6 +8,7 @@ from sums the ledger and this module already keep.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,7 +16,7 @@ from opentelemetry.metrics import CallbackOptions, Observation, get_meter
 
 from carbonspan import attributes as a
 from carbonspan.emissions import CarbonIntensity
-from carbonspan.ledger import Ledger, Measurement
+from carbonspan.ledger import Ledger, Measurement, Totals
 from carbonspan.source import COMPONENTS
 from carbonspan.version import __version__
 
@@ -32,17 +33,20 @@ RouteKey = tuple[str | None, str, int]
 
 
 class Metrics:
-    """Instruments of one instrumentation, fed by its ledger and requests."""
+    """The instruments on one MeterProvider, fed by every ledger that uses it.
 
-    def __init__(
-        self, ledger: Ledger, intensity: CarbonIntensity, meter_provider: Any = None
-    ) -> None:
-        self._ledger = ledger
-        self._intensity = intensity
+    Instruments are created once per provider: an SDK keeps the first
+    instrument of a name, so a second set of callbacks would never be called.
+    Each instrumentation registers its ledger and factor here instead, and
+    samplers shared by several instrumentations are counted once.
+    """
+
+    def __init__(self, meter_provider: Any = None) -> None:
         self._lock = threading.Lock()
+        self._sources: dict[int, tuple[Ledger, CarbonIntensity, int]] = {}
         self._route_grams: dict[RouteKey, float] = {}
         self._attrs: dict[RouteKey, dict[str, Any]] = {}
-        self._idle_floor = [0.0] * len(COMPONENTS)
+        self._idle_floor: dict[int, list[float]] = {}
         meter = get_meter(
             __name__, __version__, meter_provider=meter_provider, schema_url=SCHEMA_URL
         )
@@ -83,8 +87,29 @@ class Metrics:
             description="Carbon intensity of the electricity used",
         )
 
+    def add(self, ledger: Ledger, intensity: CarbonIntensity) -> None:
+        with self._lock:
+            _, first, count = self._sources.get(id(ledger), (ledger, intensity, 0))
+            self._sources[id(ledger)] = (ledger, first, count + 1)
+            self._idle_floor.setdefault(id(ledger), [0.0] * len(COMPONENTS))
+
+    def remove(self, ledger: Ledger) -> None:
+        with self._lock:
+            entry = self._sources.get(id(ledger))
+            if entry is None:
+                return
+            if entry[2] > 1:
+                self._sources[id(ledger)] = (entry[0], entry[1], entry[2] - 1)
+            else:
+                del self._sources[id(ledger)]
+
     def record(
-        self, measurement: Measurement, route: str | None, method: str, status: int
+        self,
+        measurement: Measurement,
+        route: str | None,
+        method: str,
+        status: int,
+        intensity: CarbonIntensity,
     ) -> None:
         """Record one finished request (one SDK call)."""
         total = measurement.total
@@ -98,56 +123,89 @@ class Metrics:
                 attrs[a.HTTP_ROUTE] = route
             self._attrs[key] = attrs
         self.request_energy.record(total, attrs)
-        grams = self._intensity.grams(total)
+        grams = intensity.grams(total)
         with self._lock:
             self._route_grams[key] = self._route_grams.get(key, 0.0) + grams
 
     # -- observable callbacks ---------------------------------------------
+
+    def _ledgers(self) -> list[tuple[Ledger, CarbonIntensity, Totals, list[float]]]:
+        """Each ledger's totals, with its unattributed account floored.
+
+        The ledger's idle account dips when a power drop is corrected after
+        the requests concerned have closed; a counter must not go down, so it
+        holds its last value until the account is above it again.
+        """
+        with self._lock:
+            out = []
+            for key, (ledger, intensity, _) in self._sources.items():
+                totals = ledger.totals()
+                floor = self._idle_floor[key]
+                for i, value in enumerate(totals.unattributed):
+                    floor[i] = max(floor[i], value)
+                out.append((ledger, intensity, totals, list(floor)))
+            return out
 
     def _observe_request_emissions(self, _: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
             items = list(self._route_grams.items())
         return [Observation(grams, self._attrs[key]) for key, grams in items]
 
-    def _unattributed(self) -> list[float]:
-        # The ledger's idle account dips when a power drop is corrected after
-        # the requests concerned have closed; a counter must not go down, so
-        # it holds its last value until the account is above it again.
-        totals = self._ledger.totals()
-        with self._lock:
-            floor = self._idle_floor
-            for i, value in enumerate(totals.unattributed):
-                floor[i] = max(floor[i], value)
-            return list(floor)
-
     def _observe_energy(self, _: CallbackOptions) -> Iterable[Observation]:
-        totals = self._ledger.totals()
-        idle = self._unattributed()
-        out = []
-        for i, component in enumerate(COMPONENTS):
-            if not totals.known[i]:
-                continue
-            hw = a.HW_TYPES[component]
-            attributed: dict[str, Any] = {a.HW_TYPE: hw, a.ATTRIBUTED: True}
-            out.append(Observation(totals.attributed[i], attributed))
-            out.append(Observation(idle[i], {a.HW_TYPE: hw, a.ATTRIBUTED: False}))
-        return out
+        sums: dict[tuple[str, bool], float] = {}
+        for _ledger, _intensity, totals, idle in self._ledgers():
+            for i, component in enumerate(COMPONENTS):
+                if totals.known[i]:
+                    hw = a.HW_TYPES[component]
+                    sums[hw, True] = sums.get((hw, True), 0.0) + totals.attributed[i]
+                    sums[hw, False] = sums.get((hw, False), 0.0) + idle[i]
+        return [
+            Observation(joules, {a.HW_TYPE: hw, a.ATTRIBUTED: attributed})
+            for (hw, attributed), joules in sums.items()
+        ]
 
     def _observe_emissions(self, _: CallbackOptions) -> Iterable[Observation]:
-        totals = self._ledger.totals()
-        grams = self._intensity.grams
+        attributed = unattributed = 0.0
+        seen = False
+        for _ledger, intensity, totals, idle in self._ledgers():
+            seen = True
+            attributed += intensity.grams(sum(totals.attributed))
+            unattributed += intensity.grams(sum(idle))
+        if not seen:
+            return []
         return [
-            Observation(grams(sum(totals.attributed)), {a.ATTRIBUTED: True}),
-            Observation(grams(sum(self._unattributed())), {a.ATTRIBUTED: False}),
+            Observation(attributed, {a.ATTRIBUTED: True}),
+            Observation(unattributed, {a.ATTRIBUTED: False}),
         ]
 
     def _observe_power(self, _: CallbackOptions) -> Iterable[Observation]:
-        totals = self._ledger.totals()
-        return [
-            Observation(totals.power[i], {a.HW_TYPE: a.HW_TYPES[c]})
-            for i, c in enumerate(COMPONENTS)
-            if totals.known[i]
-        ]
+        watts: dict[str, float] = {}
+        for _ledger, _intensity, totals, _idle in self._ledgers():
+            for i, component in enumerate(COMPONENTS):
+                if totals.known[i]:
+                    hw = a.HW_TYPES[component]
+                    watts[hw] = watts.get(hw, 0.0) + totals.power[i]
+        return [Observation(w, {a.HW_TYPE: hw}) for hw, w in watts.items()]
 
     def _observe_intensity(self, _: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(self._intensity.g_per_kwh)]
+        with self._lock:
+            first = next(iter(self._sources.values()), None)
+        return [] if first is None else [Observation(first[1].g_per_kwh)]
+
+
+_registry_lock = threading.Lock()
+_global: list[Metrics] = []  # for the global provider (meter_provider=None)
+_by_provider: weakref.WeakKeyDictionary[Any, Metrics] = weakref.WeakKeyDictionary()
+
+
+def metrics_for(meter_provider: Any) -> Metrics:
+    """The one `Metrics` of a MeterProvider (None: the global one)."""
+    with _registry_lock:
+        if meter_provider is None:
+            if not _global:
+                _global.append(Metrics(None))
+            return _global[0]
+        metrics = _by_provider.get(meter_provider)
+        if metrics is None:
+            metrics = _by_provider[meter_provider] = Metrics(meter_provider)
+        return metrics

@@ -118,7 +118,11 @@ class _Request:
             scope = self.scope
             route = getattr(scope.get("route"), "path", None)
             runtime.metrics.record(
-                measurement, route, scope.get("method", ""), self.status
+                measurement,
+                route,
+                scope.get("method", ""),
+                self.status,
+                runtime.intensity,
             )
             span = self.span
             if span.is_recording():

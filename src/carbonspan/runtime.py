@@ -14,7 +14,7 @@ from carbonspan import emissions, sampler
 from carbonspan.attributes import span_attributes, static_attributes
 from carbonspan.config import Settings
 from carbonspan.ledger import Measurement
-from carbonspan.metrics import Metrics
+from carbonspan.metrics import metrics_for
 from carbonspan.source import CodeCarbonPowerSource, PowerSource
 
 _log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ class Runtime:
                 (id(src), interval), lambda: sampler.Sampler(src, interval)
             )
         self.ledger = self.sampler.ledger
-        self.metrics = Metrics(self.ledger, self.intensity, settings.meter_provider)
+        self.metrics = metrics_for(settings.meter_provider)
+        self.metrics.add(self.ledger, self.intensity)
         self.excluded = _exclusion(settings)
         self.headers = _header_writer(settings, self.intensity)
         self.hook = settings.measurement_hook
@@ -94,6 +95,7 @@ class Runtime:
     def close(self) -> None:
         if self.active:
             self.active = False
+            self.metrics.remove(self.ledger)
             sampler.release(self.sampler)
 
 

@@ -20,9 +20,9 @@ class ScriptedPowerSource:
     """Power per component follows a function of the seconds since creation.
 
     Each function maps elapsed seconds to watts. The energy is integrated with
-    the trapezoid rule at sub-steps of `resolution` seconds between readings,
-    which is exact for constant and piecewise-linear power and for steps that
-    fall on a sub-step boundary.
+    the trapezoid rule at sub-steps of `resolution` seconds between readings:
+    exact for constant and linear power; a step of power is smeared over one
+    sub-step, so an error of at most (step in W) x resolution / 2 joules.
     """
 
     def __init__(
