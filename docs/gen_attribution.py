@@ -279,7 +279,7 @@ def step_table(before: float, after: float) -> None:
     )
     print(
         f"{'offset':>8} {'A ledger':>10} {'A exact':>10} {'A error':>10} "
-        f"{'A error %':>10} {'B error':>10} {'sum error':>10}"
+        f"{'A error %':>10} {'B error':>10} {'unattr.':>10} {'sum':>10}"
     )
     for offset in OFFSETS_MS:
         close = round(STEP_AT + offset / 1000, 9)
@@ -290,24 +290,25 @@ def step_table(before: float, after: float) -> None:
         print(
             f"{offset:>6}ms {run.charged[0]:>9.3f}J {run.exact[0]:>9.3f}J "
             f"{errors[0]:>+9.3f}J {100 * errors[0] / run.exact[0]:>+9.1f}% "
-            f"{errors[1]:>+9.3f}J {sum(errors) + idle_error:>+9.1e}J"
+            f"{errors[1]:>+9.3f}J {idle_error:>+9.3f}J "
+            f"{sum(errors) + idle_error:>+9.1e}J"
         )
 
 
-def after_drop() -> None:
-    """A short request that runs while a drop's over-charge is being paid back."""
+def mid_interval() -> None:
+    """A request alone, opening between the step and the next tick."""
 
     def cpu(t: float) -> float:
-        return 30.0 if t < STEP_AT else 10.0
+        return 10.0 if t < STEP_AT else 30.0
 
-    requests = [(0.95, 1.08), (1.21, 1.28)]
+    requests = [(1.06, 1.25)]
     run = simulate(requests, {"cpu": cpu}, end=2.0, breakpoints=[STEP_AT])
+    idle_error = sum(run.totals.unattributed) - run.exact_idle
     print(
-        f"\nStep 30 W -> 10 W at t = {STEP_AT} s; A = [0.95 s, 1.08 s], "
-        "C = [1.21 s, 1.28 s], each alone:"
+        f"\nStep 10 W -> 30 W at t = {STEP_AT} s; D = [1.06 s, 1.25 s] alone: "
+        f"ledger {run.charged[0]:.3f} J, exact {run.exact[0]:.3f} J, "
+        f"unattributed error {idle_error:+.3f} J"
     )
-    for name, charged, exact in zip("AC", run.charged, run.exact, strict=True):
-        print(f"  {name}: ledger {charged:.3f} J, exact {exact:.3f} J")
 
 
 def workload_requests(seed: int, seconds: float) -> list[Request]:
@@ -366,7 +367,7 @@ def workload(seed: int = 1, seconds: float = 10.0) -> None:
 def residual() -> None:
     step_table(10.0, 30.0)
     step_table(30.0, 10.0)
-    after_drop()
+    mid_interval()
     workload()
 
 
