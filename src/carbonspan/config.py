@@ -23,7 +23,7 @@ from carbonspan.source import PowerSource, Scope
 _log = logging.getLogger(__name__)
 
 SCOPES = ("process", "machine")
-ATTRIBUTIONS = ("time_share",)
+ATTRIBUTIONS = ("time_share", "cpu_time")
 HEADER_FIELDS = ("energy", "emissions", "duration")
 HEADER_FORMATS = ("x-codecarbon", "server-timing", "both")
 ENV_PREFIX = "CARBONSPAN_"

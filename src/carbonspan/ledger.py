@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from carbonspan.source import COMPONENTS, EnergyReading
 
@@ -41,6 +42,10 @@ _N = len(COMPONENTS)
 #: Ticks kept for windows still open: 8192 ticks is 13.6 min at 0.1 s.
 RING = 8192
 _ZERO = (0.0,) * _N
+POLICIES = ("time_share", "cpu_time")
+#: Below this many CPU seconds in an interval, cpu_time falls back on time_share:
+#: less than the clocks resolve, and joules per CPU second would be meaningless.
+MIN_CPU = 1e-6
 _Tick = tuple[float, tuple[float, ...], tuple[float, ...]]  # B_j, C_j, P_j
 
 
@@ -97,7 +102,17 @@ class Measurement:
 class Window:
     """An open request: where the integrals stood when it opened."""
 
-    __slots__ = ("b0", "j0", "last_tick", "ready", "start")
+    __slots__ = (
+        "b0",
+        "b_seen",
+        "clock",
+        "cpu_charge",
+        "cpu_seen",
+        "j0",
+        "last_tick",
+        "ready",
+        "start",
+    )
 
     def __init__(
         self, start: float, b0: float, j0: int, ready: bool, last_tick: _Tick | None
@@ -107,13 +122,23 @@ class Window:
         self.j0 = j0  # the last tick before b
         self.ready = ready
         self.last_tick = last_tick  # that tick's (B, C, P), in case it is evicted
+        # cpu_time only: the request's CPU clock, and where it stood at the
+        # last tick; the CPU joules of the intervals that have ended.
+        self.clock: Any = None
+        self.cpu_seen = 0.0
+        self.b_seen = b0
+        self.cpu_charge = 0.0
 
 
 class Ledger:
     """Running integrals of shared time and measured power, ticked by the sampler."""
 
-    def __init__(self, ring: int = RING) -> None:
+    def __init__(self, ring: int = RING, policy: str = "time_share") -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"policy: {policy!r}; use one of {', '.join(POLICIES)}")
         self._ring_size = ring
+        self.policy = policy
+        self._cpu_time = policy == "cpu_time"
         self.reset()
 
     def reset(self) -> None:
@@ -138,24 +163,41 @@ class Ledger:
         self._measured = [0.0] * _N  # sum of the source's valid deltas
         self._last: list[float | None] = [None] * _N
         self._last_time: float | None = None
+        # cpu_time: the open windows, and what the tails since the last tick
+        # used and were charged (J per CPU second of the last interval).
+        self._open: set[Window] = set()
+        self._tails_cpu = 0.0
+        self._tails_guess = 0.0
+        self._k: float | None = None
+        self._tick_t = 0.0  # the ledger's time at the last tick
         self.first_reading: EnergyReading | None = None
         self.last_reading: EnergyReading | None = None
 
     # -- request path ------------------------------------------------------
 
-    def open(self, now: float) -> Window:
+    def open(self, now: float, clock: Any = None) -> Window:
+        """A request starts. Under cpu_time, `clock.seconds` is its CPU time."""
         with self._lock:
             self._advance(now)
             self._n += 1
             j = self._j
             last_tick = self._ring[j % self._ring_size] if j >= 0 else None
-            return Window(now, self._b, j, self._t is not None, last_tick)
+            window = Window(now, self._b, j, self._t is not None, last_tick)
+            if self._cpu_time:
+                window.clock = clock
+                window.cpu_seen = clock.seconds if clock is not None else 0.0
+                self._open.add(window)
+            return window
 
     def close(self, window: Window, now: float, attributed: bool = True) -> Measurement:
         with self._lock:
             self._advance(now)
             self._n -= 1
             charges = self._charges(window)
+            if self._cpu_time:
+                self._open.discard(window)
+                self._tails_cpu += _cpu_since(window)
+                self._tails_guess += charges[0] - window.cpu_charge
             if window.j0 == self._j:
                 self._tails += self._b - window.b0
             else:
@@ -182,7 +224,10 @@ class Ledger:
         j0 = window.j0
         if j0 == self._j:  # no tick since it opened
             shared = b - window.b0
-            return [power[0] * shared, power[1] * shared, power[2] * shared]
+            charges = [power[0] * shared, power[1] * shared, power[2] * shared]
+            if self._cpu_time:
+                charges[0] = self._cpu_charge(window)
+            return charges
         tail = b - self._tick_b
         c = self._c
         if window.ready and self._j - j0 <= self._ring_size:
@@ -196,18 +241,37 @@ class Ledger:
         else:  # opened before the first tick: C counts from that tick
             b1, c1, p1 = 0.0, _ZERO, _ZERO
             head = 0.0
-        return [
+        charges = [
             p1[0] * head + c[0] - c1[0] + power[0] * tail,
             p1[1] * head + c[1] - c1[1] + power[1] * tail,
             p1[2] * head + c[2] - c1[2] + power[2] * tail,
         ]
+        if self._cpu_time:
+            charges[0] = self._cpu_charge(window)
+        return charges
+
+    def _cpu_charge(self, window: Window) -> float:
+        """cpu_time: the ended intervals' joules, and the tail's guess.
+
+        The tail is guessed at the last interval's joules per CPU second, but
+        never above the process's whole power over the tail: after an interval
+        in which requests used almost no CPU, that rate is no guide.
+        """
+        power = self._power[0]
+        if self._k is not None:  # J per CPU second in the last interval
+            t = self._t if self._t is not None else window.start
+            wall = t - max(window.start, self._tick_t)
+            tail = min(self._k * _cpu_since(window), power * max(wall, 0.0))
+        else:  # no request used measurable CPU then: time_share
+            tail = power * (self._b - window.b_seen)
+        return window.cpu_charge + tail
 
     def _measurement(
         self, window: Window, now: float, charges: list[float], shared: float
     ) -> Measurement:
         duration = now - window.start
         if not window.ready:
-            return Measurement(duration, None, None, None, 1.0)
+            return Measurement(duration, None, None, None, 1.0, self.policy)
         known = self._known
         return Measurement(
             duration,
@@ -215,6 +279,7 @@ class Ledger:
             charges[1] if known[1] else None,
             charges[2] if known[2] else None,
             duration / shared if shared > 0 else 1.0,
+            self.policy,
         )
 
     def _advance(self, now: float) -> None:
@@ -265,15 +330,21 @@ class Ledger:
                     measured_power[i] = delta / span
                 else:  # no time passed for the ledger: nobody to charge
                     self._idle[i] += delta
+            if self._cpu_time:
+                busy = self._busy_time - self._tick_busy
+                self._tick_cpu(measured_power[0], busy, idle_time)
             for i in range(_N):
                 p = measured_power[i]
                 self._c[i] += p * shared
-                # Idle time at the measured power, and the tails that closed
-                # at the guessed power corrected to the measured one.
-                self._idle[i] += p * idle_time + (p - self._power[i]) * self._tails
+                if i or not self._cpu_time:
+                    # Idle time at the measured power, and the tails that closed
+                    # at the guessed power corrected to the measured one.
+                    tails = (p - self._power[i]) * self._tails
+                    self._idle[i] += p * idle_time + tails
                 self._power[i] = p
             self._tails = 0.0
             self._tick_b, self._tick_idle = self._b, self._idle_time
+            self._tick_t = self._t
             self._tick_busy = self._busy_time
             self._j += 1
             self._ring[self._j % self._ring_size] = (
@@ -281,6 +352,36 @@ class Ledger:
                 tuple(self._c),
                 tuple(measured_power),
             )
+
+    def _tick_cpu(self, power: float, busy: float, idle_time: float) -> None:
+        """cpu_time: split the interval's busy CPU joules by CPU time used.
+
+        O(open requests), in the sampler's thread. The joules drawn while
+        requests were in flight go to them in proportion to the CPU time each
+        used in the interval, the work no request did (event loop, GC) shared
+        the same way; if they used none, by time share. The tails of requests
+        that closed since the last tick were charged a guess: the difference
+        goes to the unattributed account.
+        """
+        used = {w: _cpu_since(w) for w in self._open}
+        total = sum(used.values()) + self._tails_cpu
+        b = self._b
+        if total > MIN_CPU:
+            k = power * busy / total
+            for w, seconds in used.items():
+                w.cpu_charge += k * seconds
+            exact_tails = k * self._tails_cpu
+            self._k = k
+        else:
+            for w in used:
+                w.cpu_charge += power * (b - w.b_seen)
+            exact_tails = power * self._tails
+            self._k = None
+        for w in used:
+            w.cpu_seen = w.clock.seconds if w.clock is not None else 0.0
+            w.b_seen = b
+        self._idle[0] += power * idle_time + exact_tails - self._tails_guess
+        self._tails_cpu = self._tails_guess = 0.0
 
     # -- introspection -----------------------------------------------------
 
@@ -298,6 +399,11 @@ class Ledger:
                 measured=tuple(self._measured),
                 power=tuple(self._power),
             )
+
+
+def _cpu_since(window: Window) -> float:
+    clock = window.clock
+    return clock.seconds - window.cpu_seen if clock is not None else 0.0
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from carbonspan import cputime
 from carbonspan.config import Settings
 from carbonspan.runtime import Runtime
 
@@ -52,12 +53,30 @@ class CodeCarbonMiddleware:
                 return
             await self.app(scope, receive, send)
             return
+        if runtime.cpu_time:
+            await self._call_timed(scope, receive, send)
+            return
         request = _Request(runtime, scope, send)
         try:
             await self.app(scope, receive, request.send)
         finally:
             if request.window is not None:
                 request.finish()
+
+    async def _call_timed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """cpu_time: the request runs under its own CPU clock."""
+        cputime.ensure_task_factory()
+        clock = cputime.CpuClock()
+        token = cputime.set_clock(clock)
+        try:
+            request = _Request(self.runtime, scope, send, clock)
+            try:
+                await cputime.run(clock, self.app(scope, receive, request.send))
+            finally:
+                if request.window is not None:
+                    request.finish()
+        finally:
+            cputime.reset_clock(token)
 
 
 class _Request:
@@ -74,7 +93,9 @@ class _Request:
         "window",
     )
 
-    def __init__(self, runtime: Runtime, scope: Scope, send: Send) -> None:
+    def __init__(
+        self, runtime: Runtime, scope: Scope, send: Send, clock: Any = None
+    ) -> None:
         self.runtime = runtime
         self.scope = scope
         self._send = send
@@ -83,7 +104,7 @@ class _Request:
         self.ledger = runtime.ledger
         excluded = runtime.excluded
         self.excluded = excluded is not None and excluded(scope)
-        self.window: Any = self.ledger.open(monotonic())
+        self.window: Any = self.ledger.open(monotonic(), clock)
 
     async def send(self, message: Message) -> None:
         kind = message["type"]

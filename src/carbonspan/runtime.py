@@ -10,7 +10,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.util.http import get_excluded_urls
 
-from carbonspan import emissions, sampler
+from carbonspan import cputime, emissions, sampler
 from carbonspan.attributes import span_attributes, static_attributes
 from carbonspan.config import Settings
 from carbonspan.ledger import Measurement
@@ -34,18 +34,22 @@ class Runtime:
             region=settings.region,
         )
         source = settings.power_source
-        interval = settings.sample_interval
+        interval, policy = settings.sample_interval, settings.attribution
         if source is None:
             scope = settings.scope
             self.sampler = sampler.lease(
-                ("codecarbon", scope, interval),
-                lambda: sampler.Sampler(CodeCarbonPowerSource(scope), interval),
+                ("codecarbon", scope, interval, policy),
+                lambda: sampler.Sampler(CodeCarbonPowerSource(scope), interval, policy),
             )
         else:
             src: PowerSource = source
             self.sampler = sampler.lease(
-                (id(src), interval), lambda: sampler.Sampler(src, interval)
+                (id(src), interval, policy),
+                lambda: sampler.Sampler(src, interval, policy),
             )
+        self.cpu_time = policy == "cpu_time"
+        if self.cpu_time:
+            cputime.patch_threads()
         self.ledger = self.sampler.ledger
         self.metrics = metrics_for(settings.meter_provider)
         self.metrics.add(self.ledger, self.intensity)
@@ -97,6 +101,8 @@ class Runtime:
             self.active = False
             self.metrics.remove(self.ledger)
             sampler.release(self.sampler)
+            if self.cpu_time:
+                cputime.unpatch_threads()
 
 
 def _exclusion(settings: Settings) -> Callable[[Scope], bool] | None:

@@ -32,10 +32,12 @@ LOG_EVERY = 60.0
 class Sampler:
     """Reads `source` every `interval` seconds and ticks `ledger` with it."""
 
-    def __init__(self, source: PowerSource, interval: float = 0.1) -> None:
+    def __init__(
+        self, source: PowerSource, interval: float = 0.1, policy: str = "time_share"
+    ) -> None:
         self.source = source
         self.interval = interval
-        self.ledger = Ledger()
+        self.ledger = Ledger(policy=policy)
         self._read_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
