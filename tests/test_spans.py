@@ -264,3 +264,27 @@ def test_two_apps_on_one_meter_provider_report_together(
     ]
     # The shared ledger is counted once, not once per app.
     assert attributed == [pytest.approx(runtimes[0].ledger.totals().attributed[0])]
+
+
+def test_in_flight_is_observable_and_returns_to_zero(
+    otel: Otel, instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    app = build_app()
+    runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
+    wait_ready(runtime)
+    seen: list[int] = []
+
+    async def go() -> None:
+        async with client(app) as c:
+            pending = [
+                asyncio.create_task(c.get("/sleep?seconds=0.3")) for _ in range(3)
+            ]
+            await asyncio.sleep(0.15)
+            (point,) = otel.points("codecarbon.requests.in_flight")
+            seen.append(point.value)
+            await asyncio.gather(*pending)
+
+    asyncio.run(go())
+    assert seen == [3]
+    (point,) = otel.points("codecarbon.requests.in_flight")
+    assert point.value == 0

@@ -80,6 +80,12 @@ class Metrics:
             unit="W",
             description="Power drawn by this process over the last sampling interval",
         )
+        meter.create_observable_up_down_counter(
+            "codecarbon.requests.in_flight",
+            callbacks=[self._observe_in_flight],
+            unit="{request}",
+            description="HTTP requests holding an attribution window right now",
+        )
         meter.create_observable_gauge(
             "codecarbon.carbon_intensity",
             callbacks=[self._observe_intensity],
@@ -186,6 +192,11 @@ class Metrics:
                     hw = a.HW_TYPES[component]
                     watts[hw] = watts.get(hw, 0.0) + totals.power[i]
         return [Observation(w, {a.HW_TYPE: hw}) for hw, w in watts.items()]
+
+    def _observe_in_flight(self, _: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            ledgers = [entry[0] for entry in self._sources.values()]
+        return [Observation(sum(ledger.in_flight for ledger in ledgers))]
 
     def _observe_intensity(self, _: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
