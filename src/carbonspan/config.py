@@ -28,7 +28,12 @@ HEADER_FIELDS = ("energy", "emissions", "duration")
 HEADER_FORMATS = ("x-codecarbon", "server-timing", "both")
 ENV_PREFIX = "CARBONSPAN_"
 #: Settings that only keyword arguments can give (objects, not text).
-OBJECT_SETTINGS = ("power_source", "meter_provider", "measurement_hook")
+OBJECT_SETTINGS = (
+    "power_source",
+    "meter_provider",
+    "tracer_provider",
+    "measurement_hook",
+)
 
 MeasurementHook = Callable[[Any, Mapping[str, Any], Any], None]
 
@@ -48,6 +53,7 @@ class Settings:
     response_headers_format: str = "x-codecarbon"
     power_source: PowerSource | None = None
     meter_provider: Any = None
+    tracer_provider: Any = None  # only flushed at shutdown: spans are not ours
     measurement_hook: MeasurementHook | None = None
 
     @classmethod

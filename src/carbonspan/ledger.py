@@ -32,6 +32,7 @@ is >= 0.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,8 @@ POLICIES = ("time_share", "cpu_time")
 #: less than the clocks resolve, and joules per CPU second would be meaningless.
 MIN_CPU = 1e-6
 _Tick = tuple[float, tuple[float, ...], tuple[float, ...]]  # B_j, C_j, P_j
+#: What was wrong with a reading: (kind, detail), see `Ledger.tick`.
+Fault = tuple[str, str]
 
 
 class Measurement:
@@ -295,19 +298,32 @@ class Ledger:
 
     # -- sampler path ------------------------------------------------------
 
-    def tick(self, reading: EnergyReading) -> None:
-        """Take a new cumulative reading from the power source."""
+    def tick(self, reading: EnergyReading) -> tuple[Fault, ...]:
+        """Take a new cumulative reading from the power source.
+
+        Returns what was wrong with the reading, if anything, as (kind,
+        detail) pairs for the sampler to log: ``bad_time`` (the reading is
+        ignored), ``invalid`` (NaN, infinite or not a number) and ``negative``
+        (cumulative joules below 0) for a component (that value is ignored:
+        the next valid one covers the gap), ``backwards`` (a counter reset or
+        wraparound: that interval's energy is not counted, and the counter is
+        followed from its new value).
+        """
+        at = reading.time
+        if not _is_number(at):
+            return (("bad_time", f"time={at!r}"),)
         values = (reading.cpu, reading.gpu, reading.ram)
+        faults: list[Fault] = []
         with self._lock:
             if self.first_reading is None:
                 self.first_reading = reading
             self.last_reading = reading
             if self._t is None:
-                self._t = reading.time
+                self._t = at
             else:
-                self._advance(reading.time)
+                self._advance(at)
             first = self._last_time is None
-            self._last_time = reading.time
+            self._last_time = at
             shared = self._b - self._tick_b
             idle_time = self._idle_time - self._tick_idle
             # The seconds the integrals advanced since the last tick. A request
@@ -318,12 +334,26 @@ class Ledger:
             measured_power = [0.0] * _N
             for i in range(_N):
                 value = values[i]
-                if value is None or not math.isfinite(value):
-                    continue  # no information: the interval is charged 0 W
+                if value is None:
+                    continue  # not measured
+                name = COMPONENTS[i]
+                if not _is_number(value):
+                    faults.append(("invalid", f"{name}={value!r}"))
+                    continue  # no information: the next valid value covers it
+                if value < 0:
+                    faults.append(("negative", f"{name}={value!r}"))
+                    continue
+                previous = self._last[i]
+                delta = value - previous if previous is not None else 0.0
+                if delta > 0 and span > 0 and not math.isfinite(delta / span):
+                    faults.append(("invalid", f"{name}={value!r}"))
+                    continue
                 self._known[i] = True
-                previous, self._last[i] = self._last[i], value
-                delta = value - previous if previous is not None else -1.0
-                if delta < 0 or first:  # first value, or the counter reset
+                self._last[i] = value
+                if previous is None or first:  # the first value: a baseline
+                    continue
+                if delta < 0:  # the counter reset or wrapped around
+                    faults.append(("backwards", f"{name}: {previous!r} -> {value!r}"))
                     continue
                 self._measured[i] += delta
                 if span > 0:
@@ -352,6 +382,7 @@ class Ledger:
                 tuple(self._c),
                 tuple(measured_power),
             )
+        return tuple(faults)
 
     def _tick_cpu(self, power: float, busy: float, idle_time: float) -> None:
         """cpu_time: split the interval's busy CPU joules by CPU time used.
@@ -399,6 +430,15 @@ class Ledger:
                 measured=tuple(self._measured),
                 power=tuple(self._power),
             )
+
+
+def _is_number(value: object) -> bool:
+    """A finite real number (numpy's included), not a bool."""
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
 def _cpu_since(window: Window) -> float:

@@ -87,7 +87,7 @@ class Runtime:
         """
         self.sampler.sample()
         providers = [self.settings.meter_provider or metrics.get_meter_provider()]
-        providers.append(trace.get_tracer_provider())
+        providers.append(self.settings.tracer_provider or trace.get_tracer_provider())
         for provider in providers:
             force_flush = getattr(provider, "force_flush", None)
             if force_flush is not None:

@@ -25,8 +25,29 @@ from carbonspan.source import HardwareInfo, PowerSource
 
 _log = logging.getLogger(__name__)
 
-#: Seconds between two log lines about the same failing source.
+#: Seconds between two log lines about the same kind of fault of a source.
 LOG_EVERY = 60.0
+#: A read that takes this long (seconds) is logged as a fault: meanwhile,
+#: requests are charged at the last measured power.
+SLOW_READ = 1.0
+
+# What each kind of fault (see `Ledger.tick`) is, and what carbonspan does.
+_FAULTS = {
+    "slow": "a reading was slow",
+    "bad_time": "a reading had no valid monotonic time",
+    "invalid": "a reading was not a finite number of joules",
+    "negative": "a reading had negative cumulative joules",
+    "backwards": "a cumulative reading went backwards (counter reset or wraparound)",
+}
+_EFFECTS = {
+    "slow": "meanwhile requests were charged at the last measured power, "
+    "corrected when the reading arrived",
+    "bad_time": "the reading is ignored",
+    "invalid": "the value is ignored; the next valid one covers the gap",
+    "negative": "the value is ignored; the next valid one covers the gap",
+    "backwards": "the interval's energy is not counted; measuring goes on "
+    "from the new value",
+}
 
 
 class Sampler:
@@ -41,8 +62,10 @@ class Sampler:
         self._read_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_error_log = -LOG_EVERY
-        self.errors = 0
+        self._logged: dict[str, float] = {}  # fault kind -> when last logged
+        self.errors = 0  # reads that raised
+        self.reads = 0  # reads that succeeded
+        self.faults: dict[str, int] = {}  # fault kind -> how many so far
         self.info = HardwareInfo()
         _live.add(self)
 
@@ -73,13 +96,20 @@ class Sampler:
     def sample(self) -> bool:
         """Read the source once and tick the ledger; False if the read failed."""
         with self._read_lock:
+            began = time.monotonic()
             try:
                 reading = self.source.read()
                 info = self.info if self.info.measurement else self.source.describe()
-                self.ledger.tick(reading)
+                faults = self.ledger.tick(reading)
             except Exception as exc:
                 self._report(exc)
                 return False
+            took = time.monotonic() - began
+            if took >= SLOW_READ and self.reads:  # the first read may detect hardware
+                self._warn("slow", f"took {took:.1f} s")
+            self.reads += 1
+            for kind, detail in faults:
+                self._warn(kind, detail)
             self.info = info  # after the tick: known hardware means readings
             return True
 
@@ -92,22 +122,35 @@ class Sampler:
 
     def _report(self, exc: BaseException) -> None:
         self.errors += 1
+        self._warn(f"error {type(exc).__name__}", f"{exc!r}", exc)
+
+    def _warn(self, kind: str, detail: str, exc: BaseException | None = None) -> None:
+        """Log a fault of `kind`: the first one, then at most once a minute."""
+        count = self.faults[kind] = self.faults.get(kind, 0) + 1
         now = time.monotonic()
-        if now - self._last_error_log >= LOG_EVERY:
-            self._last_error_log = now
-            _log.warning(
-                "carbonspan: reading the power source %r failed (%d failures so far); "
-                "requests go on without energy figures until it recovers",
-                self.source,
-                self.errors,
-                exc_info=exc,
-            )
+        last = self._logged.get(kind)
+        if last is not None and now - last < LOG_EVERY:
+            return
+        self._logged[kind] = now
+        _log.warning(
+            "carbonspan: power source %r: %s (%s; %d so far); %s. "
+            "Logged at most once a minute.",
+            self.source,
+            _FAULTS.get(kind, "reading failed"),
+            detail,
+            count,
+            "requests go on, and their figures resume when it recovers"
+            if exc is not None
+            else _EFFECTS.get(kind, "the reading is ignored"),
+            exc_info=exc,
+        )
 
     def _after_fork(self) -> None:
         # The thread did not survive the fork. Like the first time, the
         # child's first request (or lifespan startup) starts a new one.
         self._thread = None
         self._read_lock = threading.Lock()
+        self._logged = {}  # the child logs its own faults
         self.ledger.reset()
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import psutil
@@ -95,6 +96,8 @@ class CodeCarbonPowerSource:
         self._ram_at = -RAM_REFRESH
         self._share = 0.0
         self._share_at = -1.0
+        self._machine_times = True  # psutil reads the machine's CPU times
+        self._failing: set[str] = set()  # components whose failure was logged
 
     # -- detection --------------------------------------------------------
 
@@ -104,9 +107,8 @@ class CodeCarbonPowerSource:
         try:
             self._cpu, measurement["cpu"], cpu_model = _detect_cpu()
         except Exception:
-            _log.warning(
-                "CPU detection failed; CPU energy is not measured", exc_info=True
-            )
+            _log.warning(_CPU_FALLBACK, exc_info=True)
+            self._cpu, measurement["cpu"], cpu_model = _ConstantCpu.fallback()
         try:
             from codecarbon.external.ram import RAM
 
@@ -123,18 +125,21 @@ class CodeCarbonPowerSource:
             if self._gpu is not None:
                 measurement["gpu"] = "nvml"
                 gpu_model, gpu_count = self._gpu.model, self._gpu.count
+        now = time.monotonic()
+        self._last_time = now
+        self._total = {name: 0.0 for name in measurement}
+        self._last_proc_cpu, self._last_machine_busy = self._cpu_times()
+        try:
+            self._cpu.start()
+        except Exception:
+            _log.warning(_CPU_FALLBACK, exc_info=True)
+            self._cpu, measurement["cpu"], cpu_model = _ConstantCpu.fallback()
         self._info = HardwareInfo(
             cpu_model=cpu_model,
             gpu_model=gpu_model,
             gpu_count=gpu_count,
             measurement=measurement,
         )
-        now = time.monotonic()
-        self._last_time = now
-        self._total = {name: 0.0 for name in measurement}
-        self._last_proc_cpu, self._last_machine_busy = self._cpu_times()
-        if self._cpu is not None:
-            self._cpu.start()
         self._ready = True
 
     # -- PowerSource -----------------------------------------------------
@@ -169,24 +174,48 @@ class CodeCarbonPowerSource:
         )
 
     def _integrate(self, dt: float) -> None:
-        process = self.scope == "process"
-        if self._cpu is not None:
-            _, energy = self._cpu.measure_power_and_energy(last_duration=dt)
-            joules = float(energy.kWh) * 3.6e6
-            proc_cpu, machine_busy = self._cpu_times(_load_meter_times(self._cpu))
-            if process:
-                busy = machine_busy - self._last_machine_busy
-                used = proc_cpu - self._last_proc_cpu
-                joules *= min(max(used / busy, 0.0), 1.0) if busy > 0 else 0.0
-            self._last_proc_cpu, self._last_machine_busy = proc_cpu, machine_busy
-            self._total["cpu"] += joules
-        if self._ram is not None:
-            watts = self._ram_watts()
-            if process:
-                watts *= self._memory_share()
-            self._total["ram"] += watts * dt
-        if self._gpu is not None:
-            self._total["gpu"] += self._gpu.joules(dt, os.getpid() if process else None)
+        # Each component on its own: one that fails (a GPU driver gone, a
+        # /proc file unreadable) adds nothing for the interval, and the
+        # others are still measured.
+        for name, joules in (
+            ("cpu", self._cpu_joules),
+            ("ram", self._ram_joules),
+            ("gpu", self._gpu_joules),
+        ):
+            if name not in self._total:
+                continue
+            try:
+                self._total[name] += joules(dt)
+            except Exception:
+                if name not in self._failing:
+                    self._failing.add(name)
+                    _log.warning(
+                        "carbonspan: measuring %s energy failed; it is counted as "
+                        "0 J while this goes on (logged once)",
+                        name,
+                        exc_info=True,
+                    )
+
+    def _cpu_joules(self, dt: float) -> float:
+        _, energy = self._cpu.measure_power_and_energy(last_duration=dt)
+        joules = float(energy.kWh) * 3.6e6
+        proc_cpu, machine_busy = self._cpu_times(_load_meter_times(self._cpu))
+        if self.scope == "process":
+            busy = machine_busy - self._last_machine_busy
+            used = proc_cpu - self._last_proc_cpu
+            joules *= min(max(used / busy, 0.0), 1.0) if busy > 0 else 0.0
+        self._last_proc_cpu, self._last_machine_busy = proc_cpu, machine_busy
+        return joules
+
+    def _ram_joules(self, dt: float) -> float:
+        watts = self._ram_watts()
+        if self.scope == "process":
+            watts *= self._memory_share()
+        return watts * dt
+
+    def _gpu_joules(self, dt: float) -> float:
+        assert self._gpu is not None
+        return self._gpu.joules(dt, os.getpid() if self.scope == "process" else None)
 
     def _memory_share(self) -> float:
         # RSS over the machine's used memory moves slowly, and reading it
@@ -207,14 +236,30 @@ class CodeCarbonPowerSource:
         return self._ram_w
 
     def _cpu_times(self, machine: Any = None) -> tuple[float, float]:
-        """This process's CPU seconds, and the machine's busy CPU seconds."""
+        """This process's CPU seconds, and the machine's busy CPU seconds.
+
+        Where psutil cannot read the machine's CPU times, its capacity
+        (logical CPUs x monotonic seconds) stands in for its busy time from
+        then on: the process is charged its share of the whole machine.
+        """
         proc = os.times()
-        if machine is None:
-            machine = psutil.cpu_times()
-        idle = machine.idle + getattr(machine, "iowait", 0.0)
-        total = sum(machine) - getattr(machine, "guest", 0.0)
-        total -= getattr(machine, "guest_nice", 0.0)
-        return proc.user + proc.system, float(total - idle)
+        own = proc.user + proc.system
+        if self._machine_times:
+            try:
+                if machine is None:
+                    machine = psutil.cpu_times()
+                idle = machine.idle + getattr(machine, "iowait", 0.0)
+                total = sum(machine) - getattr(machine, "guest", 0.0)
+                total -= getattr(machine, "guest_nice", 0.0)
+                return own, float(total - idle)
+            except Exception:
+                self._machine_times = False
+                _log.warning(
+                    "carbonspan: psutil cannot read the machine's CPU times; the "
+                    "process's CPU share is taken of the machine's capacity",
+                    exc_info=True,
+                )
+        return own, (os.cpu_count() or 1) * time.monotonic()
 
 
 def _detect_cpu() -> tuple[Any, str, str | None]:
@@ -233,6 +278,50 @@ def _detect_cpu() -> tuple[Any, str, str | None]:
         mode, label = ("constant", "tdp")
     hw = CPU.from_utils(".", mode, model, max_power, tracking_mode="machine")
     return hw, label, model
+
+
+_CPU_FALLBACK = (
+    "carbonspan: CPU detection failed; CPU energy falls back on a constant half "
+    "of the TDP, CodeCarbon's constant model (codecarbon.measurement.cpu=tdp)"
+)
+
+
+class _ConstantCpu:
+    """CodeCarbon's constant CPU model, without CodeCarbon: half the TDP, always.
+
+    The fallback when CodeCarbon's CPU detection fails. The TDP is CodeCarbon's
+    for the CPU model where its table can still be read, otherwise its default
+    of 4 W per logical CPU.
+    """
+
+    SHARE = 0.5  # codecarbon.external.hardware.CONSUMPTION_PERCENTAGE_CONSTANT
+    WATTS_PER_CPU = 4.0  # codecarbon.core.cpu.DEFAULT_POWER_PER_CORE
+
+    def __init__(self, tdp: float) -> None:
+        self.watts = tdp * self.SHARE
+
+    @classmethod
+    def fallback(cls) -> tuple[_ConstantCpu, str, str | None]:
+        model = tdp = None
+        try:
+            from codecarbon.core import cpu as cc_cpu
+
+            model = cpu_model()
+            table = cc_cpu.TDP.__new__(cc_cpu.TDP)
+            power = table._get_cpu_power_from_registry(model) if model else None
+            tdp = float(power) if power else None
+        except Exception:
+            pass
+        if tdp is None:
+            tdp = (os.cpu_count() or 1) * cls.WATTS_PER_CPU
+        return cls(tdp), "tdp", model
+
+    def start(self) -> None:
+        pass
+
+    def measure_power_and_energy(self, last_duration: float) -> tuple[Any, Any]:
+        kwh = self.watts * last_duration / 3.6e6
+        return None, SimpleNamespace(kWh=kwh)
 
 
 def _load_meter_times(cpu: Any) -> Any:
