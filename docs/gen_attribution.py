@@ -1,7 +1,11 @@
-"""Draw how the time_share ledger splits power, and measure its residual error.
+"""Draw how the ledger splits power under each policy; measure its residual error.
 
-    python docs/gen_attribution.py             # docs/img/attribution-time_share.png
+    python docs/gen_attribution.py             # both pictures in docs/img/
     python docs/gen_attribution.py --residual  # the residual-error tables
+
+The pictures are docs/img/attribution-time_share.png (how time_share splits
+power) and docs/img/attribution-policies.png (one timeline charged under
+time_share and under cpu_time).
 
 Everything here runs the real `carbonspan.ledger.Ledger`. A
 `carbonspan.testing.ScriptedPowerSource` on a fake clock supplies the readings:
@@ -10,6 +14,13 @@ the script calls `ledger.tick(source.read())` at each sampling instant and
 sampler thread and the middleware do. The "exact" share of a request is the
 integral of P(t)/n(t) over its lifetime, computed segment by segment from the
 scripted power, so it owes nothing to the ledger.
+
+Under `cpu_time`, each request also gets a `carbonspan.cputime.CpuClock`, the
+object the middleware hands the ledger; the script advances its
+`loop_seconds` by the request's scripted CPU rate as the fake clock moves, as
+the timed coroutine wrapper does for a real request. The exact `cpu_time`
+share is the integral of P(t) x r_i / (sum of the r of the requests in flight),
+where r is each request's CPU rate.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from carbonspan.cputime import CpuClock
 from carbonspan.ledger import Ledger, Measurement, Totals
 from carbonspan.testing import ScriptedPowerSource
 
@@ -31,7 +43,9 @@ Request = tuple[float, float]  # (start, end), seconds on the fake clock
 
 INTERVAL = 0.1  # the default sample_interval
 RESOLUTION = 1e-5  # ScriptedPowerSource integration step: fine enough for steps
-OUTPUT = Path(__file__).parent / "img" / "attribution-time_share.png"
+IMG = Path(__file__).parent / "img"
+OUTPUT = IMG / "attribution-time_share.png"
+POLICIES_OUTPUT = IMG / "attribution-policies.png"
 
 
 class FakeClock:
@@ -76,15 +90,21 @@ def simulate(
     end: float,
     breakpoints: Sequence[float] = (),
     interval: float = INTERVAL,
+    cpu_rates: Sequence[float] | None = None,
 ) -> Run:
     """Feed one Ledger from a ScriptedPowerSource and compare with exact shares.
 
     `breakpoints` lists the instants where the scripted power may jump other
     than request boundaries, so that the exact integral is taken piecewise.
+    With `cpu_rates` (CPU seconds per second, one per request) the ledger runs
+    the `cpu_time` policy, each request's CpuClock advancing at its rate, and
+    the exact shares are the CPU-proportional ones.
     """
     clock = FakeClock()
     source = ScriptedPowerSource(**watts, resolution=RESOLUTION, clock=clock)
-    ledger = Ledger()
+    ledger = Ledger(policy="time_share" if cpu_rates is None else "cpu_time")
+    cpu_clocks: dict[int, CpuClock] = {}
+    last_t = 0.0
     count = round(end / interval)
     # At equal times: tick first, then closes, then opens.
     events = [(round(k * interval, 9), 0, -1) for k in range(count + 1)]
@@ -98,6 +118,10 @@ def simulate(
     previous = 0.0
     for t, kind, i in events:
         clock.now = t
+        if cpu_rates is not None:  # the requests in flight used CPU until t
+            for k, cpu_clock in cpu_clocks.items():
+                cpu_clock.loop_seconds += cpu_rates[k] * (t - last_t)
+            last_t = t
         if kind == 0:
             reading = source.read()
             ledger.tick(reading)
@@ -106,12 +130,17 @@ def simulate(
             tick_joules.append(joules - previous)
             previous = joules
         elif kind == 2:
-            windows[i] = ledger.open(t)
+            if cpu_rates is None:
+                windows[i] = ledger.open(t)
+            else:
+                cpu_clocks[i] = CpuClock()
+                windows[i] = ledger.open(t, cpu_clocks[i])
         else:
             measurements[i] = ledger.close(windows.pop(i), t)
+            cpu_clocks.pop(i, None)
     ordered = [measurements[i] for i in range(len(requests))]
     charged = [m.total or 0.0 for m in ordered]
-    exact, idle = exact_shares(requests, watts, end, breakpoints)
+    exact, idle = exact_shares(requests, watts, end, breakpoints, cpu_rates)
     return Run(
         requests, charged, exact, idle, ordered, ledger.totals(), ticks, tick_joules
     )
@@ -122,8 +151,13 @@ def exact_shares(
     watts: dict[str, Watts],
     end: float,
     breakpoints: Sequence[float],
+    cpu_rates: Sequence[float] | None = None,
 ) -> tuple[list[float], float]:
-    """Integral of P(t)/n(t) per request, and of P(t) while nothing is open."""
+    """Integral of P(t)/n(t) per request, and of P(t) while nothing is open.
+
+    With `cpu_rates`, the CPU component is split in proportion to the rates
+    of the requests in flight instead (the other components stay P/n).
+    """
     n = in_flight(requests)
     cuts = {0.0, end, *breakpoints}
     for start, stop in requests:
@@ -138,9 +172,16 @@ def exact_shares(
         if count == 0:
             idle += energy
             continue
-        for i, (start, stop) in enumerate(requests):
-            if start <= mid < stop:
+        open_now = [i for i, (b, e) in enumerate(requests) if b <= mid < e]
+        if cpu_rates is None or "cpu" not in watts:
+            for i in open_now:
                 shares[i] += energy / count
+            continue
+        cpu = watts["cpu"](mid) * (hi - lo)
+        rate = sum(cpu_rates[i] for i in open_now)
+        for i in open_now:
+            weight = cpu_rates[i] / rate if rate > 0 else 1 / count
+            shares[i] += cpu * weight + (energy - cpu) / count
     return shares, idle
 
 
@@ -258,6 +299,141 @@ def draw(output: Path) -> Run:
     fig.savefig(output, dpi=100)
     plt.close(fig)
     return run
+
+
+# -- the two policies, one timeline ------------------------------------------------
+
+#: Fraction of one core each FIGURE_REQUESTS entry uses while in flight:
+#: 1, 3 and 5 compute; 2 and 4 mostly wait (on a database, say).
+FIGURE_CPU_RATES = (0.8, 0.05, 0.9, 0.1, 0.7)
+BASE_CPU_W = 4.0  # the process's CPU power with nothing to do
+CORE_W = 12.0  # added CPU power per busy core
+RAM_W = 3.0
+
+
+def policy_watts() -> dict[str, Watts]:
+    """CPU power follows the CPU the requests use; RAM is a flat 3 W."""
+    requests, rates = FIGURE_REQUESTS, FIGURE_CPU_RATES
+
+    def cpu(t: float) -> float:
+        busy = sum(r for (b, e), r in zip(requests, rates, strict=True) if b <= t < e)
+        return BASE_CPU_W + CORE_W * busy
+
+    return {"cpu": cpu, "ram": lambda t: RAM_W}
+
+
+def draw_policies(output: Path) -> tuple[Run, Run]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    watts = policy_watts()
+    shared = simulate(FIGURE_REQUESTS, watts, end=FIGURE_END)
+    by_cpu = simulate(
+        FIGURE_REQUESTS, watts, end=FIGURE_END, cpu_rates=FIGURE_CPU_RATES
+    )
+    colors = plt.get_cmap("tab10").colors
+    count = len(FIGURE_REQUESTS)
+
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(9, 7.4), gridspec_kw={"height_ratios": [1, 1.6]}
+    )
+
+    for i, ((start, stop), rate) in enumerate(
+        zip(FIGURE_REQUESTS, FIGURE_CPU_RATES, strict=True)
+    ):
+        y = count - i
+        top.barh(y, stop - start, left=start, height=0.6, color=colors[i])
+        label = f"req {i + 1}: {rate:.0%} of a core"
+        if stop < 1.4:
+            top.text(stop + 0.02, y, label, va="center", fontsize=9)
+        else:
+            top.text(start - 0.02, y, label, va="center", ha="right", fontsize=9)
+    for t in shared.ticks:
+        top.axvline(t, color="0.85", linewidth=0.6, zorder=0)
+    top.set_yticks([])
+    top.set_ylim(0.3, count + 0.7)
+    top.set_xlim(0, FIGURE_END)
+    top.set_xlabel("time (s); grey lines: sampler ticks every 0.1 s", fontsize=9)
+    top.set_title(
+        "The requests of the time_share picture, now with CPU use: "
+        f"CPU {BASE_CPU_W:g} W + {CORE_W:g} W per busy core, RAM {RAM_W:g} W",
+        fontsize=10,
+    )
+
+    height = 0.38
+    policies = (("time_share", shared, 0.2), ("cpu_time", by_cpu, -0.2))
+    for name, run, offset in policies:
+        ys = [count - i + offset for i in range(count)]
+        cpu = [m.cpu or 0.0 for m in run.measurements]
+        ram = [m.ram or 0.0 for m in run.measurements]
+        solid = name == "cpu_time"
+        bottom.barh(
+            ys,
+            cpu,
+            height=height,
+            color=[colors[i] for i in range(count)],
+            alpha=1.0 if solid else 0.45,
+            edgecolor="black",
+            linewidth=0.5,
+        )
+        bottom.barh(
+            ys, ram, left=cpu, height=height, color="0.85", edgecolor="black",
+            linewidth=0.5, hatch="//",
+        )  # fmt: skip
+        bottom.scatter(
+            run.exact, ys, marker="D", s=18, color="black", zorder=3, linewidth=0
+        )
+        for y, c, r, exact in zip(ys, cpu, ram, run.exact, strict=True):
+            bottom.text(
+                max(c + r, exact) + 0.3,
+                y,
+                f"{name}: {c:.2f} J CPU + {r:.2f} J RAM",
+                va="center",
+                fontsize=8,
+            )
+    bottom.set_yticks(
+        range(count, 0, -1), [f"req {i + 1}" for i in range(count)], fontsize=9
+    )
+    widest = max(max(r.exact) for _, r, _ in policies)
+    bottom.set_xlim(0, widest * 1.9)
+    bottom.set_ylim(0.4, count + 0.6)
+    bottom.set_xlabel("joules charged")
+    bottom.set_title(
+        "Joules charged: time_share (upper, pale) and cpu_time (lower, solid)",
+        fontsize=10,
+    )
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    bottom.legend(
+        handles=[
+            Patch(facecolor="0.6", alpha=0.45, edgecolor="black", label="CPU J"),
+            Patch(facecolor="0.85", hatch="//", edgecolor="black", label="RAM J"),
+            Line2D(
+                [], [], marker="D", color="black", linestyle="", markersize=5,
+                label="exact split under that policy",
+            ),
+        ],
+        loc="lower right",
+        fontsize=8,
+    )  # fmt: skip
+
+    notes = []
+    for name, run, _ in policies:
+        totals = run.totals
+        notes.append(
+            f"{name}: measured {sum(totals.measured):.2f} J = attributed "
+            f"{sum(totals.attributed):.2f} J + unattributed "
+            f"{sum(totals.unattributed):.2f} J"
+        )
+    fig.text(0.5, 0.005, "    ".join(notes), ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+    return shared, by_cpu
 
 
 # -- the residual error ----------------------------------------------------------
@@ -379,6 +555,7 @@ def main() -> None:
         help="print the residual-error tables instead of drawing the picture",
     )
     parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--policies-output", type=Path, default=POLICIES_OUTPUT)
     args = parser.parse_args()
     if args.residual:
         residual()
@@ -387,6 +564,17 @@ def main() -> None:
     print(f"wrote {args.output}")
     for i, (charged, exact) in enumerate(zip(run.charged, run.exact, strict=True)):
         print(f"req {i + 1}: ledger {charged:.4f} J, exact {exact:.4f} J")
+    runs = draw_policies(args.policies_output)
+    print(f"wrote {args.policies_output}")
+    for name, policy_run in zip(("time_share", "cpu_time"), runs, strict=True):
+        print(f"{name}:")
+        for i, (m, exact) in enumerate(
+            zip(policy_run.measurements, policy_run.exact, strict=True)
+        ):
+            print(
+                f"  req {i + 1}: cpu {m.cpu or 0.0:.4f} J + ram {m.ram or 0.0:.4f} J"
+                f" = {m.total or 0.0:.4f} J, exact {exact:.4f} J"
+            )
 
 
 if __name__ == "__main__":
