@@ -34,11 +34,11 @@ def cpu_app() -> FastAPI:
 
     @app.get("/burn-sync")
     def burn_sync() -> dict[str, int]:
-        return {"loops": burn(0.2)}
+        return {"loops": burn(0.25)}
 
     @app.get("/burn-async")
     async def burn_async() -> dict[str, int]:
-        return {"loops": await busy(0.2)}
+        return {"loops": await busy(0.25)}
 
     @app.get("/wait")
     async def wait(seconds: float = 0.2) -> dict[str, str]:
@@ -142,6 +142,10 @@ def test_ram_stays_time_share_under_cpu_time() -> None:
     assert (mb.cpu, mi.cpu) == (pytest.approx(10.0), pytest.approx(0.0))
     assert mb.ram == pytest.approx(2.0) and mi.ram == pytest.approx(2.0)
     assert mb.attribution == "cpu_time"
+    # Power stays the process's power, whichever request used the CPU.
+    assert mb.power("cpu") == pytest.approx(10.0) and mi.power("cpu") == pytest.approx(
+        10.0
+    )
 
 
 def test_no_cpu_used_falls_back_to_time_share() -> None:

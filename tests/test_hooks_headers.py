@@ -209,3 +209,13 @@ def test_lifespan_shutdown_flushes_and_takes_a_last_reading(otel: Otel) -> None:
         assert source.reads > reads_before
     finally:
         measured.runtime.close()
+
+
+def test_an_async_hook_is_refused_at_instrument_time() -> None:
+    from carbonspan import CodeCarbonInstrumentor
+
+    async def hook(span: Any, scope: Any, measurement: Measurement) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="measurement_hook: expected a plain"):
+        CodeCarbonInstrumentor().instrument_app(build_app(), measurement_hook=hook)

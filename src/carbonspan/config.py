@@ -9,6 +9,7 @@ the environment only).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -86,10 +87,12 @@ class Settings:
             if kwargs.get(name) is not None:
                 values[name] = kwargs[name]
         hook = values.get("measurement_hook")
-        if hook is not None and not callable(hook):
+        if hook is not None and (
+            not callable(hook) or inspect.iscoroutinefunction(hook)
+        ):
             raise ValueError(
-                "measurement_hook: expected a callable (span, scope, measurement), "
-                f"got {hook!r}"
+                "measurement_hook: expected a plain (not async) callable "
+                f"(span, scope, measurement), got {hook!r}"
             )
         if values.get("power_source") is not None and not isinstance(
             values["power_source"], PowerSource

@@ -78,7 +78,9 @@ class CodeCarbonInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     Settings (keyword arguments, or `CARBONSPAN_<NAME>` in the environment):
     `country_iso_code`, `region`, `cloud_provider`, `cloud_region`,
     `carbon_intensity`, `sample_interval`, `scope`, `attribution`,
-    `excluded_urls`, `power_source`, `meter_provider`.
+    `excluded_urls`, `response_headers`, `response_headers_format`; and as
+    keyword arguments only: `power_source`, `meter_provider`,
+    `tracer_provider`, `measurement_hook`. See docs/configuration.md.
     """
 
     def instrumentation_dependencies(self) -> Collection[str]:

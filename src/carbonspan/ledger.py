@@ -59,7 +59,16 @@ class Measurement:
     `concurrency` the mean number of requests that shared the power.
     """
 
-    __slots__ = ("attribution", "concurrency", "cpu", "duration", "gpu", "ram", "total")
+    __slots__ = (
+        "_shared_cpu",
+        "attribution",
+        "concurrency",
+        "cpu",
+        "duration",
+        "gpu",
+        "ram",
+        "total",
+    )
 
     def __init__(
         self,
@@ -69,6 +78,7 @@ class Measurement:
         ram: float | None,
         concurrency: float,
         attribution: str = "time_share",
+        shared_cpu: float | None = None,
     ) -> None:
         self.duration = duration
         self.cpu = cpu
@@ -81,6 +91,9 @@ class Measurement:
             if joules is not None:
                 total = joules if total is None else total + joules
         self.total: float | None = total
+        # Under cpu_time: the CPU joules time share would have charged, which
+        # is what the process's mean CPU power is derived from.
+        self._shared_cpu = cpu if shared_cpu is None else shared_cpu
 
     def power(self, component: str) -> float | None:
         """The process's mean watts on `component` while the request ran.
@@ -89,7 +102,9 @@ class Measurement:
         joules are this power divided by the mean concurrency: with one
         request alone it is simply joules / duration.
         """
-        joules: float | None = getattr(self, component)
+        joules: float | None = (
+            self._shared_cpu if component == "cpu" else getattr(self, component)
+        )
         if joules is None or self.duration <= 0:
             return None
         return joules * self.concurrency / self.duration
@@ -228,7 +243,8 @@ class Ledger:
         if j0 == self._j:  # no tick since it opened
             shared = b - window.b0
             charges = [power[0] * shared, power[1] * shared, power[2] * shared]
-            if self._cpu_time:
+            if self._cpu_time:  # CPU by CPU time; time share kept for power()
+                charges.append(charges[0])
                 charges[0] = self._cpu_charge(window)
             return charges
         tail = b - self._tick_b
@@ -249,7 +265,8 @@ class Ledger:
             p1[1] * head + c[1] - c1[1] + power[1] * tail,
             p1[2] * head + c[2] - c1[2] + power[2] * tail,
         ]
-        if self._cpu_time:
+        if self._cpu_time:  # CPU by CPU time; time share kept for power()
+            charges.append(charges[0])
             charges[0] = self._cpu_charge(window)
         return charges
 
@@ -283,6 +300,7 @@ class Ledger:
             charges[2] if known[2] else None,
             duration / shared if shared > 0 else 1.0,
             self.policy,
+            charges[3] if len(charges) > 3 and known[0] else None,
         )
 
     def _advance(self, now: float) -> None:
