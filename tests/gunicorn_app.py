@@ -4,4 +4,4 @@ from apps import build_app
 from carbonspan import CodeCarbonInstrumentor
 
 app = build_app()
-CodeCarbonInstrumentor().instrument_app(app, sample_interval=0.05)
+CodeCarbonInstrumentor().instrument_app(app)  # the default 0.1 s interval

@@ -22,7 +22,7 @@ def post_fork(server: object, worker: object) -> None:
     endpoint = os.environ["E2E_OTLP"]
     reader = PeriodicExportingMetricReader(
         OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics"),
-        export_interval_millis=200,
+        export_interval_millis=1000,
     )
     metrics.set_meter_provider(
         MeterProvider(resource=resource, metric_readers=[reader])
