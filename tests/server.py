@@ -24,39 +24,52 @@ def free_port() -> int:
 
 
 class Server:
-    """`command` (argv, `{port}` filled in) serving on 127.0.0.1 until stopped."""
+    """`command` (argv, `{port}` filled in) serving on 127.0.0.1 until stopped.
+
+    `{port}` is also filled in the values of `env`. It is ready when
+    `ready_path` answers with a status below 500. With `quiet`, its output is
+    discarded (for chatty servers), else it is kept in `output` at stop.
+    """
 
     def __init__(
-        self, command: list[str], env: dict[str, str], ready_path: str = "/fast"
-    ):
+        self,
+        command: list[str],
+        env: dict[str, str],
+        ready_path: str = "/fast",
+        *,
+        quiet: bool = False,
+        timeout: float = 60.0,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [c.format(port=self.port) for c in command]
+        env = {k: v.replace("{port}", str(self.port)) for k, v in env.items()}
         self.env = {**os.environ, "PYTHONPATH": str(TESTS), **env}
         self.ready_path = ready_path
+        self.quiet = quiet
+        self.timeout = timeout
         self.proc: subprocess.Popen[str] | None = None
         self.output = ""
 
     def __enter__(self) -> Server:
+        out = subprocess.DEVNULL if self.quiet else subprocess.PIPE
         self.proc = subprocess.Popen(
-            self.command,
-            env=self.env,
-            cwd=TESTS,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
+            self.command, env=self.env, cwd=TESTS, stdout=out,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.proc.stdout.read()}")  # type: ignore[union-attr]
+                self.stop()
+                raise RuntimeError(f"{self.command[0]} exited early:\n{self.output}")
             try:
-                httpx.get(self.url + self.ready_path, timeout=1)
-                return self
+                if httpx.get(self.url + self.ready_path, timeout=1).status_code < 500:
+                    return self
             except httpx.HTTPError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"server did not start:\n{self.output}")
+        raise RuntimeError(f"{self.command[0]} did not start:\n{self.output}")
 
     def stop(self, sig: int = signal.SIGTERM) -> str:
         if self.proc is not None and self.proc.poll() is None:

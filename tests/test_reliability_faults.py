@@ -25,7 +25,7 @@ from apps import build_app
 from carbonspan import CodeCarbonPowerSource, sampler
 from carbonspan import attributes as a
 from carbonspan.runtime import Runtime
-from carbonspan.source import EnergyReading, _ConstantCpu
+from carbonspan.source import EnergyReading
 from carbonspan.testing import ConstantPowerSource
 from conftest import Instrumented, Otel, attrs, client, wait_ready
 from test_reliability_support import (
@@ -187,7 +187,7 @@ def test_power_source_fault_is_absorbed_by_the_sampler(
         # Three rounds of traffic while the meter misbehaves, over many reads.
         for _ in range(3):
             assert fetch(app, LOAD) == [200] * len(LOAD)
-        wait_for(lambda: runtime.sampler.faults.get(kind, 0) >= 4)
+        wait_for(lambda: source.faulty >= 24)
         during = len(otel.server_spans())
         # The meter recovers: the sampler's next readings are used again.
         source.recover(from_where_it_is=not lossless)
@@ -199,7 +199,6 @@ def test_power_source_fault_is_absorbed_by_the_sampler(
     for span in spans:
         assert_sane(attrs(span))
     # One line for the fault, however many readings and requests it touched.
-    assert runtime.sampler.faults[kind] >= 4
     logged = carbonspan_warnings(caplog)
     assert len(logged) == 1, [r.getMessage() for r in logged]
     assert logged[0].name == "carbonspan.sampler"
@@ -221,6 +220,7 @@ def test_power_source_fault_is_absorbed_by_the_sampler(
         assert drawn is not None
         counted = totals.attributed[0] + totals.unattributed[0]
         assert 0 < counted < drawn
+    assert runtime.sampler.faults[kind] >= 4  # counted, though logged once
 
 
 def test_fault_kinds_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
@@ -342,9 +342,17 @@ DETECTION = {
 
 
 def wait_reads(runtime: Runtime, n: int) -> None:
+    """Start the sampler and wait for `n` new readings in the ledger."""
     runtime.sampler.start()
-    start = runtime.sampler.reads
-    wait_for(lambda: runtime.sampler.reads - start >= n, timeout=30)
+    seen: list[object] = [runtime.ledger.last_reading]
+
+    def more() -> bool:
+        reading = runtime.ledger.last_reading
+        if reading is not None and reading is not seen[-1]:
+            seen.append(reading)
+        return len(seen) > n
+
+    wait_for(more, timeout=30)
 
 
 @pytest.mark.parametrize("name", list(DETECTION))
@@ -379,8 +387,9 @@ def test_failed_hardware_detection_falls_back_and_says_so(
         source = runtime.sampler.source
         assert isinstance(source, CodeCarbonPowerSource)
         watts = {attrs(s)[a.POWER["cpu"]] for s in spans}
-        cc_watts = source._cpu.watts if isinstance(source._cpu, _ConstantCpu) else None
-        expected = cc_watts or _codecarbon_constant_watts(source)
+        expected = getattr(source._cpu, "watts", None)  # carbonspan's fallback
+        if expected is None:  # CodeCarbon's own constant mode
+            expected = _codecarbon_constant_watts(source)
         for w in watts:
             assert w == pytest.approx(expected, rel=0.25)
         assert any("CPU" in r.getMessage() for r in carbonspan_warnings(caplog))
