@@ -3,13 +3,19 @@ a CodeCarbon tracker per request.
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/overhead.py            # full run, about 2 minutes
-    .venv/bin/python benchmarks/overhead.py --quick    # about 20 s
+    .venv/bin/python benchmarks/overhead.py              # both modes, about 4-5 min
+    .venv/bin/python benchmarks/overhead.py --quick      # both modes, about 35 s
+    .venv/bin/python benchmarks/overhead.py --in-process # in-process mode only
+    .venv/bin/python benchmarks/overhead.py --http       # HTTP mode only
     .venv/bin/python benchmarks/overhead.py --json out.json
 
-Three FastAPI apps live in this one process, each with `GET /ping` (returns a
-small dict) and `GET /cpu` (an `async def` that does a fixed amount of Python
-work, a few ms of CPU):
+Two modes, in-process first, then HTTP (`http_overhead.py`, which serves the
+same app, `bench_app.py`, with three real uvicorn servers on 127.0.0.1 and
+compares them the same way over keep-alive connections).
+
+In-process mode: three FastAPI apps live in this one process, each with
+`GET /ping` (returns a small dict) and `GET /cpu` (an `async def` that does a
+fixed amount of Python work, a few ms of CPU):
 
   a  FastAPIInstrumentor alone (real SDK TracerProvider with a
      SimpleSpanProcessor to an in-memory exporter, real SDK MeterProvider with an
@@ -47,14 +53,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import gc
-import ipaddress
+import inspect
 import json
 import logging
 import os
 import platform
-import socket
+import signal
 import statistics
 import sys
 import threading
@@ -75,71 +80,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 COUNTRY = "FRA"
 
 
-# -- no network ---------------------------------------------------------------
+# -- no network, before CodeCarbon is imported -----------------------------------
 
+from netguard import NETWORK  # noqa: E402
 
-class NetworkGuard:
-    """Refuse (and count) any connection or name lookup that is not loopback."""
-
-    def __init__(self) -> None:
-        self.blocked: list[str] = []
-
-    @staticmethod
-    def _loopback(host: Any) -> bool:
-        if host is None:
-            return True
-        if isinstance(host, bytes):
-            host = host.decode(errors="replace")
-        host = str(host)
-        if host in ("localhost", "localhost.localdomain", ""):
-            return True
-        try:
-            return ipaddress.ip_address(host.split("%")[0]).is_loopback
-        except ValueError:
-            return False
-
-    def _refuse(self, what: str) -> None:
-        self.blocked.append(what)
-
-    def install(self) -> None:
-        guard = self
-        real_connect = socket.socket.connect
-        real_connect_ex = socket.socket.connect_ex
-        real_getaddrinfo = socket.getaddrinfo
-
-        def check(sock: socket.socket, address: Any) -> None:
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                host = address[0] if isinstance(address, tuple) else address
-                if not guard._loopback(host):
-                    guard._refuse(f"connect {address!r}")
-                    raise OSError(errno.ENETUNREACH, "network blocked by benchmark")
-
-        def connect(sock: socket.socket, address: Any) -> None:
-            check(sock, address)
-            real_connect(sock, address)
-
-        def connect_ex(sock: socket.socket, address: Any) -> int:
-            check(sock, address)
-            return real_connect_ex(sock, address)
-
-        def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-            if not guard._loopback(host):
-                guard._refuse(f"getaddrinfo {host!r}")
-                raise socket.gaierror(socket.EAI_NONAME, "lookup blocked by benchmark")
-            return real_getaddrinfo(host, *args, **kwargs)
-
-        socket.socket.connect = connect  # type: ignore[method-assign]
-        socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
-        socket.getaddrinfo = getaddrinfo
-
-
-NETWORK = NetworkGuard()
 NETWORK.install()
 # CodeCarbon and friends are imported only after the guard is in place.
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-from codecarbon import OfflineEmissionsTracker  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from opentelemetry import trace  # noqa: E402
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: E402
@@ -152,93 +101,20 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 )
 from opentelemetry.trace import SpanKind  # noqa: E402
 
+import http_overhead  # noqa: E402
+import machine  # noqa: E402
+from bench_app import (  # noqa: E402
+    PerRequestTrackerMiddleware,
+    build_app,
+    calibrate_spin,
+    tracker_kwargs,
+)
 from carbonspan import CodeCarbonInstrumentor, CodeCarbonMiddleware  # noqa: E402
 from carbonspan.config import Settings  # noqa: E402
 from carbonspan.ledger import Ledger  # noqa: E402
 from carbonspan.runtime import Runtime  # noqa: E402
 from carbonspan.sampler import Sampler  # noqa: E402
 from carbonspan.source import CodeCarbonPowerSource, EnergyReading  # noqa: E402
-
-# -- the CPU-heavy endpoint's work ---------------------------------------------
-
-
-def spin(loops: int) -> int:
-    """A fixed amount of pure-Python work (not a time-based busy wait, which
-    would make every variant take the same time and hide the overhead)."""
-    x = 0
-    for i in range(loops):
-        x = (x + i * i) % 1_000_003
-    return x
-
-
-def calibrate_spin(target_ms: float) -> int:
-    loops = 10_000
-    while True:
-        t0 = time.perf_counter()
-        spin(loops)
-        elapsed = time.perf_counter() - t0
-        if elapsed > 0.02:
-            break
-        loops *= 2
-    samples = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        spin(loops)
-        samples.append(time.perf_counter() - t0)
-    per_loop = min(samples) / loops
-    return max(1, int(target_ms / 1000 / per_loop))
-
-
-# -- the three variants --------------------------------------------------------
-
-
-class PerRequestTrackerMiddleware:
-    """The obvious design: one OfflineEmissionsTracker started/stopped per request.
-
-    Like carbonspan, it stops the tracker and sets the span attributes before the
-    final body is forwarded (the span ends right after it).
-    """
-
-    def __init__(self, app: ASGIApp, **tracker_kwargs: Any) -> None:
-        self.app = app
-        self.tracker_kwargs = tracker_kwargs
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        span = trace.get_current_span()
-        tracker = OfflineEmissionsTracker(**self.tracker_kwargs)
-        tracker.start()
-        done = False
-
-        def stop() -> None:
-            nonlocal done
-            done = True
-            kg = tracker.stop()
-            data = getattr(tracker, "final_emissions_data", None)
-            if kg is not None and data is not None and span.is_recording():
-                span.set_attributes(
-                    {
-                        "codecarbon.energy.total": float(data.energy_consumed) * 3.6e6,
-                        "codecarbon.emissions": float(kg) * 1000.0,
-                    }
-                )
-
-        async def wrapped_send(message: Message) -> None:
-            if (
-                not done
-                and message["type"] == "http.response.body"
-                and not message.get("more_body", False)
-            ):
-                stop()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, wrapped_send)
-        finally:
-            if not done:
-                stop()
 
 
 @dataclass
@@ -250,20 +126,6 @@ class Otel:
         self.tracer_provider = TracerProvider()
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-
-def build_app(loops: int) -> FastAPI:
-    app = FastAPI()
-
-    @app.get("/ping")
-    async def ping() -> dict[str, Any]:
-        return {"ok": True, "service": "bench"}
-
-    @app.get("/cpu")
-    async def cpu() -> dict[str, int]:
-        return {"x": spin(loops)}
-
-    return app
 
 
 @dataclass
@@ -566,6 +428,26 @@ async def middleware_breakdown(otel: Otel, n: int) -> dict[str, dict[str, float]
     }
 
 
+def split_breakdown(mw: dict[str, dict[str, float]]) -> dict[str, float] | None:
+    """Where carbonspan's added CPU goes, from the alternating ablation rows:
+    span attributes = all - (no span attributes); histogram = all - (no
+    histogram record); the rest = (no attrs, no metrics) over the bare app."""
+    try:
+        full = mw["+ carbonspan (all)"]["added_cpu_us"]
+        no_attrs = mw["+ carbonspan, no span attributes"]["added_cpu_us"]
+        no_hist = mw["+ carbonspan, no histogram record"]["added_cpu_us"]
+        rest = mw["+ carbonspan, no attrs, no metrics"]["added_cpu_us"]
+    except KeyError:
+        return None
+    split = {
+        "span_attributes_us": full - no_attrs,
+        "histogram_record_us": full - no_hist,
+        "rest_us": rest,
+    }
+    split["sum_us"] = sum(split.values())
+    return split
+
+
 def component_costs(runtime: Runtime, otel: Otel, number: int) -> dict[str, float]:
     """Pieces of the request path, each timed alone (ns per call)."""
     out: dict[str, float] = {}
@@ -593,9 +475,22 @@ def component_costs(runtime: Runtime, otel: Otel, number: int) -> dict[str, floa
         lambda: span.set_attributes(attrs), number // 4
     )
     span.end()
-    out["Metrics.record() (1 histogram)"] = per_call_ns(
-        lambda: runtime.metrics.record(measurement, "/ping", "GET", 200), number // 4
-    )
+    record_args: tuple[Any, ...] = (measurement, "/ping", "GET", 200)
+    if "intensity" in inspect.signature(runtime.metrics.record).parameters:
+        record_args += (runtime.intensity,)  # one Metrics per MeterProvider
+
+    def record() -> None:
+        runtime.metrics.record(*record_args)
+
+    out["Metrics.record() (1 histogram)"] = per_call_ns(record, number // 4)
+    # As on the request path: the recording server span is current, so the
+    # SDK's default trace-based exemplar filter offers the value to the
+    # histogram's exemplar reservoir.
+    span = otel.tracer_provider.get_tracer("bench").start_span("x")
+    with trace.use_span(span, end_on_exit=True):
+        out["Metrics.record(), recording span current"] = per_call_ns(
+            record, number // 4
+        )
     return out
 
 
@@ -671,21 +566,10 @@ def versions() -> dict[str, str]:
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     began = time.perf_counter()
-    print("carbonspan overhead benchmark")
-    print(
-        "  "
-        + ", ".join(f"{k} {v}" for k, v in versions().items())
-        + f"; {os.cpu_count()} CPUs"
-    )
-    print(f"  carbonspan source: {source_revision()}")
+    print()
+    print("carbonspan overhead in process (direct ASGI calls)")
     loops = calibrate_spin(args.cpu_ms)
     otel = Otel()
-    tracker_kwargs = {
-        "country_iso_code": COUNTRY,
-        "save_to_file": False,
-        "log_level": "error",
-        "allow_multiple_runs": True,
-    }
 
     app_a = build_app(loops)
     FastAPIInstrumentor.instrument_app(
@@ -697,7 +581,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     first_c_s: float | None = None
     if args.obvious_every > 0:
         app_c = build_app(loops)
-        app_c.add_middleware(PerRequestTrackerMiddleware, **tracker_kwargs)
+        app_c.add_middleware(PerRequestTrackerMiddleware, **tracker_kwargs(COUNTRY))
         FastAPIInstrumentor.instrument_app(
             app_c,
             tracer_provider=otel.tracer_provider,
@@ -814,6 +698,15 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             f"  carbonspan adds {full['added_cpu_us']:.1f} µs CPU per request "
             "(budget 20 µs, metrics included)"
         )
+        split = split_breakdown(mw)
+        if split is not None:
+            print(
+                f"  split (CPU): span attributes {split['span_attributes_us']:+.1f} µs,"
+                f" histogram record {split['histogram_record_us']:+.1f} µs,"
+                f" the rest {split['rest_us']:+.1f} µs"
+                f" (sum {split['sum_us']:+.1f} µs)"
+            )
+            mw["split"] = split
     results["middleware"] = mw
 
     print()
@@ -868,7 +761,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     else:
         print("network: no outbound connection or lookup attempted")
     elapsed = time.perf_counter() - began
-    print(f"total {elapsed:.0f} s")
+    print(f"in-process mode took {elapsed:.0f} s")
 
     results.update(
         {
@@ -903,7 +796,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--middleware-requests", type=int, default=20_000)
     p.add_argument("--micro-number", type=int, default=40_000)
     p.add_argument("--sampler-samples", type=int, default=300)
-    p.add_argument("--quick", action="store_true", help="a ~20 s run")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--http",
+        action="store_true",
+        help="only the HTTP mode (real uvicorn servers); default: both modes",
+    )
+    mode.add_argument(
+        "--in-process",
+        action="store_true",
+        help="only the in-process mode (direct ASGI calls); default: both modes",
+    )
+    p.add_argument(
+        "--http-requests", type=int, default=12_000, help="HTTP rounds on /ping"
+    )
+    p.add_argument(
+        "--http-cpu-requests", type=int, default=3_000, help="HTTP rounds on /cpu"
+    )
+    p.add_argument(
+        "--http-max-seconds",
+        type=float,
+        default=240.0,
+        help="stop an HTTP endpoint's rounds after this long",
+    )
+    p.add_argument(
+        "--http-clients",
+        type=int,
+        default=4,
+        help="connections in the HTTP throughput check",
+    )
+    p.add_argument(
+        "--http-throughput-rounds",
+        type=int,
+        default=24,
+        help="interleaved rounds of the HTTP throughput check; 0 skips it",
+    )
+    p.add_argument("--http-throughput-seconds", type=float, default=0.5)
+    p.add_argument("--quick", action="store_true", help="a ~30 s run (both modes)")
+    p.add_argument(
+        "--attribution",
+        choices=("time_share", "cpu_time"),
+        default="time_share",
+        help="carbonspan's policy in variant b (set as CARBONSPAN_ATTRIBUTION, so "
+        "the HTTP servers use it too)",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the figures here")
     args = p.parse_args(argv)
     if args.quick:
@@ -913,19 +849,74 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.middleware_requests = min(args.middleware_requests, 3_000)
         args.micro_number = min(args.micro_number, 8_000)
         args.sampler_samples = min(args.sampler_samples, 50)
+        args.http_requests = min(args.http_requests, 800)
+        args.http_cpu_requests = min(args.http_cpu_requests, 200)
+        args.http_throughput_rounds = min(args.http_throughput_rounds, 4)
+        args.http_throughput_seconds = min(args.http_throughput_seconds, 0.25)
     return args
+
+
+def print_header() -> None:
+    print("carbonspan overhead benchmark")
+    print(
+        "  "
+        + ", ".join(f"{k} {v}" for k, v in versions().items())
+        + f"; {os.cpu_count()} CPUs ({platform.machine()}, {cpu_brand()})"
+    )
+    print(f"  carbonspan source: {source_revision()}")
+
+
+def cpu_brand() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
-    results = asyncio.run(amain(args))
+    # SIGTERM unwinds like Ctrl-C, so the HTTP mode's servers are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    began = time.perf_counter()
+    os.environ["CARBONSPAN_ATTRIBUTION"] = args.attribution
+    print_header()
+    print(f"  variant b's attribution policy: {args.attribution}")
+    results: dict[str, Any] = {
+        "versions": versions(),
+        "source_revision": source_revision(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "cpu": cpu_brand(),
+        "attribution": args.attribution,
+    }
+    loops: int | None = None
+    if not args.http:
+        load0 = machine.snapshot()
+        results["in_process"] = asyncio.run(amain(args))
+        load = machine.others(load0, machine.snapshot())
+        results["in_process"]["machine_load"] = load
+        print(machine.describe(load))
+        loops = results["in_process"]["cpu_loops"]
+    blocked = bool(NETWORK.blocked)
+    if not args.in_process:
+        if loops is None:
+            loops = calibrate_spin(args.cpu_ms)
+        results["http"] = http_overhead.run(args, loops, COUNTRY)
+        blocked = blocked or any(results["http"]["server_network_blocked"].values())
+    print()
+    print(f"total {time.perf_counter() - began:.0f} s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2, default=str)
         print(f"wrote {args.json}")
-    return 1 if NETWORK.blocked else 0
+    return 1 if blocked or NETWORK.blocked else 0
 
 
 if __name__ == "__main__":
