@@ -202,10 +202,13 @@ def test_power_source_fault_is_absorbed_by_the_sampler(
     logged = carbonspan_warnings(caplog)
     assert len(logged) == 1, [r.getMessage() for r in logged]
     assert logged[0].name == "carbonspan.sampler"
-    # Readings resumed: the last request was charged the meter's real power.
+    # Readings resumed: the ledger took the meter's last reading, and the last
+    # request was charged the meter's real power (within a tick's jitter).
+    with runtime.sampler._read_lock:  # no read in progress
+        assert runtime.ledger.last_reading is source.out
     after = attrs(spans[-1])
-    assert after[a.POWER["cpu"]] == pytest.approx(CPU_W, rel=0.02)
-    assert after[a.POWER["ram"]] == pytest.approx(RAM_W, rel=0.02)
+    assert after[a.POWER["cpu"]] == pytest.approx(CPU_W, rel=0.1)
+    assert after[a.POWER["ram"]] == pytest.approx(RAM_W, rel=0.1)
     assert_no_open_window(runtime, otel)
     on_spans = {
         c: sum(attrs(s).get(a.ENERGY[c], 0.0) for s in spans) for c in ("cpu", "ram")
@@ -297,7 +300,7 @@ def test_a_source_blocked_for_seconds_holds_up_no_request(
         assert_sane(got)
         # Meanwhile requests were charged at the last measured power.
         assert got[a.ENERGY_TOTAL] > 0
-    assert attrs(spans[-1])[a.POWER["cpu"]] == pytest.approx(CPU_W, rel=0.02)
+    assert attrs(spans[-1])[a.POWER["cpu"]] == pytest.approx(CPU_W, rel=0.1)
     (line,) = carbonspan_warnings(caplog)
     assert "slow" in line.getMessage()
     on_spans = {c: sum(attrs(s)[a.ENERGY[c]] for s in spans) for c in ("cpu", "ram")}
@@ -337,6 +340,7 @@ DETECTION = {
     "codecarbon-cpu-raises": (codecarbon_cpu_raises, "tdp", True),
     "psutil-no-cpu-count": (psutil_cpu_count_missing, "tdp", True),
     "psutil-no-cpu-times": (psutil_cpu_times_missing, "tdp", True),
+    # The process's memory share cannot be read: RAM counts 0 J, CPU goes on.
     "psutil-no-memory": (psutil_memory_missing, "cpu_load", False),
 }
 
@@ -366,9 +370,11 @@ def test_failed_hardware_detection_falls_back_and_says_so(
     breaks, method, constant = DETECTION[name]
     breaks(monkeypatch)
     app = build_app()
+    # The default source (CodeCarbon's hardware): the whole machine, where the
+    # fallback's constant power shows on every request, or this process.
+    scope = "machine" if constant else "process"
     with caplog.at_level(logging.WARNING, logger="carbonspan"):
-        # The default source (CodeCarbon's hardware), the whole machine.
-        runtime = instrument(app, otel, scope="machine", sample_interval=0.02)
+        runtime = instrument(app, otel, scope=scope, sample_interval=0.02)
         wait_reads(runtime, 3)
         assert fetch(app, ["/cpu?seconds=0.05"]) == [200]
         assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
@@ -380,7 +386,7 @@ def test_failed_hardware_detection_falls_back_and_says_so(
         assert_sane(got)
         assert got[a.MEASUREMENT["cpu"]] == method
         assert got[a.MEASUREMENT["ram"]] == "model"
-        assert got[a.ENERGY["cpu"]] > 0
+    assert attrs(spans[0])[a.ENERGY["cpu"]] > 0  # the request that used the CPU
     if constant:
         # The fallback is a constant power, whatever the requests do (a
         # request's own figure may lag a tick delayed by the busy thread).

@@ -94,6 +94,16 @@ class Settings:
                 "measurement_hook: expected a plain (not async) callable "
                 f"(span, scope, measurement), got {hook!r}"
             )
+        for name, method in (
+            ("meter_provider", "get_meter"),
+            ("tracer_provider", "get_tracer"),
+        ):
+            provider = values.get(name)
+            if provider is not None and not callable(getattr(provider, method, None)):
+                raise ValueError(
+                    f"{name}: expected an OpenTelemetry provider with {method}(), "
+                    f"got {provider!r}"
+                )
         if values.get("power_source") is not None and not isinstance(
             values["power_source"], PowerSource
         ):
@@ -172,7 +182,7 @@ def _number(name: str, value: Any) -> float:
         raise ValueError(f"{name}: expected a number, got {value!r}")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name}: expected a number, got {value!r}") from None
     if not math.isfinite(number):
         raise ValueError(f"{name}: expected a finite number, got {value!r}")
@@ -220,7 +230,7 @@ def _excluded(name: str, value: Any) -> re.Pattern[str] | None:
         return None
     try:
         return re.compile("|".join(f"(?:{p})" for p in parts))
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # too big, too deep
         raise ValueError(
             f"{name}: {value!r} is not a valid regex list ({exc})"
         ) from None

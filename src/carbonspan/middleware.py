@@ -172,8 +172,26 @@ class _FlushAtShutdown:
         if kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
             runtime = self.runtime
             try:
+                await _windows_closed(runtime)
                 # Off the event loop: exporters may block on the network.
                 await asyncio.get_running_loop().run_in_executor(None, runtime.flush)
             except Exception as exc:
                 runtime.report(exc, "flushing telemetry at shutdown")
         await self._send(message)
+
+
+#: At shutdown, how long the flush waits for requests still unwinding.
+DRAIN_TIMEOUT = 1.0
+
+
+async def _windows_closed(runtime: Runtime) -> None:
+    """Let requests the server has just cancelled close their windows first.
+
+    uvicorn cancels the requests that outlive its graceful timeout and starts
+    the lifespan shutdown at once: a cancelled request may still be unwinding
+    (its `finally` blocks awaiting), and what it records after the flush
+    would be lost. Wait for them, a short while at most.
+    """
+    deadline = monotonic() + DRAIN_TIMEOUT
+    while runtime.ledger.in_flight and monotonic() < deadline:
+        await asyncio.sleep(0.005)

@@ -1,0 +1,443 @@
+"""Soak: a long run of requests through the instrumented ASGI stack.
+
+Run from the repository root:
+
+    .venv/bin/python benchmarks/soak.py                    # 200,000 requests
+    .venv/bin/python benchmarks/soak.py --requests 20000   # a quick look
+    .venv/bin/python benchmarks/soak.py --json soak.json
+
+A FastAPI app (async, sync, streaming, templated, failing and unknown routes)
+under `FastAPIInstrumentor` (a real SDK TracerProvider, a SimpleSpanProcessor to
+an exporter that checks and counts server spans, then drops them; a real SDK
+MeterProvider whose InMemoryMetricReader is collected every 5,000 requests)
+and carbonspan with the real `CodeCarbonPowerSource` sampled every 10 ms, so
+that the ledger's ring of 8192 ticks wraps around several times.
+
+Requests go straight through the ASGI interface (no sockets), in batches of 8
+concurrent ones. After a warm-up, the process's RSS, its threads and the sizes
+of every carbonspan structure are taken, and again at the end. Memory should be
+flat: RSS grows by less than 5 MB after warm-up, the threads are the same, and
+the ledger and metrics hold a fixed number of entries whatever the count of
+requests. tests/test_reliability_load.py runs a shorter soak through `run()`.
+
+Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import math
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import psutil
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import StreamingResponse
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.trace import SpanKind
+
+from carbonspan import CodeCarbonInstrumentor
+from carbonspan import attributes as a
+from carbonspan import sampler as carbonspan_sampler
+from carbonspan.ledger import RING
+from carbonspan.runtime import Runtime
+from carbonspan.testing import ConstantPowerSource
+
+Message = dict[str, Any]
+MB = 1024 * 1024
+PATHS = (
+    "/fast", "/items/{i}", "/sync", "/stream", "/items/{i}", "/fast",
+    "/boom", "/missing/{i}", "/fast", "/items/{i}?q=secret{i}",
+)  # fmt: skip
+
+
+def build_starlette_app() -> Any:
+    """The same routes on a plain Starlette app (lighter, for the test suite)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def fast(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": "yes"})
+
+    async def item(request: Request) -> JSONResponse:
+        return JSONResponse({"item": int(request.path_params["item_id"])})
+
+    def sync(request: Request) -> JSONResponse:
+        return JSONResponse({"sum": sum(range(100))})
+
+    async def stream(request: Request) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(2):
+                yield f"chunk {i}\n".encode()
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    async def boom(request: Request) -> JSONResponse:
+        return JSONResponse({"detail": "failed"}, status_code=500)
+
+    return Starlette(
+        routes=[
+            Route("/fast", fast),
+            Route("/items/{item_id:int}", item),
+            Route("/sync", sync),
+            Route("/stream", stream),
+            Route("/boom", boom),
+        ]
+    )
+
+
+def build_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/fast")
+    async def fast() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item": item_id}
+
+    @app.get("/sync")
+    def sync() -> dict[str, int]:
+        return {"sum": sum(range(100))}
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(2):
+                yield f"chunk {i}\n".encode()
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise HTTPException(status_code=500, detail="failed")
+
+    return app
+
+
+class CountingExporter(SpanExporter):
+    """Counts server spans and sums their energy; keeps none of them."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.measured = 0
+        self.bad = 0  # a NaN, infinite or negative figure
+        self.joules = {"cpu": 0.0, "gpu": 0.0, "ram": 0.0}
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        for span in spans:
+            if span.kind != SpanKind.SERVER:
+                continue
+            self.spans += 1
+            attrs = span.attributes or {}
+            if a.ENERGY_TOTAL in attrs:
+                self.measured += 1
+            for key, value in attrs.items():
+                if (
+                    key.startswith("codecarbon.")
+                    and isinstance(value, float)
+                    and not (math.isfinite(value) and value >= 0)
+                ):
+                    self.bad += 1
+            for component, key in a.ENERGY.items():
+                value = attrs.get(key)
+                if isinstance(value, float):
+                    self.joules[component] += value
+        return SpanExportResult.SUCCESS
+
+
+def minimal_span_creator(app: Any, tracer_provider: TracerProvider) -> Any:
+    """A server span around each request: the SDK's, without contrib's cost."""
+    tracer = tracer_provider.get_tracer("soak")
+
+    async def traced(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        with tracer.start_as_current_span(
+            f"{scope['method']} {scope['path']}", kind=SpanKind.SERVER
+        ):
+            await app(scope, receive, send)
+
+    return traced
+
+
+def scope_for(path: str) -> dict[str, Any]:
+    path, _, query = path.partition("?")
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"soak")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def one(app: Any, path: str) -> int:
+    status = 0
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope_for(path), receive, send)
+    return status
+
+
+def rss() -> int:
+    gc.collect()
+    return int(psutil.Process().memory_info().rss)
+
+
+def sizes(runtime: Runtime) -> dict[str, int]:
+    """Every structure carbonspan keeps, by size."""
+    ledger, metrics = runtime.ledger, runtime.metrics
+    return {
+        "in_flight": ledger.in_flight,
+        "ticks": ledger._j + 1,
+        "ring_slots": len(ledger._ring),
+        "ring_filled": sum(entry is not None for entry in ledger._ring),
+        "open_windows_cpu_time": len(ledger._open),
+        "metric_label_sets": len(metrics._attrs),
+        "metric_route_sums": len(metrics._route_grams),
+        "live_samplers": len(carbonspan_sampler._live),
+    }
+
+
+def threads() -> dict[str, int]:
+    by_kind: dict[str, int] = {}
+    for t in threading.enumerate():
+        kind = "anyio worker" if "AnyIO worker" in t.name else t.name
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+    return by_kind
+
+
+def run(
+    requests: int = 200_000,
+    warmup: int = 20_000,
+    *,
+    source: str = "codecarbon",
+    span_creator: str = "contrib",
+    framework: str = "fastapi",
+    interval: float = 0.01,
+    attribution: str = "time_share",
+    batch: int = 8,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Serve `warmup` then `requests` requests; figures before and after."""
+    exporter = CountingExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    app = build_app() if framework == "fastapi" else build_starlette_app()
+    served: Any = app
+    if span_creator == "contrib":
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
+    else:
+        served = minimal_span_creator(app, tracer_provider)
+    power_source = None  # CodeCarbon's hardware, detected in the sampler's thread
+    if source == "constant":
+        power_source = ConstantPowerSource(cpu=10.0, ram=2.0)
+    CodeCarbonInstrumentor().instrument_app(
+        app,
+        power_source=power_source,
+        meter_provider=meter_provider,
+        sample_interval=interval,
+        attribution=attribution,
+    )
+    runtime: Runtime = app._carbonspan_runtime  # type: ignore[attr-defined]
+    runtime.sampler.start()
+    deadline = time.monotonic() + 30
+    while runtime.ledger.last_reading is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # hardware detection, in the sampler's thread
+    statuses: dict[int, int] = {}
+
+    async def serve(count: int, offset: int) -> None:
+        for start in range(0, count, batch):
+            paths = [
+                PATHS[(offset + start + k) % len(PATHS)].format(i=offset + start + k)
+                for k in range(min(batch, count - start))
+            ]
+            for status in await asyncio.gather(*(one(served, p) for p in paths)):
+                statuses[status] = statuses.get(status, 0) + 1
+            done = offset + start + len(paths)
+            if done % 5000 < batch:
+                reader.get_metrics_data()  # the observable callbacks run too
+                if progress is not None and done % 50_000 < batch:
+                    progress(f"{done} requests, RSS {rss() / MB:.1f} MB")
+
+    marks: dict[str, Any] = {}
+
+    async def soak() -> None:
+        # One event loop throughout, as in a server: its worker threads stay.
+        marks["start_rss"] = rss()
+        await serve(warmup, 0)
+        marks["warm"] = (rss(), threads(), sizes(runtime))
+        began = time.perf_counter()
+        step = max(requests // 10, batch)
+        for offset in range(0, requests, step):
+            await serve(min(step, requests - offset), warmup + offset)
+            trace_points.append(rss() / MB)
+            ring_points.append(sizes(runtime)["ring_filled"])
+        marks["elapsed"] = time.perf_counter() - began
+        marks["end_threads"] = threads()
+
+    trace_points: list[float] = []
+    ring_points: list[int] = []
+    try:
+        asyncio.run(soak())
+        start_rss, elapsed = marks["start_rss"], marks["elapsed"]
+        warm_rss, warm_threads, warm_sizes = marks["warm"]
+        runtime.sampler.sample()  # a last reading, every request closed
+        end_rss, end_threads, end_sizes = rss(), marks["end_threads"], sizes(runtime)
+        totals = runtime.ledger.totals()
+        first, last = runtime.ledger.first_reading, runtime.ledger.last_reading
+        conservation: dict[str, float] = {}
+        if first is not None and last is not None:
+            for i, component in enumerate(("cpu", "gpu", "ram")):
+                start_j, end_j = getattr(first, component), getattr(last, component)
+                if start_j is None or end_j is None or end_j == start_j:
+                    continue
+                got = totals.attributed[i] + totals.unattributed[i]
+                conservation[component] = got / (end_j - start_j)
+    finally:
+        CodeCarbonInstrumentor.uninstrument_app(app)
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+    return {
+        "requests": requests,
+        "warmup": warmup,
+        "source": source,
+        "span_creator": span_creator,
+        "framework": framework,
+        "attribution": attribution,
+        "sample_interval": interval,
+        "seconds": elapsed,
+        "requests_per_s": requests / elapsed,
+        "statuses": statuses,
+        "server_spans": exporter.spans,
+        "spans_with_energy": exporter.measured,
+        "bad_figures": exporter.bad,
+        "rss_mb": {
+            "start": start_rss / MB,
+            "after_warmup": warm_rss / MB,
+            "end": end_rss / MB,
+            "growth_after_warmup": (end_rss - warm_rss) / MB,
+            "every_tenth": trace_points,
+        },
+        "ring_filled_every_tenth": ring_points,
+        "threads": {"after_warmup": warm_threads, "end": end_threads},
+        "sizes": {"after_warmup": warm_sizes, "end": end_sizes, "ring": RING},
+        "conservation": conservation,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=200_000)
+    p.add_argument("--warmup", type=int, default=20_000)
+    p.add_argument("--source", choices=["codecarbon", "constant"], default="codecarbon")
+    p.add_argument("--span-creator", choices=["contrib", "minimal"], default="contrib")
+    p.add_argument("--framework", choices=["fastapi", "starlette"], default="fastapi")
+    p.add_argument("--interval", type=float, default=0.01)
+    p.add_argument(
+        "--attribution", choices=["time_share", "cpu_time"], default="time_share"
+    )
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args(argv)
+    print(
+        f"soak: {args.warmup} warm-up + {args.requests} requests, {args.source} "
+        f"source, {args.framework} app, {args.span_creator} spans, {args.attribution}, "
+        f"sampled every {args.interval} s",
+        flush=True,
+    )
+    result = run(
+        args.requests,
+        args.warmup,
+        source=args.source,
+        span_creator=args.span_creator,
+        framework=args.framework,
+        interval=args.interval,
+        attribution=args.attribution,
+        progress=lambda line: print("  " + line, flush=True),
+    )
+    mem, thr, size = result["rss_mb"], result["threads"], result["sizes"]
+    print(
+        f"requests       {result['requests']} in {result['seconds']:.1f} s "
+        f"({result['requests_per_s']:.0f}/s), statuses {result['statuses']}"
+    )
+    print(
+        f"spans          {result['server_spans']} server spans, "
+        f"{result['spans_with_energy']} with energy, {result['bad_figures']} bad"
+    )
+    print(
+        f"RSS            start {mem['start']:.1f} MB, after warm-up "
+        f"{mem['after_warmup']:.1f} MB, end {mem['end']:.1f} MB: "
+        f"{mem['growth_after_warmup']:+.2f} MB after warm-up"
+    )
+    print("RSS by tenth   " + " ".join(f"{v:.1f}" for v in mem["every_tenth"]))
+    print(
+        "ring by tenth  "
+        + " ".join(str(v) for v in result["ring_filled_every_tenth"])
+        + f" of {RING} tick slots filled (each tick adds ~0.31 kB until full)"
+    )
+    print(
+        f"threads        after warm-up {sum(thr['after_warmup'].values())} "
+        f"{thr['after_warmup']}"
+    )
+    print(f"               end {sum(thr['end'].values())} {thr['end']}")
+    print(f"carbonspan     after warm-up {size['after_warmup']}")
+    print(f"               end {size['end']}")
+    print(f"conservation   (attributed + unattributed) / measured: "
+          f"{result['conservation']}")  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    ok = (
+        mem["growth_after_warmup"] < 5.0
+        and size["end"]["in_flight"] == 0
+        and result["bad_figures"] == 0
+    )
+    print("OK" if ok else "NOT OK")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
