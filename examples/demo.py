@@ -466,9 +466,10 @@ def run(args: argparse.Namespace) -> None:
 
         sent = asyncio.run(traffic(server.url, args.requests))
         # Let the sampler take one more tick, so the last interval is counted,
-        # then stop it, so the totals below stay put while we read them.
+        # then stop it, so the totals below stay put while we read them. (Not
+        # uninstrument_app yet: that also takes the app out of the metrics.)
         time.sleep(runtime.settings.sample_interval * 2.5)
-        CodeCarbonInstrumentor.uninstrument_app(app)
+        runtime.sampler.stop()
 
         print(f"{len(sent)} requests, read back from their server spans:")
         spans = server_spans(exporter.get_finished_spans())
