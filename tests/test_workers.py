@@ -53,10 +53,12 @@ def wait_for(condition: object, timeout: float = 30.0) -> None:
 
 
 async def load(url: str, seconds: float) -> int:
-    """Keep six CPU-heavy requests in flight for `seconds`.
+    """Keep ten CPU-heavy requests in flight for `seconds`.
 
     A new connection per request lets the kernel spread them over both
-    workers; six keep both cores busy, where the load model is steadiest.
+    workers; ten keep both cores saturated with no gap between requests, where
+    CodeCarbon's (cubic) load model is flat and so the same for every process
+    that evaluates it over its own sampling windows.
     """
     done = 0
     end = time.monotonic() + seconds
@@ -69,7 +71,7 @@ async def load(url: str, seconds: float) -> int:
                 assert (await c.get("/cpu?seconds=0.25")).status_code == 200
                 done += 1
 
-    await asyncio.gather(*(client() for _ in range(6)))
+    await asyncio.gather(*(client() for _ in range(10)))
     return done
 
 
@@ -93,7 +95,7 @@ def test_two_workers_add_up_to_the_machine(preload: bool) -> None:
             wait_for(lambda: machine.ledger.last_reading is not None)
             before = cpu_by_worker(receiver)
             start = machine.ledger.totals().measured[0]
-            requests = asyncio.run(load(server.url, 4.0))
+            requests = asyncio.run(load(server.url, 6.0))
             machine_joules = machine.ledger.totals().measured[0] - start
             machine.stop()
             ended = time.time_ns()
