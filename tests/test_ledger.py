@@ -249,3 +249,29 @@ def test_a_window_older_than_the_ring_is_charged_from_the_oldest_kept_tick() -> 
     assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(
         measured(ledger) + 10.0 * 0.5  # the tail since the last tick, not read yet
     )
+
+
+def test_a_late_tick_does_not_inflate_the_next_guess() -> None:
+    """A request moved the ledger past a reading's time before its tick ran.
+
+    Regression: the guess for the next tails was the joules over the ledger's
+    own advance since the last tick. After a late tick that advance can be a
+    millisecond, and a request closing next was charged at 100x the power the
+    source drew (seen in loaded gunicorn workers, whose sampler thread waits
+    for the GIL between reading and ticking).
+    """
+    from carbonspan.source import EnergyReading
+
+    ledger = Ledger()
+    ledger.tick(EnergyReading(time=0.0, cpu=0.0))
+    ledger.tick(EnergyReading(time=0.1, cpu=1.0))  # 10 W
+    # The source is read at 0.2 s, but before the tick runs a request opens
+    # at 0.299 s, moving the ledger past the reading.
+    w = ledger.open(0.299)
+    ledger.tick(EnergyReading(time=0.2, cpu=2.0))
+    # Next reading at 0.3 s: the ledger advanced only 1 ms since that tick.
+    ledger.tick(EnergyReading(time=0.3, cpu=3.0))
+    m = ledger.close(w, 0.35)
+    # Still 10 W: 0.051 s in all, of which the 50 ms tail is guessed.
+    assert m.cpu == pytest.approx(10.0 * 0.051, rel=0.05)
+    assert ledger.totals().power[0] == pytest.approx(10.0)

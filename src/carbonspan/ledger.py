@@ -341,15 +341,20 @@ class Ledger:
             else:
                 self._advance(at)
             first = self._last_time is None
+            gap = at - self._last_time if self._last_time is not None else 0.0
             self._last_time = at
             shared = self._b - self._tick_b
             idle_time = self._idle_time - self._tick_idle
             # The seconds the integrals advanced since the last tick. A request
-            # may have moved them a little past the reading's own time: divide
-            # the joules by this span, not the readings' gap, to hand out
-            # exactly what was measured.
+            # may have moved them past the reading's own time: the joules are
+            # spread over the longer of this span and the readings' gap.
             span = idle_time + self._busy_time - self._tick_busy
             measured_power = [0.0] * _N
+            # The power to guess the next tails with: joules over the readings'
+            # own gap. Not over `span`, which a late tick can make tiny (a
+            # request moved the ledger past this reading's time), giving a
+            # power far above anything the source drew.
+            drawn = list(self._power)
             for i in range(_N):
                 value = values[i]
                 if value is None:
@@ -374,10 +379,15 @@ class Ledger:
                     faults.append(("backwards", f"{name}: {previous!r} -> {value!r}"))
                     continue
                 self._measured[i] += delta
-                if span > 0:
-                    measured_power[i] = delta / span
-                else:  # no time passed for the ledger: nobody to charge
-                    self._idle[i] += delta
+                drawn[i] = delta / gap if gap > 0 else 0.0
+                # Spread over the ledger's span, but never above the power the
+                # source drew: after a late tick the span can be far shorter
+                # than the reading's gap, and the requests in it would be
+                # charged the whole interval. What is left goes unattributed.
+                spread = max(span, gap)
+                if spread > 0:
+                    measured_power[i] = delta / spread
+                self._idle[i] += delta - measured_power[i] * span
             if self._cpu_time:
                 busy = self._busy_time - self._tick_busy
                 self._tick_cpu(measured_power[0], busy, idle_time)
@@ -389,7 +399,7 @@ class Ledger:
                     # at the guessed power corrected to the measured one.
                     tails = (p - self._power[i]) * self._tails
                     self._idle[i] += p * idle_time + tails
-                self._power[i] = p
+                self._power[i] = drawn[i]
             self._tails = 0.0
             self._tick_b, self._tick_idle = self._b, self._idle_time
             self._tick_t = self._t
