@@ -481,10 +481,3 @@ class Totals:
     unattributed: tuple[float, ...]
     measured: tuple[float, ...]
     power: tuple[float, ...]
-
-    def get(self, field: str, component: str) -> float | None:
-        i = COMPONENTS.index(component)
-        if not self.known[i]:
-            return None
-        value: float = getattr(self, field)[i]
-        return value

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -58,7 +57,7 @@ class Runtime:
         self.hook = settings.measurement_hook
         self.active = True
         self._static: dict[str, Any] | None = None
-        self._last_error_log = -sampler.LOG_EVERY
+        self._throttle = sampler.Throttle()
 
     def span_attributes(self, measurement: Measurement) -> dict[str, Any] | None:
         static = self._static
@@ -72,10 +71,8 @@ class Runtime:
         return span_attributes(measurement, self.intensity, static)
 
     def report(self, exc: BaseException, what: str = "measuring a request") -> None:
-        """Log a failure on the request path, at most once a minute."""
-        now = time.monotonic()
-        if now - self._last_error_log >= sampler.LOG_EVERY:
-            self._last_error_log = now
+        """Log a failure on the request path: once, then at most once a minute."""
+        if self._throttle.allow(what):
             _log.warning("carbonspan: %s failed", what, exc_info=exc)
 
     def flush(self, timeout_millis: int = 5000) -> None:

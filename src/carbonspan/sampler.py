@@ -31,23 +31,41 @@ LOG_EVERY = 60.0
 #: requests are charged at the last measured power.
 SLOW_READ = 1.0
 
-# What each kind of fault (see `Ledger.tick`) is, and what carbonspan does.
+# Each kind of fault (see `Ledger.tick`): what it is, and what carbonspan does.
+_IGNORED = "the value is ignored; the next valid one covers the gap"
 _FAULTS = {
-    "slow": "a reading was slow",
-    "bad_time": "a reading had no valid monotonic time",
-    "invalid": "a reading was not a finite number of joules",
-    "negative": "a reading had negative cumulative joules",
-    "backwards": "a cumulative reading went backwards (counter reset or wraparound)",
+    "slow": (
+        "a reading was slow",
+        "meanwhile requests were charged at the last measured power, "
+        "corrected when the reading arrived",
+    ),
+    "bad_time": ("a reading had no valid monotonic time", "the reading is ignored"),
+    "invalid": ("a reading was not a finite number of joules", _IGNORED),
+    "negative": ("a reading had negative cumulative joules", _IGNORED),
+    "backwards": (
+        "a cumulative reading went backwards (counter reset or wraparound)",
+        "the interval's energy is not counted; measuring goes on from the new value",
+    ),
 }
-_EFFECTS = {
-    "slow": "meanwhile requests were charged at the last measured power, "
-    "corrected when the reading arrived",
-    "bad_time": "the reading is ignored",
-    "invalid": "the value is ignored; the next valid one covers the gap",
-    "negative": "the value is ignored; the next valid one covers the gap",
-    "backwards": "the interval's energy is not counted; measuring goes on "
-    "from the new value",
-}
+_FAILED = (
+    "reading failed",
+    "requests go on, and their figures resume when it recovers",
+)
+
+
+class Throttle:
+    """Lets one log line per kind through, then at most one every LOG_EVERY s."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def allow(self, kind: str) -> bool:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < LOG_EVERY:
+            return False
+        self._last[kind] = now
+        return True
 
 
 class Sampler:
@@ -62,7 +80,7 @@ class Sampler:
         self._read_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._logged: dict[str, float] = {}  # fault kind -> when last logged
+        self._throttle = Throttle()
         self.errors = 0  # reads that raised
         self.reads = 0  # reads that succeeded
         self.faults: dict[str, int] = {}  # fault kind -> how many so far
@@ -127,21 +145,17 @@ class Sampler:
     def _warn(self, kind: str, detail: str, exc: BaseException | None = None) -> None:
         """Log a fault of `kind`: the first one, then at most once a minute."""
         count = self.faults[kind] = self.faults.get(kind, 0) + 1
-        now = time.monotonic()
-        last = self._logged.get(kind)
-        if last is not None and now - last < LOG_EVERY:
+        if not self._throttle.allow(kind):
             return
-        self._logged[kind] = now
+        what, effect = _FAULTS.get(kind, _FAILED)
         _log.warning(
             "carbonspan: power source %r: %s (%s; %d so far); %s. "
             "Logged at most once a minute.",
             self.source,
-            _FAULTS.get(kind, "reading failed"),
+            what,
             detail,
             count,
-            "requests go on, and their figures resume when it recovers"
-            if exc is not None
-            else _EFFECTS.get(kind, "the reading is ignored"),
+            effect,
             exc_info=exc,
         )
 
@@ -150,7 +164,7 @@ class Sampler:
         # child's first request (or lifespan startup) starts a new one.
         self._thread = None
         self._read_lock = threading.Lock()
-        self._logged = {}  # the child logs its own faults
+        self._throttle = Throttle()  # the child logs its own faults
         self.ledger.reset()
 
 
