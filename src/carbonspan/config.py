@@ -19,12 +19,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from carbonspan import emissions
+from carbonspan.policies import POLICIES
 from carbonspan.source import PowerSource, Scope
 
 _log = logging.getLogger(__name__)
 
 SCOPES = ("process", "machine")
-ATTRIBUTIONS = ("time_share", "cpu_time")
+ATTRIBUTIONS = tuple(POLICIES)
 HEADER_FIELDS = ("energy", "emissions", "duration")
 HEADER_FORMATS = ("x-codecarbon", "server-timing", "both")
 ENV_PREFIX = "CARBONSPAN_"

@@ -1,23 +1,30 @@
 """Per-request CPU clocks, for the `cpu_time` attribution policy.
 
-A request's clock counts the CPU time its own code uses:
+A request's clock counts the CPU time its own code uses, measured with
+`time.thread_time()`, so time a thread spends waiting, or that other threads
+use, is not counted:
 
-- on the event loop: every step of the request's task below the middleware,
-  and every step of the tasks it creates (`create_task`, `gather`,
-  `TaskGroup`), which inherit its context and so its clock;
+- on asyncio's own event loop: every callback the loop runs in the request's
+  context, which is every step of the request's task and of the tasks it
+  creates (`create_task`, `gather`, `TaskGroup`: they copy its context). The
+  loop's `Handle._run` is timed, so coroutines and tasks stay exactly what
+  they are: native coroutines, the loop's own tasks;
+- on another asyncio loop (uvloop, whose handles cannot be timed from
+  Python): the steps of the request's own coroutine, not of its child tasks;
 - in worker threads: every function run through `anyio.to_thread.run_sync`,
   which is how Starlette and FastAPI run sync handlers and dependencies.
 
-Each step is timed with `time.thread_time()`, so time the thread spends
-waiting, or that other threads use, is not counted.
+Outside asyncio (trio) there is no clock: the request is charged by time
+share, and says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Generator
-from contextvars import ContextVar
+from asyncio import events
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from contextvars import ContextVar, Token
 from time import thread_time
 from typing import Any
 
@@ -27,12 +34,16 @@ _current: ContextVar[CpuClock | None] = ContextVar("carbonspan_cpu_clock", defau
 class CpuClock:
     """CPU seconds used on behalf of one request."""
 
-    __slots__ = ("_lock", "loop_seconds", "thread_seconds")
+    __slots__ = ("_lock", "loop_seconds", "mark", "native", "thread_seconds")
 
-    def __init__(self) -> None:
+    def __init__(self, native: bool = False) -> None:
         self.loop_seconds = 0.0  # only the event loop's thread adds here
         self.thread_seconds = 0.0  # worker threads add here, under the lock
         self._lock = threading.Lock()
+        self.native = native  # the loop's callbacks are timed
+        # The loop thread's CPU clock when the step running now began to
+        # count, or None between steps.
+        self.mark: float | None = thread_time() if native else None
 
     @property
     def seconds(self) -> float:
@@ -42,71 +53,81 @@ class CpuClock:
         with self._lock:
             self.thread_seconds += seconds
 
+    def run(self, coro: Awaitable[Any]) -> Any:
+        """What to await for `coro` to run under this clock."""
+        return coro if self.native else _Timed(coro, self)
 
-class Timed(Coroutine[Any, Any, Any]):
-    """A coroutine whose every step is charged to a clock."""
+
+def begin() -> tuple[CpuClock, Token[CpuClock | None]] | None:
+    """A clock for the request starting now, made current; None outside asyncio."""
+    loop = events._get_running_loop()
+    if loop is None:
+        return None
+    clock = CpuClock(_Patch.handles and isinstance(loop, asyncio.BaseEventLoop))
+    return clock, _current.set(clock)
+
+
+def end(clock: CpuClock, token: Token[CpuClock | None]) -> None:
+    """The request is over: count the step running now up to here."""
+    mark = clock.mark
+    if mark is not None:
+        clock.loop_seconds += thread_time() - mark
+        clock.mark = None
+    _current.reset(token)
+
+
+class _Timed(Coroutine[Any, Any, Any]):
+    """A coroutine whose every step is charged to a clock (loops not timed)."""
 
     __slots__ = ("_clock", "_coro")
 
-    def __init__(self, coro: Any, clock: CpuClock) -> None:
+    def __init__(self, coro: Awaitable[Any], clock: CpuClock) -> None:
         self._coro = coro
         self._clock = clock
 
     def send(self, value: Any) -> Any:
         start = thread_time()
         try:
-            return self._coro.send(value)
+            return self._coro.send(value)  # type: ignore[attr-defined]
         finally:
             self._clock.loop_seconds += thread_time() - start
 
     def throw(self, *args: Any) -> Any:
         start = thread_time()
         try:
-            return self._coro.throw(*args)
+            return self._coro.throw(*args)  # type: ignore[attr-defined]
         finally:
             self._clock.loop_seconds += thread_time() - start
 
     def close(self) -> None:
-        self._coro.close()
+        self._coro.close()  # type: ignore[attr-defined]
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self
 
-    def __iter__(self) -> Timed:
+    def __iter__(self) -> _Timed:
         return self
 
     def __next__(self) -> Any:
         return self.send(None)
 
 
-def run(clock: CpuClock, coro: Any) -> Timed:
-    """Run `coro` (awaited by the caller) with its steps charged to `clock`."""
-    return Timed(coro, clock)
+def _timed_run(original: Callable[[events.Handle], None]) -> Callable[..., None]:
+    def _run(self: events.Handle) -> None:
+        context = self._context  # type: ignore[attr-defined]
+        before = context.get(_current)
+        if before is not None:
+            before.mark = thread_time()
+        try:
+            original(self)
+        finally:
+            # The clock may have been made current, or ended, in this step.
+            clock = context.get(_current) or before
+            if clock is not None and clock.mark is not None:
+                clock.loop_seconds += thread_time() - clock.mark
+                clock.mark = None
 
-
-def ensure_task_factory() -> None:
-    """Make the running loop wrap tasks created under a request's clock."""
-    loop = asyncio.get_running_loop()
-    previous = loop.get_task_factory()
-    if getattr(previous, "_carbonspan", False):
-        return
-
-    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        clock = _current.get()
-        if clock is not None and not isinstance(coro, Timed):
-            coro = Timed(coro, clock)
-        if previous is not None:
-            return previous(loop, coro, **kwargs)
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    factory._carbonspan = True  # type: ignore[attr-defined]
-    loop.set_task_factory(factory)
-
-
-class _ThreadPatch:
-    original: Callable[..., Any] | None = None
-    users = 0
-    lock = threading.Lock()
+    return _run
 
 
 def _timed_in_thread(func: Callable[..., Any], clock: CpuClock) -> Callable[..., Any]:
@@ -120,13 +141,23 @@ def _timed_in_thread(func: Callable[..., Any], clock: CpuClock) -> Callable[...,
     return call
 
 
-def patch_threads() -> None:
-    """Time functions run through `anyio.to_thread.run_sync` under a clock."""
+class _Patch:
+    """What `patch` replaced, and how many instrumentations use it."""
+
+    run_sync: Callable[..., Any] | None = None
+    handle_run: Callable[[events.Handle], None] | None = None
+    handles = False
+    users = 0
+    lock = threading.Lock()
+
+
+def patch() -> None:
+    """Time asyncio's callbacks and anyio's worker threads under a clock."""
     import anyio.to_thread
 
-    with _ThreadPatch.lock:
-        _ThreadPatch.users += 1
-        if _ThreadPatch.original is not None:
+    with _Patch.lock:
+        _Patch.users += 1
+        if _Patch.run_sync is not None:
             return
         original = anyio.to_thread.run_sync
 
@@ -136,25 +167,21 @@ def patch_threads() -> None:
                 func = _timed_in_thread(func, clock)
             return await original(func, *args, **kwargs)
 
-        _ThreadPatch.original = original
+        _Patch.run_sync = original
         setattr(anyio.to_thread, "run_sync", run_sync)  # noqa: B010
+        _Patch.handle_run = events.Handle._run
+        setattr(events.Handle, "_run", _timed_run(_Patch.handle_run))  # noqa: B010
+        _Patch.handles = True
 
 
-def unpatch_threads() -> None:
+def unpatch() -> None:
     import anyio.to_thread
 
-    with _ThreadPatch.lock:
-        _ThreadPatch.users -= 1
-        if _ThreadPatch.users > 0 or _ThreadPatch.original is None:
+    with _Patch.lock:
+        _Patch.users -= 1
+        if _Patch.users > 0 or _Patch.run_sync is None:
             return
-        setattr(anyio.to_thread, "run_sync", _ThreadPatch.original)  # noqa: B010
-        _ThreadPatch.original = None
-
-
-def set_clock(clock: CpuClock | None) -> Any:
-    """Make `clock` the current request's clock; returns a token for reset."""
-    return _current.set(clock)
-
-
-def reset_clock(token: Any) -> None:
-    _current.reset(token)
+        setattr(anyio.to_thread, "run_sync", _Patch.run_sync)  # noqa: B010
+        setattr(events.Handle, "_run", _Patch.handle_run)  # noqa: B010
+        _Patch.run_sync = _Patch.handle_run = None
+        _Patch.handles = False

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import Token
 from time import monotonic
 from typing import Any
 
@@ -19,6 +20,7 @@ from opentelemetry import trace
 
 from carbonspan import cputime
 from carbonspan.config import Settings
+from carbonspan.ledger import Window
 from carbonspan.runtime import Runtime
 
 Scope = MutableMapping[str, Any]
@@ -53,30 +55,12 @@ class CodeCarbonMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        if runtime.cpu_time:
-            await self._call_timed(scope, receive, send)
-            return
         request = _Request(runtime, scope, send)
         try:
-            await self.app(scope, receive, request.send)
+            app = self.app(scope, receive, request.send)
+            await (app if request.clock is None else request.clock.run(app))
         finally:
-            if request.window is not None:
-                request.finish()
-
-    async def _call_timed(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """cpu_time: the request runs under its own CPU clock."""
-        cputime.ensure_task_factory()
-        clock = cputime.CpuClock()
-        token = cputime.set_clock(clock)
-        try:
-            request = _Request(self.runtime, scope, send, clock)
-            try:
-                await cputime.run(clock, self.app(scope, receive, request.send))
-            finally:
-                if request.window is not None:
-                    request.finish()
-        finally:
-            cputime.reset_clock(token)
+            request.end()
 
 
 class _Request:
@@ -84,6 +68,8 @@ class _Request:
 
     __slots__ = (
         "_send",
+        "_token",
+        "clock",
         "excluded",
         "ledger",
         "runtime",
@@ -93,9 +79,7 @@ class _Request:
         "window",
     )
 
-    def __init__(
-        self, runtime: Runtime, scope: Scope, send: Send, clock: Any = None
-    ) -> None:
+    def __init__(self, runtime: Runtime, scope: Scope, send: Send) -> None:
         self.runtime = runtime
         self.scope = scope
         self._send = send
@@ -104,7 +88,20 @@ class _Request:
         self.ledger = runtime.ledger
         excluded = runtime.excluded
         self.excluded = excluded is not None and excluded(scope)
-        self.window: Any = self.ledger.open(monotonic(), clock)
+        # cpu_time: the request's CPU clock, outside asyncio none.
+        timed = cputime.begin() if runtime.timed else None
+        self.clock: cputime.CpuClock | None = None
+        self._token: Token[cputime.CpuClock | None] | None = None
+        if timed is not None:
+            self.clock, self._token = timed
+        self.window: Window | None = self.ledger.open(monotonic(), self.clock)
+
+    def end(self) -> None:
+        """The app returned or raised: close the window if the body did not."""
+        if self.window is not None:
+            self.finish()
+        if self._token is not None:
+            cputime.end(self.clock, self._token)  # type: ignore[arg-type]
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -122,7 +119,7 @@ class _Request:
     def _with_headers(self, message: Message) -> Message:
         runtime = self.runtime
         try:
-            so_far = self.ledger.peek(self.window, monotonic())
+            so_far = self.ledger.peek(self.window, monotonic())  # type: ignore[arg-type]
             extra = runtime.headers(so_far)  # type: ignore[misc]
         except Exception as exc:
             runtime.report(exc, "writing response headers")
@@ -131,6 +128,7 @@ class _Request:
 
     def finish(self) -> None:
         window, self.window = self.window, None
+        assert window is not None
         runtime = self.runtime
         try:
             measurement = self.ledger.close(window, monotonic(), not self.excluded)

@@ -9,7 +9,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.util.http import get_excluded_urls
 
-from carbonspan import cputime, emissions, sampler
+from carbonspan import cputime, emissions, policies, sampler
 from carbonspan.attributes import span_attributes, static_attributes
 from carbonspan.config import Settings
 from carbonspan.ledger import Measurement
@@ -46,9 +46,10 @@ class Runtime:
                 (id(src), interval, policy),
                 lambda: sampler.Sampler(src, interval, policy),
             )
-        self.cpu_time = policy == "cpu_time"
-        if self.cpu_time:
-            cputime.patch_threads()
+        # Whether the policy needs each request's CPU clock.
+        self.timed = policies.POLICIES[policy].timed
+        if self.timed:
+            cputime.patch()
         self.ledger = self.sampler.ledger
         self.metrics = metrics_for(settings.meter_provider)
         self.metrics.add(self.ledger, self.intensity)
@@ -98,8 +99,8 @@ class Runtime:
             self.active = False
             self.metrics.remove(self.ledger)
             sampler.release(self.sampler)
-            if self.cpu_time:
-                cputime.unpatch_threads()
+            if self.timed:
+                cputime.unpatch()
 
 
 def _exclusion(settings: Settings) -> Callable[[Scope], bool] | None:

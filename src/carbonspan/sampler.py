@@ -30,6 +30,9 @@ LOG_EVERY = 60.0
 #: A read that takes this long (seconds) is logged as a fault: meanwhile,
 #: requests are charged at the last measured power.
 SLOW_READ = 1.0
+#: Seconds between the first reading and the second. Until two readings have
+#: measured an interval, requests carry no figures: keep that stretch short.
+FIRST_GAP = 0.01
 
 # Each kind of fault (see `Ledger.tick`): what it is, and what carbonspan does.
 _IGNORED = "the value is ignored; the next valid one covers the gap"
@@ -128,15 +131,19 @@ class Sampler:
             self.reads += 1
             for kind, detail in faults:
                 self._warn(kind, detail)
+            if info is not self.info and info.busy_watts:
+                self.ledger.prior(info.busy_watts)
             self.info = info  # after the tick: known hardware means readings
             return True
 
     def _run(self) -> None:
         stop = self._stop
+        interval = min(FIRST_GAP, self.interval)  # then the second, soon
         while not stop.is_set():
             began = time.monotonic()
             self.sample()
-            stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
+            stop.wait(max(0.0, interval - (time.monotonic() - began)))
+            interval = self.interval
 
     def _report(self, exc: BaseException) -> None:
         self.errors += 1
@@ -166,6 +173,8 @@ class Sampler:
         self._read_lock = threading.Lock()
         self._throttle = Throttle()  # the child logs its own faults
         self.ledger.reset()
+        if self.info.busy_watts:
+            self.ledger.prior(self.info.busy_watts)
 
 
 _live: weakref.WeakSet[Sampler] = weakref.WeakSet()

@@ -39,12 +39,19 @@ class EnergyReading:
 
 @dataclass(frozen=True)
 class HardwareInfo:
-    """What was measured and how. `measurement` maps component -> method."""
+    """What was measured and how. `measurement` maps component -> method.
+
+    `busy_watts` is the source's own rough estimate (W) of what a component
+    draws while a request keeps the process busy, per component where it has
+    one: it guides the charges of short requests until readings have taught
+    carbonspan better.
+    """
 
     cpu_model: str | None = None
     gpu_model: str | None = None
     gpu_count: int | None = None
     measurement: dict[str, str] = field(default_factory=dict)
+    busy_watts: dict[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -1,0 +1,257 @@
+"""Attribution policies: how a tick's measured joules are split between requests.
+
+The ledger (see `carbonspan.ledger`) measures, for every interval between two
+ticks, the joules each component drew and how long requests were in flight,
+and keeps each request's shared time. A policy decides the rest:
+
+- how much of an interval was idle power, which no request is charged for
+  (learned by a `PowerModel` per component);
+- what a request closing before the next tick is charged for its tail, a
+  guess that the next tick corrects into the unattributed account;
+- for `cpu_time`, how the CPU joules are split by CPU time instead of time.
+
+Policies are looked up by name in `POLICIES`, as the OpenTelemetry SDK looks up
+its samplers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from carbonspan.estimator import PowerModel, Ratio
+from carbonspan.source import COMPONENTS
+
+if TYPE_CHECKING:
+    from carbonspan.cputime import CpuClock
+    from carbonspan.ledger import Window
+
+#: Below this many CPU seconds in an interval, cpu_time splits by time: less
+#: than the clocks resolve, and joules per CPU second would be meaningless.
+MIN_CPU = 1e-6
+#: How strongly the busy power guides the first joules-per-CPU-second guess,
+#: in CPU seconds: a few requests' worth of CPU outweigh it.
+CPU_PRIOR = 0.005
+
+
+class Interval(NamedTuple):
+    """One component's interval between two ticks, as the ledger measured it."""
+
+    power: float  # J per shared second while requests were in flight
+    busy_joules: float  # the joules drawn while requests were in flight
+    tails: float  # shared seconds of the requests that closed during it
+    guessed: float  # what those requests were charged for them (J)
+    b: float  # the shared-time integral at the tick
+
+
+class AttributionPolicy(Protocol):
+    """What the ledger asks of a policy. Every call is made under its lock."""
+
+    name: str
+    timed: bool  # whether each request needs a CPU clock
+
+    def label(self, window: Window) -> str:
+        """The policy that charged `window` (its span's `codecarbon.attribution`)."""
+        ...
+
+    def opened(self, window: Window, clock: CpuClock | None) -> None:
+        """A request opened `window`; `clock` counts its CPU time, if timed."""
+        ...
+
+    def closed(self, window: Window) -> None:
+        """`window` closed; its tail since the last tick awaits the next one."""
+        ...
+
+    def charge(
+        self,
+        name: str,
+        window: Window,
+        measured: float,
+        tail: float,
+        rate: float | None,
+    ) -> tuple[float, float] | None:
+        """What `window` is charged on component `name` so far, and how much
+        of that is a guess; None if no guess can be made yet.
+
+        `measured` is its time share of the ended intervals, `tail` its shared
+        seconds since the last tick, `rate` the watts to guess the tail with
+        (see `rate`): None if no guess can be made yet.
+        """
+        ...
+
+    def prior(self, name: str, watts: float) -> None:
+        """The source's own estimate of `name`'s power while requests run."""
+        ...
+
+    def idle_joules(self, name: str, idle: float, busy: float, joules: float) -> float:
+        """Learn from an interval; the part of its joules that was idle power."""
+        ...
+
+    def settle(self, name: str, interval: Interval) -> float:
+        """End an interval: returns the correction, for the unattributed
+        account, of what the tails that closed during it were guessed."""
+        ...
+
+
+class TimeShare:
+    """Each request in flight is charged P(t)/n(t): its share of the time."""
+
+    name = "time_share"
+    timed = False  # needs no CPU clock per request
+
+    def __init__(self) -> None:
+        self.models = {name: PowerModel() for name in COMPONENTS}
+
+    def label(self, window: Window) -> str:
+        return self.name
+
+    def opened(self, window: Window, clock: CpuClock | None) -> None:
+        pass
+
+    def closed(self, window: Window) -> None:
+        pass
+
+    def rate(self, name: str) -> float | None:
+        """Watts for the tail of a request that began after the last tick:
+        the learned busy power. (One that was in flight at the last tick
+        is guessed at what requests drew in that interval.)"""
+        return self.models[name].busy
+
+    def charge(
+        self,
+        name: str,
+        window: Window,
+        measured: float,
+        tail: float,
+        rate: float | None,
+    ) -> tuple[float, float] | None:
+        if rate is None:
+            return None
+        guess = rate * tail
+        return measured + guess, guess
+
+    def prior(self, name: str, watts: float) -> None:
+        self.models[name].prior(watts)
+
+    def idle_joules(self, name: str, idle: float, busy: float, joules: float) -> float:
+        return self.models[name].observe(idle, busy, joules)
+
+    def settle(self, name: str, interval: Interval) -> float:
+        return interval.power * interval.tails - interval.guessed
+
+
+class _CpuWindow:
+    """cpu_time's state of one open request."""
+
+    __slots__ = ("b_seen", "charge", "clock", "cpu_seen")
+
+    def __init__(self, clock: CpuClock | None, b0: float) -> None:
+        self.clock = clock
+        self.cpu_seen = clock.seconds if clock is not None else 0.0
+        self.b_seen = b0  # the shared-time integral at the last tick
+        self.charge = 0.0  # CPU joules of the intervals that have ended
+
+    def used(self) -> float:
+        """CPU seconds since the last tick."""
+        clock = self.clock
+        return clock.seconds - self.cpu_seen if clock is not None else 0.0
+
+
+class CpuTime(TimeShare):
+    """CPU joules by the CPU time each request used; RAM and GPU by time share.
+
+    At each tick the interval's busy CPU joules go to the requests in flight
+    in proportion to the CPU seconds each used; the CPU no request used (the
+    event loop, the GC) is shared the same way, and if the requests used none
+    it is split by time. A request without a clock (outside asyncio) uses no
+    CPU seconds here, and is labelled `time_share`. O(open requests) a tick,
+    in the sampler's thread.
+    """
+
+    name = "cpu_time"
+    timed = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._open: dict[Window, _CpuWindow] = {}
+        self._tails_cpu = 0.0  # CPU seconds of tails closed since the last tick
+        self._joules_per_cpu = Ratio(memory=5.0)
+
+    @property
+    def open_windows(self) -> int:
+        return len(self._open)
+
+    def label(self, window: Window) -> str:
+        state = window.state
+        if isinstance(state, _CpuWindow) and state.clock is not None:
+            return self.name
+        return TimeShare.name
+
+    def opened(self, window: Window, clock: CpuClock | None) -> None:
+        state = _CpuWindow(clock, window.b0)
+        window.state = state
+        self._open[window] = state
+
+    def closed(self, window: Window) -> None:
+        state = self._open.pop(window, None)
+        if state is not None:
+            self._tails_cpu += state.used()
+
+    def charge(
+        self,
+        name: str,
+        window: Window,
+        measured: float,
+        tail: float,
+        rate: float | None,
+    ) -> tuple[float, float] | None:
+        state = window.state
+        if name != "cpu" or not isinstance(state, _CpuWindow):
+            return super().charge(name, window, measured, tail, rate)
+        busy = self.models[name].busy
+        if rate is None or busy is None:
+            return None
+        per_cpu = self._joules_per_cpu.value(busy, CPU_PRIOR)
+        if state.clock is not None and per_cpu is not None:
+            guess = per_cpu * state.used()
+        else:
+            guess = rate * tail
+        return state.charge + guess, guess
+
+    def settle(self, name: str, interval: Interval) -> float:
+        if name != "cpu":
+            return super().settle(name, interval)
+        power, b = interval.power, interval.b
+        busy_joules = interval.busy_joules
+        used = {state: state.used() for state in self._open.values()}
+        total = sum(used.values()) + self._tails_cpu
+        if total > MIN_CPU:
+            k = busy_joules / total
+            for state, seconds in used.items():
+                state.charge += k * seconds
+            exact = k * self._tails_cpu
+            self._joules_per_cpu.observe(total, busy_joules)
+        else:  # no request used measurable CPU: by time share
+            for state in used:
+                state.charge += power * (b - state.b_seen)
+            exact = power * interval.tails
+        for state in used:
+            state.cpu_seen = state.clock.seconds if state.clock is not None else 0.0
+            state.b_seen = b
+        self._tails_cpu = 0.0
+        return exact - interval.guessed
+
+
+POLICIES: dict[str, type[TimeShare]] = {
+    TimeShare.name: TimeShare,
+    CpuTime.name: CpuTime,
+}
+
+
+def make(name: str) -> TimeShare:
+    """The policy called `name`; ValueError naming the accepted ones."""
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise ValueError(
+            f"attribution: {name!r} is not accepted; use one of {', '.join(POLICIES)}"
+        ) from None
