@@ -229,7 +229,7 @@ def sizes(runtime: Runtime) -> dict[str, int]:
         "ticks": ledger._j + 1,
         "ring_slots": len(ledger._ring),
         "ring_filled": sum(entry is not None for entry in ledger._ring),
-        "open_windows_cpu_time": len(ledger._open),
+        "open_windows_cpu_time": getattr(ledger.policy, "open_windows", 0),
         "metric_label_sets": len(metrics._attrs),
         "metric_route_sums": len(metrics._route_grams),
         "live_samplers": len(carbonspan_sampler._live),

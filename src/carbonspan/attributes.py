@@ -74,6 +74,9 @@ def span_attributes(
     attrs[ENERGY_TOTAL] = total
     attrs[EMISSIONS] = intensity.grams(total)
     attrs[CONCURRENCY] = measurement.concurrency
+    if measurement.attribution != attrs.get(ATTRIBUTION):
+        # cpu_time outside asyncio: this request was charged by time share.
+        attrs[ATTRIBUTION] = measurement.attribution
     for component in COMPONENTS:
         joules = getattr(measurement, component)
         if joules is not None:

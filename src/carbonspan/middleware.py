@@ -10,12 +10,13 @@ that message. A `finally` covers exceptions and client disconnects.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import Token
 from time import monotonic
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from opentelemetry import trace
 
 from carbonspan import cputime
@@ -171,8 +172,8 @@ class _FlushAtShutdown:
             runtime = self.runtime
             try:
                 await _windows_closed(runtime)
-                # Off the event loop: exporters may block on the network.
-                await asyncio.get_running_loop().run_in_executor(None, runtime.flush)
+                # Off the event loop (asyncio or trio): exporters may block.
+                await anyio.to_thread.run_sync(runtime.flush)
             except Exception as exc:
                 runtime.report(exc, "flushing telemetry at shutdown")
         await self._send(message)
@@ -192,4 +193,4 @@ async def _windows_closed(runtime: Runtime) -> None:
     """
     deadline = monotonic() + DRAIN_TIMEOUT
     while runtime.ledger.in_flight and monotonic() < deadline:
-        await asyncio.sleep(0.005)
+        await anyio.sleep(0.005)
