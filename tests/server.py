@@ -44,7 +44,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [c.format(port=self.port) for c in command]
         env = {k: v.replace("{port}", str(self.port)) for k, v in env.items()}
-        self.env = {**os.environ, "PYTHONPATH": str(TESTS), **env}
+        path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+        self.env = {**os.environ, "PYTHONPATH": path, **env}
         self.ready_path = ready_path
         self.quiet = quiet
         self.timeout = timeout

@@ -6,7 +6,8 @@ anyio's task groups could not inspect: cancelled task groups hung, POSTs behind
 left, and under trio every request failed. These tests serve an app with all
 of those patterns through real servers: uvicorn on asyncio and uvloop, and
 hypercorn on asyncio and trio (where carbonspan falls back on time share and
-says so on the span).
+says so on the span). `scripts/test` runs them again with the oldest anyio
+FastAPI accepts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from importlib.metadata import version
 from typing import Any
 
 import httpx
@@ -112,6 +114,7 @@ def test_the_app_behaves_as_without_carbonspan(name: str) -> None:
         asyncio.run(leave_before_the_stream(s.url, s.port))
         end = wait_until(s.url, lambda st: st["in_flight"] == 1)  # /state itself
         assert end["in_flight"] == 1
+        assert end["anyio"] == version("anyio")  # the one this test runs with
         started = time.monotonic()
         output = s.stop()
         assert time.monotonic() - started < 10  # shut down, nothing stuck
