@@ -10,13 +10,14 @@ the guess is only as good as the power it assumes.
 
     joules = idle_watts * idle_seconds + busy_watts * busy_seconds
 
-by weighted least squares over the recent ticks. The sums are forgotten
-exponentially, but only in the direction a tick informs: a tick with no
-request in flight ages what is known of the idle power and keeps what is
-known of the busy power, so a server idle for an hour still remembers what
-its requests draw. Until the ticks have told the two apart, a power they have
-not shown is the prior: the source's own estimate of busy power where it
-gives one, else the first interval's mean power.
+by recursive least squares over the ticks: each tick moves the fit by its
+error, in the direction the earlier ticks leave open. What they said is
+forgotten exponentially with time, so the fit follows a change of load; but
+a tick only moves the busy power if requests were in flight during it, so a
+server idle for an hour still holds what its requests draw, and the next busy
+interval refits it. A power the ticks have not shown yet is the prior: the
+source's own estimate of busy power where it gives one, else the first
+interval's mean power.
 
 `Ratio` learns one number, joules per unit (for `cpu_time`, joules per CPU
 second of request work), with the same forgetting per unit seen.
@@ -29,30 +30,35 @@ import math
 #: Below this (relative) determinant, the intervals seen so far all had the
 #: same mix of idle and busy time, which cannot tell the two powers apart.
 CONDITION = 1e-6
-#: Forgetting: what was seen `MEMORY` seconds (of idle, or of busy time) ago
-#: weighs 1/e of what is seen now.
-MEMORY = 5.0
+#: Forgetting: what a tick said `MEMORY` seconds ago weighs 1/e of a new one.
+MEMORY = 10.0
 
 
 class PowerModel:
-    """Idle and busy watts of one component, by least squares over ticks."""
+    """Idle and busy watts of one component, by recursive least squares."""
 
-    __slots__ = ("_ii", "_iu", "_iy", "_prior", "_uu", "_uy", "busy", "idle")
+    __slots__ = ("_a", "_b", "_ii", "_iu", "_uu")
 
     def __init__(self) -> None:
-        self._ii = self._iu = self._uu = self._iy = self._uy = 0.0
-        self._prior: tuple[float, float] | None = None
-        #: Watts while no request is in flight, and while one is; None until
-        #: a first interval was measured.
-        self.idle: float | None = None
-        self.busy: float | None = None
+        self._a: float | None = None  # idle watts, as fitted (may be < 0)
+        self._b: float | None = None  # busy watts, as fitted
+        # The information the ticks gave: sums of idle^2, idle*busy, busy^2.
+        self._ii = self._iu = self._uu = 0.0
+
+    @property
+    def idle(self) -> float | None:
+        """Watts while no request is in flight; None until an interval is seen."""
+        return None if self._a is None else max(self._a, 0.0)
+
+    @property
+    def busy(self) -> float | None:
+        """Watts while requests are in flight; None until an interval is seen."""
+        return None if self._b is None else max(self._b, 0.0)
 
     def prior(self, busy_watts: float) -> None:
-        """The source's own estimate of busy power, before ticks teach one."""
-        idle = self._prior[0] if self._prior is not None else busy_watts
-        self._prior = (idle, busy_watts)
-        if self.busy is None or self._uu == 0.0:
-            self._solve()
+        """The source's own estimate of busy power, until ticks teach one."""
+        if self._uu == 0.0:
+            self._b = busy_watts
 
     def observe(self, idle: float, busy: float, joules: float) -> float:
         """Learn from one interval; returns the joules of its idle seconds.
@@ -64,39 +70,29 @@ class PowerModel:
         seconds = idle + busy
         if seconds <= 0.0:
             return 0.0
-        if self._prior is None:  # the first interval: its mean power
-            mean = joules / seconds
-            self._prior = (mean, mean)
-        # Forget in the direction this tick informs, then add it.
-        fi = math.exp(-idle / MEMORY)
-        fu = math.exp(-busy / MEMORY)
-        self._ii = self._ii * fi + idle * idle
-        self._uu = self._uu * fu + busy * busy
-        self._iu = self._iu * math.sqrt(fi * fu) + idle * busy
-        self._iy = self._iy * fi + idle * joules
-        self._uy = self._uy * fu + busy * joules
-        self._solve()
+        mean = joules / seconds
+        a = mean if self._a is None else self._a
+        b = mean if self._b is None else self._b
+        # Forget a little of what earlier ticks said, then add this one.
+        keep = math.exp(-seconds / MEMORY)
+        ii = self._ii = self._ii * keep + idle * idle
+        uu = self._uu = self._uu * keep + busy * busy
+        iu = self._iu = self._iu * keep + idle * busy
+        error = joules - a * idle - b * busy
+        det = ii * uu - iu * iu
+        if det > CONDITION * ii * uu:
+            a += (uu * idle - iu * busy) * error / det
+            b += (ii * busy - iu * idle) * error / det
+        else:  # all intervals alike so far: fit this one, nearest the last fit
+            norm = idle * idle + busy * busy
+            a += idle * error / norm
+            b += busy * error / norm
+        self._a, self._b = a, b
         if busy <= 0.0:
             return joules
         if idle <= 0.0:
             return 0.0
-        assert self.idle is not None
-        return min(max(self.idle * idle, 0.0), joules)
-
-    def _solve(self) -> None:
-        if self._prior is None:
-            return
-        a, b = self._prior  # where the ticks have said nothing
-        ii, uu, iu, iy, uy = self._ii, self._uu, self._iu, self._iy, self._uy
-        det = ii * uu - iu * iu
-        if ii > 0.0 and uu > 0.0 and det > CONDITION * ii * uu:
-            a = (uu * iy - iu * uy) / det
-            b = (ii * uy - iu * iy) / det
-        elif uu > 0.0:  # busy seen, idle not told apart from it: idle at prior
-            b = (uy - iu * a) / uu
-        elif ii > 0.0:  # only idle intervals so far
-            a = iy / ii
-        self.idle, self.busy = max(a, 0.0), max(b, 0.0)
+        return min(max(a * idle, 0.0), joules)
 
 
 class Ratio:
