@@ -184,7 +184,12 @@ async def send(client: httpx.AsyncClient, phase: str, path: str) -> Sent:
     # A traceparent we choose, so each row can be matched to its server span.
     trace_id = random.getrandbits(128) or 1
     parent = f"00-{trace_id:032x}-{random.getrandbits(64) or 1:016x}-01"
-    response = await client.get(path, headers={"traceparent": parent})
+    headers = {"traceparent": parent}
+    if path == "/fail":
+        # uvicorn closes a connection after an unhandled error: a request
+        # sent on it meanwhile would fail, so this one asks for a new one.
+        headers["connection"] = "close"
+    response = await client.get(path, headers=headers)
     await response.aread()
     return Sent(phase, path, trace_id, response.status_code)
 

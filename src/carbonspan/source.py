@@ -141,11 +141,13 @@ class CodeCarbonPowerSource:
         except Exception:
             _log.warning(_CPU_FALLBACK, exc_info=True)
             self._cpu, measurement["cpu"], cpu_model = _ConstantCpu.fallback()
+        busy = _busy_cpu_watts(self._cpu, measurement["cpu"])
         self._info = HardwareInfo(
             cpu_model=cpu_model,
             gpu_model=gpu_model,
             gpu_count=gpu_count,
             measurement=measurement,
+            busy_watts={"cpu": busy} if busy is not None else {},
         )
         self._ready = True
 
@@ -285,6 +287,24 @@ def _detect_cpu() -> tuple[Any, str, str | None]:
         mode, label = ("constant", "tdp")
     hw = CPU.from_utils(".", mode, model, max_power, tracking_mode="machine")
     return hw, label, model
+
+
+def _busy_cpu_watts(cpu: Any, method: str) -> float | None:
+    """What CodeCarbon's CPU model says one busy core draws, on an idle machine.
+
+    A process that serves one request at a time keeps one core busy: under
+    `cpu_load` the machine's load is then 1/N of its N CPUs, and CodeCarbon's
+    machine model gives TDP x (0.1 + 0.9 x load^3) (codecarbon 3.3,
+    `CPU._get_power_from_cpu_load`); under the constant model it is half the
+    TDP at any load. RAPL measures: no model to ask.
+    """
+    if isinstance(cpu, _ConstantCpu):
+        return cpu.watts
+    tdp = getattr(cpu, "_tdp", None)  # CodeCarbon's CPU keeps its TDP here
+    if method != "cpu_load" or not isinstance(tdp, (int, float)) or tdp <= 0:
+        return None
+    load = 1.0 / (os.cpu_count() or 1)
+    return float(tdp) * (0.1 + 0.9 * load**3)
 
 
 _CPU_FALLBACK = (
