@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 #: Ticks kept for windows still open: 8192 ticks is 13.6 min at 0.1 s.
 RING = 8192
 _ZERO = dict.fromkeys(COMPONENTS, 0.0)
+_UNKNOWN: dict[str, float | None] = dict.fromkeys(COMPONENTS)
 POLICIES = tuple(policies.POLICIES)
 # A tick in the ring: B_j, and C_j and P_j per component.
 _Tick = tuple[float, dict[str, float], dict[str, float]]
@@ -148,6 +149,7 @@ class Ledger:
         """Forget everything (used after fork: the parent's requests are not ours)."""
         self._lock = threading.Lock()
         self.policy: TimeShare = policies.make(self.policy_name)
+        self._timed = self.policy.timed
         self._t: float | None = None  # last instant the integrals reach
         self._n = 0
         self._b = 0.0  # B(t)
@@ -162,6 +164,10 @@ class Ledger:
         self._tails = 0.0  # shared time of tails closed since the last tick
         self._guessed = dict(_ZERO)  # what those tails were charged, per component
         self._known: dict[str, bool] = dict.fromkeys(COMPONENTS, False)
+        self._names: tuple[str, ...] = ()  # the known components
+        # Watts to guess a tail with, per component (None: no guess yet).
+        self._rates: dict[str, float | None] = dict.fromkeys(COMPONENTS)
+        self._tail_rates: tuple[tuple[str, float], ...] = ()  # known, with a rate
         self._idle = dict(_ZERO)  # unattributed J
         self._attributed = dict(_ZERO)  # closed, attributed J
         self._measured = dict(_ZERO)  # sum of the source's valid deltas
@@ -182,7 +188,8 @@ class Ledger:
             j = self._j
             last_tick = self._ring[j % self._ring_size] if j >= 0 else None
             window = Window(now, self._b, j, self._t is not None, last_tick)
-            self.policy.opened(window, clock)
+            if self._timed:  # only a policy with clocks keeps per-window state
+                self.policy.opened(window, clock)
             return window
 
     def close(self, window: Window, now: float, attributed: bool = True) -> Measurement:
@@ -190,23 +197,20 @@ class Ledger:
             self._advance(now)
             self._n -= 1
             charges, guesses, shared_cpu = self._charges(window)
-            self.policy.closed(window)
+            if self._timed:
+                self.policy.closed(window)
             if window.j0 == self._j:
                 self._tails += self._b - window.b0
             else:
                 self._tails += self._b - self._tick_b
             # What a request reports no figure for (opened before the first
-            # reading, or no guess possible yet) counts as unattributed.
-            for name, joules in charges.items():
-                if joules is None:
-                    continue
-                self._guessed[name] += guesses[name]
-                if attributed and window.ready:
-                    self._attributed[name] += joules
-                else:
-                    self._idle[name] += joules
+            # reading, or excluded) counts as unattributed.
+            account = self._attributed if attributed and window.ready else self._idle
+            for name, guess in guesses.items():
+                self._guessed[name] += guess
+                account[name] += charges[name]  # type: ignore[operator]
             shared = self._b - window.b0
-            label = self.policy.label(window)
+            label = self.policy.label(window) if self._timed else self.policy.name
         return self._measurement(window, now, charges, shared, shared_cpu, label)
 
     def peek(self, window: Window, now: float) -> Measurement:
@@ -215,7 +219,7 @@ class Ledger:
             self._advance(now)
             charges, _, shared_cpu = self._charges(window)
             shared = self._b - window.b0
-            label = self.policy.label(window)
+            label = self.policy.label(window) if self._timed else self.policy.name
         return self._measurement(window, now, charges, shared, shared_cpu, label)
 
     def _charges(
@@ -224,7 +228,16 @@ class Ledger:
         """Per component: the charge (None where unknown) and its guessed part;
         and the CPU joules of time share, which the CPU power comes from."""
         b, j0 = self._b, window.j0
-        if j0 == self._j:  # no tick since it opened
+        charges: dict[str, float | None] = dict(_UNKNOWN)
+        guesses: dict[str, float] = {}
+        if j0 == self._j and not self.policy.custom:
+            # No tick since it opened: all of it is the tail (the common case
+            # of a short request, so it gets its own few lines).
+            tail = b - window.b0
+            for name, rate in self._tail_rates:
+                charges[name] = guesses[name] = rate * tail
+            return charges, guesses, None
+        if j0 == self._j:
             tail = b - window.b0
             head, c1, p1 = 0.0, self._c, _ZERO
             last: dict[str, float] | None = None
@@ -243,24 +256,30 @@ class Ledger:
                 head = b1 - window.b0  # <= 0: takes back the C before it opened
             else:  # opened before the first tick: C counts from that tick
                 head, c1, p1 = 0.0, _ZERO, _ZERO
-        c, policy, known = self._c, self.policy, self._known
-        charges: dict[str, float | None] = {}
-        guesses: dict[str, float] = {}
+        c, rates, custom = self._c, self._rates, self.policy.custom
         shared_cpu = None
-        for name in COMPONENTS:
-            if not known[name]:
-                charges[name] = None
-                continue
-            measured = p1[name] * head + c[name] - c1[name]
-            rate = last[name] if last is not None else policy.rate(name)
-            if name == "cpu":
-                shared_cpu = None if rate is None else measured + rate * tail
-            charged = policy.charge(name, window, measured, tail, rate)
-            if charged is None:
-                charges[name] = None
-            else:
-                charges[name], guesses[name] = charged
+        for name in self._names:  # the components measured so far
+            measured = p1.get(name, 0.0) * head + c[name] - c1[name]
+            rate: float | None = last.get(name) if last is not None else None
+            if rate is None:
+                rate = rates[name]
+                if rate is None:
+                    continue
+            guess = rate * tail
+            if name in custom:
+                shared_cpu = measured + guess  # what time share would charge
+                charged = self.policy.charge(name, window, measured, tail, rate)
+                if charged is not None:
+                    charges[name], guesses[name] = charged
+            else:  # (>= 0: C differences can round a hair below zero)
+                charges[name], guesses[name] = max(measured + guess, 0.0), guess
         return charges, guesses, shared_cpu
+
+    def _rates_changed(self) -> None:
+        rates = self._rates = {name: self.policy.rate(name) for name in COMPONENTS}
+        self._tail_rates = tuple(
+            (name, rate) for name in self._names if (rate := rates[name]) is not None
+        )
 
     def _measurement(
         self,
@@ -302,6 +321,7 @@ class Ledger:
         with self._lock:
             for name, watts in busy_watts.items():
                 self.policy.prior(name, watts)
+            self._rates_changed()
 
     def tick(self, reading: EnergyReading) -> tuple[Fault, ...]:
         """Take a new cumulative reading from the power source.
@@ -338,7 +358,7 @@ class Ledger:
             # readings' gap, and what does not fit the span is unattributed.
             span = idle + busy
             spread = max(span, gap)
-            powers = dict(_ZERO)
+            powers: dict[str, float] = {}
             for name in COMPONENTS:
                 since = self._last_at[name]
                 delta = self._delta(name, getattr(reading, name), at, first, faults)
@@ -373,6 +393,8 @@ class Ledger:
                 )
                 self._guessed[name] = 0.0
             self._tails = 0.0
+            self._names = tuple(name for name in COMPONENTS if self._known[name])
+            self._rates_changed()
             self._tick_b, self._tick_idle = self._b, self._idle_time
             self._tick_busy = self._busy_time
             self._j += 1

@@ -48,6 +48,9 @@ class AttributionPolicy(Protocol):
 
     name: str
     timed: bool  # whether each request needs a CPU clock
+    #: The components the policy charges itself; the ledger charges the
+    #: others by time share.
+    custom: frozenset[str]
 
     def label(self, window: Window) -> str:
         """The policy that charged `window` (its span's `codecarbon.attribution`)."""
@@ -62,20 +65,20 @@ class AttributionPolicy(Protocol):
         ...
 
     def charge(
-        self,
-        name: str,
-        window: Window,
-        measured: float,
-        tail: float,
-        rate: float | None,
+        self, name: str, window: Window, measured: float, tail: float, rate: float
     ) -> tuple[float, float] | None:
-        """What `window` is charged on component `name` so far, and how much
-        of that is a guess; None if no guess can be made yet.
+        """What `window` is charged on a `custom` component so far, and how
+        much of that is a guess; None if no guess can be made yet.
 
         `measured` is its time share of the ended intervals, `tail` its shared
-        seconds since the last tick, `rate` the watts to guess the tail with
-        (see `rate`): None if no guess can be made yet.
+        seconds since the last tick, `rate` the watts time share would guess
+        the tail with.
         """
+        ...
+
+    def rate(self, name: str) -> float | None:
+        """Watts to guess the tail of a request that began after the last
+        tick with; None until a guess can be made."""
         ...
 
     def prior(self, name: str, watts: float) -> None:
@@ -97,6 +100,7 @@ class TimeShare:
 
     name = "time_share"
     timed = False  # needs no CPU clock per request
+    custom: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self.models = {name: PowerModel() for name in COMPONENTS}
@@ -111,21 +115,13 @@ class TimeShare:
         pass
 
     def rate(self, name: str) -> float | None:
-        """Watts for the tail of a request that began after the last tick:
-        the learned busy power. (One that was in flight at the last tick
-        is guessed at what requests drew in that interval.)"""
+        """The learned busy power. (The ledger guesses the tail of a request
+        in flight at the last tick at what requests drew in that interval.)"""
         return self.models[name].busy
 
     def charge(
-        self,
-        name: str,
-        window: Window,
-        measured: float,
-        tail: float,
-        rate: float | None,
+        self, name: str, window: Window, measured: float, tail: float, rate: float
     ) -> tuple[float, float] | None:
-        if rate is None:
-            return None
         guess = rate * tail
         return measured + guess, guess
 
@@ -169,6 +165,7 @@ class CpuTime(TimeShare):
 
     name = "cpu_time"
     timed = True
+    custom = frozenset(("cpu",))
 
     def __init__(self) -> None:
         super().__init__()
@@ -197,18 +194,13 @@ class CpuTime(TimeShare):
             self._tails_cpu += state.used()
 
     def charge(
-        self,
-        name: str,
-        window: Window,
-        measured: float,
-        tail: float,
-        rate: float | None,
+        self, name: str, window: Window, measured: float, tail: float, rate: float
     ) -> tuple[float, float] | None:
         state = window.state
-        if name != "cpu" or not isinstance(state, _CpuWindow):
+        if not isinstance(state, _CpuWindow):
             return super().charge(name, window, measured, tail, rate)
         busy = self.models[name].busy
-        if rate is None or busy is None:
+        if busy is None:
             return None
         per_cpu = self._joules_per_cpu.value(busy, CPU_PRIOR)
         if state.clock is not None and per_cpu is not None:
