@@ -234,8 +234,8 @@ class Ledger:
             # No tick since it opened: all of it is the tail (the common case
             # of a short request, so it gets its own few lines).
             tail = b - window.b0
-            for name, rate in self._tail_rates:
-                charges[name] = guesses[name] = rate * tail
+            for name, watts in self._tail_rates:
+                charges[name] = guesses[name] = watts * tail
             return charges, guesses, None
         if j0 == self._j:
             tail = b - window.b0
@@ -260,7 +260,7 @@ class Ledger:
         shared_cpu = None
         for name in self._names:  # the components measured so far
             measured = p1.get(name, 0.0) * head + c[name] - c1[name]
-            rate: float | None = last.get(name) if last is not None else None
+            rate = last.get(name) if last is not None else None
             if rate is None:
                 rate = rates[name]
                 if rate is None:
