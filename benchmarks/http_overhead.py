@@ -55,6 +55,7 @@ LABELS = {
     "a": "FastAPIInstrumentor",
     "b": "+ carbonspan",
     "c": "+ tracker per request",
+    "z": "a again (control)",
 }
 STATS = "/_bench/stats"
 
@@ -100,6 +101,8 @@ class Server:
     key: str
     loops: int
     country: str
+    loop: str = "uvloop"
+    http: str = "httptools"
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     log: Any = None
@@ -114,7 +117,7 @@ class Server:
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
             ),
-            "BENCH_VARIANT": self.key,
+            "BENCH_VARIANT": "a" if self.key == "z" else self.key,
             "BENCH_LOOPS": str(self.loops),
             "BENCH_COUNTRY": self.country,
             "BENCH_PARENT_PID": str(os.getpid()),
@@ -123,6 +126,7 @@ class Server:
         command = [
             sys.executable, "-m", "uvicorn", "bench_app:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--loop", self.loop, "--http", self.http,
             "--log-level", "warning", "--no-access-log",
             "--timeout-keep-alive", "120",
         ]  # fmt: skip
@@ -234,6 +238,7 @@ def run_endpoint(
     """Alternate single requests between the servers; medians per variant."""
     a, b = servers["a"], servers["b"]
     c = servers.get("c")
+    fast = (a, b) + ((servers["z"],) if "z" in servers else ())
     before = {k: s.stats() for k, s in servers.items()}
     for s in servers.values():
         s.latencies[path] = []
@@ -241,7 +246,10 @@ def run_endpoint(
     deadline = time.monotonic() + max_seconds
     done = 0
     for r in range(rounds):
-        order: tuple[Server, ...] = (a, b) if r % 2 == 0 else (b, a)
+        k = r % len(fast)
+        order: tuple[Server, ...] = fast[k:] + fast[:k]
+        if r % 2:
+            order = order[::-1]
         if c is not None and r % every == 0:
             order = (c, *order)
         for s in order:
@@ -297,6 +305,10 @@ def run_endpoint(
         vb["server_cpu_with_sampler_us"] - va["server_cpu_with_sampler_us"]
     )
     out["b_over_a_server_cpu"] = va["server_cpu_us"] / vb["server_cpu_us"]
+    if "z" in servers:
+        vz = out["variants"]["z"]
+        out["z_over_a"] = va["median_us"] / vz["median_us"]
+        out["z_added_server_cpu_us"] = vz["server_cpu_us"] - va["server_cpu_us"]
     if c is not None:
         out["b_over_c"] = out["variants"]["c"]["median_us"] / vb["median_us"]
         out["b_over_c_server_cpu"] = (
@@ -326,6 +338,11 @@ def print_endpoint(s: dict[str, Any]) -> None:
         f"{s['b_over_a_paired_median']:.4f}; by server CPU "
         f"{s['b_over_a_server_cpu']:.4f})"
     )
+    if "z_over_a" in s:
+        print(
+            f"  control z/a req/s: {s['z_over_a']:.4f}, server CPU "
+            f"{s['z_added_server_cpu_us']:+.1f} µs per request (the run's noise)"
+        )
     if "b_over_c" in s:
         print(
             f"  b/c req/s: {s['b_over_c']:.1f}x  "
@@ -445,30 +462,71 @@ def print_throughput(t: dict[str, Any]) -> None:
         print(f"  non-200 responses: {t['errors']}")
 
 
-def server_stack() -> str:
+def server_stack(loop: str, parser: str) -> str:
     def version(dist: str) -> str:
         try:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    impl = "httptools" if importlib.util.find_spec("httptools") else "h11"
     return (
-        f"uvicorn {version('uvicorn')} (loop {loop}, http {impl}; "
+        f"uvicorn {version('uvicorn')} (loop {loop}, http {parser}; "
+        f"uvloop {version('uvloop')}, httptools {version('httptools')}, "
         f"h11 {version('h11')}), 1 worker per server, client http.client"
     )
 
 
-def run(args: Any, loops: int, country: str) -> dict[str, Any]:
-    """The whole HTTP mode; prints as it goes and returns the figures."""
+def available_stacks(wanted: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (loop, http) pairs whose packages are installed."""
+    out = []
+    for loop, parser in wanted:
+        missing = [
+            name
+            for name in (loop, parser)
+            if name in ("uvloop", "httptools") and not importlib.util.find_spec(name)
+        ]
+        if missing:
+            print(
+                f"  skipping loop {loop} / http {parser}: {', '.join(missing)} missing"
+            )
+        else:
+            out.append((loop, parser))
+    return out
+
+
+def idle_sampler(server: Server, seconds: float) -> dict[str, float]:
+    """b's sampler thread over `seconds` with no request at all."""
+    before = server.stats()
+    time.sleep(seconds)
+    after = server.stats()
+    delta = cpu_delta(before, after)
+    return {
+        "seconds": delta["wall_s"],
+        "sampler_cpu_s": delta["sampler_cpu_s"],
+        "core_percent": delta["sampler_cpu_s"] / delta["wall_s"] * 100.0,
+    }
+
+
+def run(
+    args: Any,
+    loops: int,
+    country: str,
+    loop: str = "uvloop",
+    parser: str = "httptools",
+    obvious: bool = True,
+    throughput_check: bool = True,
+) -> dict[str, Any]:
+    """One server stack's HTTP mode; prints as it goes and returns the figures."""
     began = time.perf_counter()
-    keys = KEYS if args.obvious_every > 0 else KEYS[:2]
-    servers = {k: Server(k, loops, country) for k in keys}
+    keys = KEYS if args.obvious_every > 0 and obvious else KEYS[:2]
+    if args.control:
+        keys = (*keys, "z")
+    servers = {k: Server(k, loops, country, loop, parser) for k in keys}
+    stack = server_stack(loop, parser)
     print()
     print("carbonspan overhead over HTTP (real uvicorn servers, 127.0.0.1)")
-    print(f"  {server_stack()}")
-    results: dict[str, Any] = {"server_stack": server_stack()}
+    print(f"  {stack}")
+    results: dict[str, Any] = {"server_stack": stack, "loop": loop, "http": parser}
     try:
         for s in servers.values():
             s.start()
@@ -498,6 +556,13 @@ def run(args: Any, loops: int, country: str) -> dict[str, Any]:
                         f"{time.perf_counter() - t0:.2f} s (first tracker included)"
                     )
 
+        if args.http_idle_seconds > 0:
+            idle = idle_sampler(servers["b"], args.http_idle_seconds)
+            results["sampler_idle"] = idle
+            print(
+                f"  b's sampler thread while idle: {idle['core_percent']:.3f}% of "
+                f"one core over {idle['seconds']:.1f} s (budget 0.5%)"
+            )
         first = {k: s.stats() for k, s in servers.items()}
         load0 = machine.snapshot()
         endpoints = []
@@ -515,9 +580,9 @@ def run(args: Any, loops: int, country: str) -> dict[str, Any]:
             print_endpoint(summary)
         results["endpoints"] = endpoints
 
-        if args.http_throughput_rounds > 0:
+        if args.http_throughput_rounds > 0 and throughput_check:
             tp = throughput(
-                servers,
+                {k: v for k, v in servers.items() if k != "z"},
                 args.http_clients,
                 args.http_throughput_rounds,
                 args.http_throughput_seconds,

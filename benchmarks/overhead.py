@@ -94,6 +94,7 @@ from opentelemetry import trace  # noqa: E402
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: E402
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
+from opentelemetry.sdk.resources import Resource  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
@@ -121,11 +122,95 @@ from carbonspan.source import CodeCarbonPowerSource, EnergyReading  # noqa: E402
 class Otel:
     exporter: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
     reader: InMemoryMetricReader = field(default_factory=InMemoryMetricReader)
+    resource: Resource | None = None
+    others: list[Otel] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.tracer_provider = TracerProvider()
+        resource = self.resource if self.resource is not None else Resource.create()
+        self.tracer_provider = TracerProvider(resource=resource)
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+
+def detected_resource() -> Resource | None:
+    """The Resource with carbonspan's constant attributes, where the detector
+    exists (this carbonspan has it); None otherwise."""
+    try:
+        from carbonspan.resource import CodeCarbonResourceDetector
+    except ImportError:
+        return None
+    detected = CodeCarbonResourceDetector(country_iso_code=COUNTRY).detect()
+    return Resource.create().merge(detected)
+
+
+class SyncFloor:
+    """Variant d, the synchronous floor: a bare pure-ASGI layer that sets 7
+    float attributes on the server span and records one histogram point with 3
+    attributes while the span is current, before the final body, as any
+    synchronous instrumentation with this contract must."""
+
+    def __init__(self, app: ASGIApp, meter_provider: MeterProvider) -> None:
+        self.app = app
+        meter = meter_provider.get_meter("bench.floor")
+        self.histogram = meter.create_histogram("bench.floor.energy", unit="J")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        span = trace.get_current_span()
+        status = 500
+
+        async def wrapped(message: Message) -> None:
+            nonlocal status
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+            elif kind == "http.response.body" and not message.get("more_body"):
+                if span.is_recording():
+                    span.set_attributes(FLOOR_ATTRIBUTES)
+                route = getattr(scope.get("route"), "path", "")
+                self.histogram.record(
+                    0.001,
+                    {
+                        "http.route": route,
+                        "http.request.method": scope["method"],
+                        "http.response.status_code": status,
+                    },
+                )
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+FLOOR_ATTRIBUTES = {
+    "codecarbon.energy.total": 0.0012,
+    "codecarbon.energy.cpu": 0.0002,
+    "codecarbon.energy.ram": 0.001,
+    "codecarbon.power.cpu": 2.0,
+    "codecarbon.power.ram": 10.0,
+    "codecarbon.emissions": 1.9e-8,
+    "codecarbon.concurrency": 1.0,
+}
+
+
+def insert_below_span_creator(
+    app: FastAPI, layer: Callable[[ASGIApp], ASGIApp]
+) -> None:
+    """Put `layer` where carbonspan goes: just inside contrib's middleware."""
+    original = app.build_middleware_stack
+
+    def build() -> Any:
+        stack = original()
+        node: Any = stack
+        while node is not None:
+            if type(node).__name__ == "OpenTelemetryMiddleware":
+                node.app = layer(node.app)
+                return stack
+            node = getattr(node, "app", None)
+        raise SystemExit("no OpenTelemetryMiddleware in the stack")
+
+    app.build_middleware_stack = build  # type: ignore[method-assign]
 
 
 @dataclass
@@ -225,11 +310,19 @@ async def run_endpoint(
     rounds: int,
     every: int,
     otel: Otel,
+    others: tuple[Variant, ...] = (),
 ) -> None:
-    for v in (a, b) + ((c,) if c else ()):
+    """Alternate single requests: a, b and the `others` in a rotating order
+    (every variant goes first equally often), c first in every k-th round."""
+    fast = (a, b, *others)
+    for v in fast + ((c,) if c else ()):
         v.wall[path], v.cpu[path] = [], []
+    n = len(fast)
     for r in range(rounds):
-        order: tuple[Variant, ...] = (a, b) if r % 2 == 0 else (b, a)
+        k = r % n
+        order: tuple[Variant, ...] = fast[k:] + fast[:k]
+        if r % 2:
+            order = order[::-1]
         if c is not None and r % every == 0:
             order = (c, *order)
         for v in order:
@@ -240,11 +333,19 @@ async def run_endpoint(
             v.cpu[path].append(cpu)
         if r % 256 == 0:
             otel.exporter.clear()
+            for extra in otel.others:
+                extra.exporter.clear()
 
 
-def summarize(path: str, a: Variant, b: Variant, c: Variant | None) -> dict[str, Any]:
+def summarize(
+    path: str,
+    a: Variant,
+    b: Variant,
+    c: Variant | None,
+    others: tuple[Variant, ...] = (),
+) -> dict[str, Any]:
     out: dict[str, Any] = {"path": path, "variants": {}}
-    for v in (a, b) + ((c,) if c else ()):
+    for v in (a, b, *others) + ((c,) if c else ()):
         wall, cpu = v.wall[path], v.cpu[path]
         med = median_us(wall)
         out["variants"][v.key] = {
@@ -272,6 +373,16 @@ def summarize(path: str, a: Variant, b: Variant, c: Variant | None) -> dict[str,
     out["added_us_paired_median"] = (
         statistics.median([y - x for x, y in zip(aw, bw, strict=True)]) / 1000.0
     )
+    out["over_a"] = {}
+    for v in others:
+        vv = out["variants"][v.key]
+        out["over_a"][v.key] = {
+            "req_s": va["median_us"] / vv["median_us"],
+            "cpu": va["cpu_median_us"] / vv["cpu_median_us"],
+            "added_us": vv["median_us"] - va["median_us"],
+            "added_cpu_us": vv["cpu_median_us"] - va["cpu_median_us"],
+            "b_over_this": vv["median_us"] / vb["median_us"],
+        }
     if c is not None:
         out["b_over_c"] = out["variants"]["c"]["median_us"] / vb["median_us"]
     return out
@@ -298,6 +409,12 @@ def print_endpoint(s: dict[str, Any]) -> None:
         f"by CPU time {s['b_over_a_cpu']:.4f}; halves {h1:.4f} / {h2:.4f}; "
         f"paired median {s['b_over_a_paired_median']:.4f})"
     )
+    for key, o in s.get("over_a", {}).items():
+        print(
+            f"  {key}/a req/s: {o['req_s']:.4f} (by CPU time {o['cpu']:.4f}; "
+            f"added {o['added_us']:+.1f} µs wall, {o['added_cpu_us']:+.1f} µs CPU);"
+            f" b/{key}: {o['b_over_this']:.4f}"
+        )
     if "b_over_c" in s:
         print(f"  b/c req/s: {s['b_over_c']:.1f}x")
     paired = s["added_us_paired_median"]
@@ -348,7 +465,7 @@ def ablated_runtime(
     )
     try:
         if not attributes:
-            runtime.span_attributes = lambda measurement: None  # type: ignore[method-assign]
+            runtime.span_attributes = lambda *args: None  # type: ignore[method-assign]
         if not metrics:
             runtime.metrics.record = lambda *args, **kwargs: None  # type: ignore[method-assign]
     except AttributeError:  # the internals moved: skip the breakdown
@@ -382,8 +499,16 @@ async def middleware_breakdown(otel: Otel, n: int) -> dict[str, dict[str, float]
             continue
         owned.append(made)
         apps[label] = CodeCarbonMiddleware(trivial, runtime=made[0])
-
     tracer = otel.tracer_provider.get_tracer("bench")
+    tracers = dict.fromkeys(apps, tracer)
+    if otel.others and "+ carbonspan (all)" in apps:
+        label = "+ carbonspan (all), plain Resource"
+        apps[label] = apps["+ carbonspan (all)"]
+        tracers[label] = otel.others[0].tracer_provider.get_tracer("bench")
+    floor_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    apps["+ synchronous floor (d)"] = SyncFloor(trivial, floor_provider)
+    tracers["+ synchronous floor (d)"] = tracer
+
     route = SimpleNamespace(path="/ping")
 
     async def receive() -> Message:
@@ -402,7 +527,7 @@ async def middleware_breakdown(otel: Otel, n: int) -> dict[str, dict[str, float]
             app = apps[name]
             scope = make_scope("/ping")
             scope["route"] = route
-            span = tracer.start_span("GET /ping", kind=SpanKind.SERVER)
+            span = tracers[name].start_span("GET /ping", kind=SpanKind.SERVER)
             with trace.use_span(span, end_on_exit=False):
                 w0, c0 = perf(), cpu()
                 await app(scope, receive, send)
@@ -412,6 +537,9 @@ async def middleware_breakdown(otel: Otel, n: int) -> dict[str, dict[str, float]
             cpus[name].append(c1 - c0)
         if i % 256 == 0:
             otel.exporter.clear()
+            for extra in otel.others:
+                extra.exporter.clear()
+    floor_provider.shutdown()
     for runtime, provider in owned:
         runtime.close()
         provider.shutdown()
@@ -465,31 +593,109 @@ def component_costs(runtime: Runtime, otel: Otel, number: int) -> dict[str, floa
     window = ledger.open(time.monotonic())
     measurement = ledger.close(window, time.monotonic() + 1e-3)
     out["trace.get_current_span()"] = per_call_ns(trace.get_current_span, number)
-    out["Runtime.span_attributes()"] = per_call_ns(
-        lambda: runtime.span_attributes(measurement), number
+    span_attributes = runtime.span_attributes
+    takes_span = "span" in inspect.signature(span_attributes).parameters
+    tracer = otel.tracer_provider.get_tracer("bench")
+    plain_tracer = (otel.others[0] if otel.others else otel).tracer_provider.get_tracer(
+        "bench"
     )
-    attrs = runtime.span_attributes(measurement) or {}
-    out["attribute count"] = float(len(attrs))
-    span = otel.tracer_provider.get_tracer("bench").start_span("x")
-    out["span.set_attributes(those), overwriting"] = per_call_ns(
+    span = tracer.start_span("x")
+    plain_span = plain_tracer.start_span("x")
+    if takes_span:
+        out["Runtime.span_attributes(), resource detected"] = per_call_ns(
+            lambda: span_attributes(measurement, span), number
+        )
+        out["Runtime.span_attributes(), plain Resource"] = per_call_ns(
+            lambda: span_attributes(measurement, plain_span), number
+        )
+        attrs = span_attributes(measurement, span) or {}
+        full = span_attributes(measurement, plain_span) or {}
+    else:
+        out["Runtime.span_attributes()"] = per_call_ns(
+            lambda: span_attributes(measurement), number
+        )
+        attrs = full = span_attributes(measurement) or {}
+    out["attribute count, resource detected"] = float(len(attrs))
+    out["attribute count, plain Resource"] = float(len(full))
+    out["span.set_attributes(those), resource detected"] = per_call_ns(
         lambda: span.set_attributes(attrs), number // 4
     )
+    out["span.set_attributes(those), plain Resource"] = per_call_ns(
+        lambda: plain_span.set_attributes(full), number // 4
+    )
+    # What each constant attribute adds to the call, one at a time.
+    if len(full) > len(attrs):
+        base = per_call_ns(lambda: plain_span.set_attributes(attrs), number // 8)
+        for key in sorted(set(full) - set(attrs)):
+            more = {**attrs, key: full[key]}
+            out[f"  + {key}"] = (
+                per_call_ns(
+                    lambda more=more: plain_span.set_attributes(more), number // 8
+                )
+                - base
+            )
     span.end()
-    record_args: tuple[Any, ...] = (measurement, "/ping", "GET", 200)
-    if "intensity" in inspect.signature(runtime.metrics.record).parameters:
-        record_args += (runtime.intensity,)  # one Metrics per MeterProvider
-
-    def record() -> None:
-        runtime.metrics.record(*record_args)
-
-    out["Metrics.record() (1 histogram)"] = per_call_ns(record, number // 4)
-    # As on the request path: the recording server span is current, so the
-    # SDK's default trace-based exemplar filter offers the value to the
-    # histogram's exemplar reservoir.
-    span = otel.tracer_provider.get_tracer("bench").start_span("x")
-    with trace.use_span(span, end_on_exit=True):
-        out["Metrics.record(), recording span current"] = per_call_ns(
-            record, number // 4
+    plain_span.end()
+    metrics = runtime.metrics
+    record = metrics.record
+    params = list(inspect.signature(record).parameters)
+    live = tracer.start_span("x")
+    if "span" in params:  # the request path only queues: time queue + drain
+        record_args: tuple[Any, ...] = (
+            measurement.total,
+            "/ping",
+            "GET",
+            200,
+            runtime.intensity,
+            live,
+        )
+        after_tick = runtime.sampler.after_tick
+        held = list(after_tick)
+        after_tick.clear()  # the live sampler must not drain meanwhile
+        try:
+            metrics.drain()
+            out["Metrics.record() (queue only)"] = per_call_ns(
+                lambda: record(*record_args), number // 4, repeat=1
+            )
+            metrics.drain()
+            batch = 200
+            drains: list[float] = []
+            for _ in range(15):
+                for _ in range(batch):
+                    record(*record_args)
+                c0 = time.thread_time_ns()
+                metrics.drain()
+                drains.append((time.thread_time_ns() - c0) / batch)
+            out["Metrics.drain(), per point (batches of 200)"] = statistics.median(
+                drains
+            )
+        finally:
+            after_tick.extend(held)
+    else:
+        legacy: tuple[Any, ...] = (measurement, "/ping", "GET", 200)
+        if "intensity" in params:
+            legacy += (runtime.intensity,)
+        out["Metrics.record() (1 histogram)"] = per_call_ns(
+            lambda: record(*legacy), number // 4
+        )
+        with trace.use_span(live, end_on_exit=False):
+            out["Metrics.record(), recording span current"] = per_call_ns(
+                lambda: record(*legacy), number // 4
+            )
+    live.end()
+    # The SDK call itself, as the synchronous floor makes it on the request path.
+    histogram = otel.meter_provider.get_meter("bench.floor").create_histogram(
+        "bench.floor.energy", unit="J"
+    )
+    point_attrs = {
+        "http.route": "/ping",
+        "http.request.method": "GET",
+        "http.response.status_code": 200,
+    }
+    current = tracer.start_span("x")
+    with trace.use_span(current, end_on_exit=True):
+        out["Histogram.record(), recording span current"] = per_call_ns(
+            lambda: histogram.record(0.001, point_attrs), number // 4
         )
     return out
 
@@ -569,7 +775,13 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     print()
     print("carbonspan overhead in process (direct ASGI calls)")
     loops = calibrate_spin(args.cpu_ms)
-    otel = Otel()
+    # The tracer provider's Resource carries carbonspan's constant attributes
+    # (the resource detector), so b's spans get only the per-request figures;
+    # e has a plain Resource, so its spans get all of them.
+    resource = detected_resource()
+    otel = Otel(resource=resource)
+    plain = Otel(resource=Resource.create())  # its meter provider is not used
+    otel.others.append(plain)
 
     app_a = build_app(loops)
     FastAPIInstrumentor.instrument_app(
@@ -608,7 +820,42 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     instrument_s = time.perf_counter() - t0
     runtime: Runtime = app_b._carbonspan_runtime  # type: ignore[attr-defined]
     a = Variant("a", "FastAPIInstrumentor", app_a)
-    b = Variant("b", "+ carbonspan", app_b)
+    b = Variant(
+        "b",
+        "+ carbonspan" + (" (resource det.)" if resource is not None else ""),
+        app_b,
+    )
+    others: list[Variant] = []
+    if args.floor:
+        app_d = build_app(loops)
+        FastAPIInstrumentor.instrument_app(
+            app_d,
+            tracer_provider=otel.tracer_provider,
+            meter_provider=otel.meter_provider,
+        )
+        insert_below_span_creator(
+            app_d, lambda inner: SyncFloor(inner, otel.meter_provider)
+        )
+        others.append(Variant("d", "+ synchronous floor", app_d))
+    if resource is not None and args.plain_resource:
+        app_e = build_app(loops)
+        FastAPIInstrumentor.instrument_app(
+            app_e,
+            tracer_provider=plain.tracer_provider,
+            meter_provider=otel.meter_provider,
+        )
+        CodeCarbonInstrumentor().instrument_app(
+            app_e, country_iso_code=COUNTRY, meter_provider=otel.meter_provider
+        )
+        others.append(Variant("e", "+ carbonspan, plain Resource", app_e))
+    if args.control:
+        app_z = build_app(loops)
+        FastAPIInstrumentor.instrument_app(
+            app_z,
+            tracer_provider=otel.tracer_provider,
+            meter_provider=otel.meter_provider,
+        )
+        others.append(Variant("z", "a again (control)", app_z))
 
     # The sampler may start at the first request (or lifespan startup) rather
     # than at instrument time: send one, make sure it runs, then wait for the
@@ -635,7 +882,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 
     # Warm-up (also builds the middleware stacks).
     for path in ("/ping", "/cpu"):
-        for v in (a, b) + ((c,) if c else ()):
+        for v in (a, b, *others) + ((c,) if c else ()):
             n = args.warmup if v is not c else max(3, args.warmup // 20)
             for _ in range(n):
                 _, _, status = await call(v.app, path)
@@ -649,12 +896,23 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     await call(app_b, "/ping")
     if c is not None:
         await call(c.app, "/ping")
+    plain.exporter.clear()
+    for v in others:
+        await call(v.app, "/ping")
     servers = [
-        s for s in otel.exporter.get_finished_spans() if s.kind == SpanKind.SERVER
+        s
+        for o in (otel, *otel.others)
+        for s in o.exporter.get_finished_spans()
+        if s.kind == SpanKind.SERVER
     ]
     energy = [dict(s.attributes or {}).get("codecarbon.energy.total") for s in servers]
-    print(f"  sanity: server spans' codecarbon.energy.total (b, c): {energy}")
+    counts = [len(s.attributes or {}) for s in servers]
+    print(
+        f"  sanity: server spans' codecarbon.energy.total (b, c, others): {energy};"
+        f" attributes per span {counts}"
+    )
     otel.exporter.clear()
+    plain.exporter.clear()
 
     gc.collect()
     gc.freeze()
@@ -665,8 +923,10 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"endpoints": []}
     for path, rounds in (("/ping", args.requests), ("/cpu", args.cpu_requests)):
         t = time.perf_counter()
-        await run_endpoint(path, a, b, c, rounds, args.obvious_every, otel)
-        s = summarize(path, a, b, c)
+        await run_endpoint(
+            path, a, b, c, rounds, args.obvious_every, otel, tuple(others)
+        )
+        s = summarize(path, a, b, c, tuple(others))
         s["seconds"] = time.perf_counter() - t
         results["endpoints"].append(s)
 
@@ -678,7 +938,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 
     for s in results["endpoints"]:
         print_endpoint(s)
-    errors = {v.key: v.errors for v in (a, b) + ((c,) if c else ())}
+    errors = {v.key: v.errors for v in (a, b, *others) + ((c,) if c else ())}
     if any(errors.values()):
         print(f"  non-200 responses: {errors}")
 
@@ -713,15 +973,18 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     print("== request-path pieces (ns per call, median of batches)")
     comp = component_costs(runtime, otel, args.micro_number)
     for name, ns in comp.items():
-        if name == "attribute count":
-            print(f"  {name:<42}{ns:>10.0f}")
+        if name.startswith("attribute count"):
+            print(f"  {name:<52}{ns:>10.0f}")
         else:
-            print(f"  {name:<42}{ns:>10.0f} ns  ({ns / 1000:.2f} µs)")
+            print(f"  {name:<52}{ns:>10.0f} ns  ({ns / 1000:.2f} µs)")
     results["components_ns"] = comp
 
     gc.unfreeze()
     # The live sampler reads psutil too; stop it before timing a fresh one.
     CodeCarbonInstrumentor.uninstrument_app(app_b)
+    for v in others:
+        if getattr(v.app, "_carbonspan_runtime", None) is not None:
+            CodeCarbonInstrumentor.uninstrument_app(v.app)
     print()
     print(f"== sampler (CodeCarbonPowerSource, interval {runtime.sampler.interval} s)")
     sc = sampler_cost(args.sampler_samples, runtime.sampler.interval)
@@ -777,6 +1040,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         }
     )
     otel.tracer_provider.shutdown()
+    plain.tracer_provider.shutdown()
+    plain.meter_provider.shutdown()
     otel.meter_provider.shutdown()
     return results
 
@@ -792,6 +1057,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run variant c (tracker per request) every k-th round; 0 skips it",
     )
     p.add_argument("--cpu-ms", type=float, default=3.0, help="work in /cpu")
+    p.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="leave out variant d (the synchronous floor)",
+    )
+    p.add_argument(
+        "--no-control",
+        dest="control",
+        action="store_false",
+        help="leave out variant z, a second copy of a: the run's noise floor",
+    )
+    p.add_argument(
+        "--no-plain-resource",
+        dest="plain_resource",
+        action="store_false",
+        help="leave out variant e (carbonspan with a plain Resource)",
+    )
     p.add_argument("--warmup", type=int, default=300, help="warm-up requests")
     p.add_argument("--middleware-requests", type=int, default=20_000)
     p.add_argument("--micro-number", type=int, default=40_000)
@@ -832,6 +1115,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="interleaved rounds of the HTTP throughput check; 0 skips it",
     )
     p.add_argument("--http-throughput-seconds", type=float, default=0.5)
+    p.add_argument(
+        "--http-stacks",
+        default="uvloop/httptools,asyncio/h11",
+        help="uvicorn loop/http pairs, comma-separated; the first one also runs "
+        "variant c and the throughput check",
+    )
+    p.add_argument(
+        "--http-idle-seconds",
+        type=float,
+        default=10.0,
+        help="measure b's sampler thread with no traffic for this long; 0 skips",
+    )
     p.add_argument("--quick", action="store_true", help="a ~30 s run (both modes)")
     p.add_argument(
         "--attribution",
@@ -853,6 +1148,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.http_cpu_requests = min(args.http_cpu_requests, 200)
         args.http_throughput_rounds = min(args.http_throughput_rounds, 4)
         args.http_throughput_seconds = min(args.http_throughput_seconds, 0.25)
+        args.http_idle_seconds = min(args.http_idle_seconds, 2.0)
     return args
 
 
@@ -908,8 +1204,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.in_process:
         if loops is None:
             loops = calibrate_spin(args.cpu_ms)
-        results["http"] = http_overhead.run(args, loops, COUNTRY)
-        blocked = blocked or any(results["http"]["server_network_blocked"].values())
+        wanted = [tuple(x.split("/", 1)) for x in args.http_stacks.split(",") if x]
+        stacks = http_overhead.available_stacks(wanted)  # type: ignore[arg-type]
+        results["http_stacks"] = []
+        for i, (loop, http) in enumerate(stacks):
+            # The tracker per request and the throughput check: first stack only.
+            one = http_overhead.run(
+                args,
+                loops,
+                COUNTRY,
+                loop,
+                http,
+                obvious=i == 0,
+                throughput_check=i == 0,
+            )
+            results["http_stacks"].append(one)
+            blocked = blocked or any(one["server_network_blocked"].values())
+        if results["http_stacks"]:
+            results["http"] = results["http_stacks"][0]
     print()
     print(f"total {time.perf_counter() - began:.0f} s")
     if args.json:

@@ -63,6 +63,30 @@ def static_attributes(
     return attrs
 
 
+def missing_from(static: dict[str, Any], resource: Any) -> dict[str, Any]:
+    """The static attributes a span needs, given its Resource.
+
+    A Resource built with `carbonspan.resource.CodeCarbonResourceDetector`
+    carries them for every span of the process, so they need not be set on
+    each span: only those it lacks are (GPU attributes, for instance). If it
+    has any of them with another value (it was built from other settings than
+    the instrumentation's), the span gets them all, so that a span never
+    mixes two descriptions.
+    """
+    on_resource = getattr(resource, "attributes", None) or {}
+    missing = {}
+    for key, value in static.items():
+        theirs = on_resource.get(key, _ABSENT)
+        if theirs is _ABSENT:
+            missing[key] = value
+        elif theirs != value:
+            return static
+    return missing
+
+
+_ABSENT = object()
+
+
 def span_attributes(
     measurement: Measurement, intensity: CarbonIntensity, static: dict[str, Any]
 ) -> dict[str, Any] | None:
@@ -74,9 +98,6 @@ def span_attributes(
     attrs[ENERGY_TOTAL] = total
     attrs[EMISSIONS] = intensity.grams(total)
     attrs[CONCURRENCY] = measurement.concurrency
-    if measurement.attribution != attrs.get(ATTRIBUTION):
-        # cpu_time outside asyncio: this request was charged by time share.
-        attrs[ATTRIBUTION] = measurement.attribution
     for component in COMPONENTS:
         joules = getattr(measurement, component)
         if joules is not None:

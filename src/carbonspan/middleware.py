@@ -128,33 +128,40 @@ class _Request:
         return {**message, "headers": [*message.get("headers", ()), *extra]}
 
     def finish(self) -> None:
+        """Close the window; queue the metric point; set the span attributes.
+
+        The histogram point is only queued here (no SDK call): the sampler
+        thread, or the next collection, records it with this span as context.
+        """
         window, self.window = self.window, None
         assert window is not None
         runtime = self.runtime
+        span = self.span
         try:
             measurement = self.ledger.close(window, monotonic(), not self.excluded)
             if self.excluded:
                 return
-            scope = self.scope
-            route = getattr(scope.get("route"), "path", None)
-            runtime.metrics.record(
-                measurement,
-                route,
-                scope.get("method", ""),
-                self.status,
-                runtime.intensity,
-            )
-            span = self.span
-            if span.is_recording():
-                attributes = runtime.span_attributes(measurement)
-                if attributes is not None:
-                    span.set_attributes(attributes)
+            total = measurement.total
+            if total is not None:
+                scope = self.scope
+                runtime.metrics.record(
+                    total,
+                    getattr(scope.get("route"), "path", None),
+                    scope.get("method", ""),
+                    self.status,
+                    runtime.intensity,
+                    span,
+                )
+                if span.is_recording():
+                    attributes = runtime.span_attributes(measurement, span)
+                    if attributes is not None:
+                        span.set_attributes(attributes)
         except Exception as exc:  # never let measuring hurt the request
             runtime.report(exc)
             return
         if runtime.hook is not None:
             try:
-                runtime.hook(self.span, self.scope, measurement)
+                runtime.hook(span, self.scope, measurement)
             except Exception as exc:
                 runtime.report(exc, "the measurement_hook")
 

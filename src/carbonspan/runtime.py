@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -10,7 +11,12 @@ from opentelemetry import metrics, trace
 from opentelemetry.util.http import get_excluded_urls
 
 from carbonspan import cputime, emissions, policies, sampler
-from carbonspan.attributes import span_attributes, static_attributes
+from carbonspan.attributes import (
+    ATTRIBUTION,
+    missing_from,
+    span_attributes,
+    static_attributes,
+)
 from carbonspan.config import Settings
 from carbonspan.ledger import Measurement
 from carbonspan.metrics import metrics_for
@@ -53,23 +59,42 @@ class Runtime:
         self.ledger = self.sampler.ledger
         self.metrics = metrics_for(settings.meter_provider)
         self.metrics.add(self.ledger, self.intensity)
+        self.sampler.after_tick.append(self.metrics.drain)
         self.excluded = _exclusion(settings)
         self.headers = _header_writer(settings, self.intensity)
         self.hook = settings.measurement_hook
         self.active = True
         self._static: dict[str, Any] | None = None
+        # The last span Resource seen, and the static attributes it lacks.
+        self._on_span: tuple[Any, dict[str, Any]] = (None, {})
         self._throttle = sampler.Throttle()
 
-    def span_attributes(self, measurement: Measurement) -> dict[str, Any] | None:
+    def span_attributes(
+        self, measurement: Measurement, span: Any = None
+    ) -> dict[str, Any] | None:
+        """The attributes for `span`: the request's figures, and the static
+        ones its Resource does not already carry with the same value."""
         static = self._static
         if static is None:
             info = self.sampler.info
             static = static_attributes(
                 self.intensity, info, self.settings.scope, self.settings.attribution
             )
-            if info.measurement:  # hardware known: freeze the static part
-                self._static = static
-        return span_attributes(measurement, self.intensity, static)
+            if not info.measurement:  # hardware not known yet: nothing frozen
+                return span_attributes(measurement, self.intensity, static)
+            self._static = static  # hardware known: freeze the static part
+        resource = getattr(span, "resource", None)
+        if resource is None:  # not an SDK span: all of them
+            on_span = static
+        else:
+            seen, on_span = self._on_span
+            if resource is not seen:
+                on_span = missing_from(static, resource)
+                self._on_span = (resource, on_span)
+        attrs = span_attributes(measurement, self.intensity, on_span)
+        if attrs is not None and measurement.attribution != self.settings.attribution:
+            attrs[ATTRIBUTION] = measurement.attribution  # this request fell back
+        return attrs
 
     def report(self, exc: BaseException, what: str = "measuring a request") -> None:
         """Log a failure on the request path: once, then at most once a minute."""
@@ -84,6 +109,7 @@ class Runtime:
         periodic metric reader still holds would be lost.
         """
         self.sampler.sample()
+        self.metrics.drain()
         providers = [self.settings.meter_provider or metrics.get_meter_provider()]
         providers.append(self.settings.tracer_provider or trace.get_tracer_provider())
         for provider in providers:
@@ -97,6 +123,9 @@ class Runtime:
     def close(self) -> None:
         if self.active:
             self.active = False
+            with contextlib.suppress(ValueError):
+                self.sampler.after_tick.remove(self.metrics.drain)
+            self.metrics.drain()  # what this instrumentation's requests queued
             self.metrics.remove(self.ledger)
             sampler.release(self.sampler)
             if self.timed:

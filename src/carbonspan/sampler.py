@@ -19,6 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable
+from typing import Any
 
 from carbonspan.ledger import Ledger
 from carbonspan.source import HardwareInfo, PowerSource
@@ -88,6 +89,9 @@ class Sampler:
         self.reads = 0  # reads that succeeded
         self.faults: dict[str, int] = {}  # fault kind -> how many so far
         self.info = HardwareInfo()
+        #: Called by the thread after each reading (the metrics' deferred
+        #: records); failures are logged like the source's.
+        self.after_tick: list[Callable[[], Any]] = []
         _live.add(self)
 
     @property
@@ -142,6 +146,16 @@ class Sampler:
         while not stop.is_set():
             began = time.monotonic()
             self.sample()
+            for callback in list(self.after_tick):
+                try:
+                    callback()
+                except Exception as exc:
+                    if self._throttle.allow("after_tick"):
+                        _log.warning(
+                            "carbonspan: recording the queued request metrics "
+                            "failed. Logged at most once a minute.",
+                            exc_info=exc,
+                        )
             stop.wait(max(0.0, interval - (time.monotonic() - began)))
             interval = self.interval
 
