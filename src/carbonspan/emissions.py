@@ -156,17 +156,21 @@ def regions(country_iso_code: str) -> tuple[str, ...]:
 
     data = DataSource()
     country = country_iso_code.upper()
-    if country == "USA":
-        names = data.get_country_emissions_data("usa")
-    elif country == "CAN":
-        names = data.get_country_energy_mix_data("can")
-    elif country == "CHN":
-        provinces = data.get_china_provincial_emissions_data()["data"].values()
-        names = [name for p in provinces for name in p["names"]]
-    elif country in _NORDIC_PREFIX:
-        zones = data.get_nordic_country_energy_mix_data()["data"]
-        names = [z for z in zones if z.startswith(_NORDIC_PREFIX[country])]
-    else:
+    try:
+        if country == "USA":
+            names = list(data.get_country_emissions_data("usa"))
+        elif country == "CAN":
+            names = list(data.get_country_energy_mix_data("can"))
+        elif country == "CHN":
+            provinces = data.get_china_provincial_emissions_data()["data"].values()
+            names = [name for p in provinces for name in p["names"]]
+        elif country in _NORDIC_PREFIX:
+            zones = data.get_nordic_country_energy_mix_data()["data"]
+            names = [z for z in zones if z.startswith(_NORDIC_PREFIX[country])]
+        else:
+            return ()
+    except (AttributeError, KeyError, OSError, TypeError):  # an older CodeCarbon
+        _log.debug("carbonspan: no regional data for %s", country, exc_info=True)
         return ()
     return tuple(sorted(str(n) for n in names if not str(n).startswith("_")))
 
