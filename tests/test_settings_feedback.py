@@ -179,7 +179,8 @@ def test_no_region_attribute_without_a_region(
         ({"country_iso_code": "CAN", "region": "atlantis"},
          "region: 'atlantis' is not a CAN region CodeCarbon knows"),
         ({"country_iso_code": "SWE", "region": "SE9"},
-         "region: 'SE9' is not a SWE region CodeCarbon knows; accepted: SE1, SE2"),
+         "region: 'SE9' is not a SWE region CodeCarbon knows; accepted: SE1, SE2, "
+         "SE3, SE4"),
         ({"country_iso_code": "DEU", "region": "bavaria"},
          "region: CodeCarbon has no figures by region for DEU"),
         ({"region": "california"}, "region: needs country_iso_code too"),
@@ -266,3 +267,14 @@ def test_bad_env_values_are_quoted_as_given(
 )  # fmt: skip
 def test_range_bounds_are_accepted(name: str, value: object) -> None:
     assert getattr(Settings.load({name: value}, environ={}), name) == float(value)  # type: ignore[arg-type]
+
+
+def test_a_short_list_of_regions_is_given_whole() -> None:
+    with pytest.raises(ValueError) as info:
+        Settings.load({"country_iso_code": "SWE", "region": "SE9"}, environ={})
+    assert str(info.value) == (
+        "region: 'SE9' is not a SWE region CodeCarbon knows; accepted: SE1, SE2, "
+        "SE3, SE4"
+    )
+    s = Settings.load({"country_iso_code": "swe", "region": "se3"}, environ={})
+    assert resolve(country_iso_code=s.country_iso_code, region=s.region).region == "SE3"

@@ -242,9 +242,10 @@ def _check_region(country: str | None, region: str | None) -> None:
                 f"unset to use {country}'s figure"
             )
         if emissions.region_key(country, region) is None:
+            more = f", ... ({len(known)} in all)" if len(known) > 6 else ""
             raise ValueError(
                 f"region: {region!r} is not a {country} region CodeCarbon knows; "
-                f"accepted: {', '.join(known[:6])}, ... ({len(known)} in all)"
+                f"accepted: {', '.join(known[:6])}{more}"
             )
 
 
