@@ -13,17 +13,23 @@ from carbonspan.testing import ConstantPowerSource
 
 BAD_KWARGS = [
     ("scope", "galaxy", "process, machine"),
-    ("sample_interval", 0, "(0, 60]"),
-    ("sample_interval", -1.5, "(0, 60]"),
+    ("sample_interval", 0, "[0.01, 60]"),
+    ("sample_interval", -1.5, "[0.01, 60]"),
+    ("sample_interval", 1e-9, "[0.01, 60]"),
+    ("sample_interval", 60.5, "[0.01, 60]"),
     ("sample_interval", "soon", "number"),
+    ("sample_interval", "1_0", "number"),
     ("country_iso_code", "XXX", "ISO 3166-1 alpha-3"),
     ("country_iso_code", "", "non-empty"),
-    ("carbon_intensity", -3, ">= 0"),
+    ("carbon_intensity", -3, "[0, 2000]"),
+    ("carbon_intensity", 1e308, "[0, 2000]"),
+    ("carbon_intensity", "4_75", "number"),
     ("carbon_intensity", float("nan"), "finite"),
     ("cloud_provider", "ibm", "aws, azure, gcp"),
     ("attribution", "random", "time_share"),
     ("excluded_urls", "([", "regex"),
     ("excluded_urls", 42, "regexes"),
+    ("response_headers", "maybe", "'maybe' is not accepted"),
     ("power_source", object(), "read() and describe()"),
 ]
 
@@ -77,6 +83,34 @@ def test_cloud_region_needs_a_known_provider_region() -> None:
     assert (s.cloud_provider, s.cloud_region) == ("aws", "eu-west-3")
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "env", "from_env"),
+    [
+        ({"cloud_region": "nowhere"}, {"CARBONSPAN_CLOUD_PROVIDER": "gcp"},
+         "cloud_provider came from CARBONSPAN_CLOUD_PROVIDER='gcp'"),
+        ({"cloud_provider": "gcp"}, {"CARBONSPAN_CLOUD_REGION": "nowhere"},
+         "cloud_region came from CARBONSPAN_CLOUD_REGION='nowhere'"),
+    ],
+)  # fmt: skip
+def test_a_cloud_keyword_raises_even_with_its_partner_from_the_env(
+    kwargs: dict[str, str],
+    env: dict[str, str],
+    from_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from apps import build_app
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    app = build_app()
+    with pytest.raises(ValueError) as info:
+        CodeCarbonInstrumentor().instrument_app(app, **kwargs)
+    message = str(info.value)
+    assert message.startswith("cloud_region: 'nowhere' is not a gcp region")
+    assert message.endswith(from_env)
+    assert not hasattr(app, "_carbonspan_runtime")
+
+
 def test_bad_cloud_region_from_env_is_logged_not_raised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -84,7 +118,24 @@ def test_bad_cloud_region_from_env_is_logged_not_raised(
     with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
         s = Settings.load({}, environ=env)
     assert s.cloud_provider is None and s.cloud_region is None
-    assert "mars-1" in caplog.text
+    (record,) = caplog.records
+    assert record.getMessage().startswith(
+        "carbonspan: ignoring CARBONSPAN_CLOUD_PROVIDER='gcp' and "
+        "CARBONSPAN_CLOUD_REGION='mars-1': cloud_region: 'mars-1' is not a gcp region"
+    )
+
+
+def test_env_cloud_error_names_only_the_variables_set(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
+        s = Settings.load({}, environ={"CARBONSPAN_CLOUD_REGION": "europe-west1"})
+    assert s.cloud_region is None
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "CARBONSPAN_CLOUD_REGION='europe-west1'" in message
+    assert "needs cloud_provider" in message
+    assert "CARBONSPAN_CLOUD_PROVIDER" not in message
 
 
 def test_gcp_region_gives_the_cloud_factor_and_its_country() -> None:

@@ -180,7 +180,7 @@ def test_power_source_fault_is_absorbed_by_the_sampler(
     fault = make() if isinstance(make, type) else make
     source = FaultySource()
     app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.005)
+    runtime = instrument(app, otel, power_source=source, sample_interval=0.01)
     wait_ready(runtime, readings=3)
     with caplog.at_level(logging.WARNING, logger="carbonspan"):
         source.fault = fault  # type: ignore[assignment]

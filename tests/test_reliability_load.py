@@ -68,7 +68,7 @@ class Churn(threading.Thread):
             # Our own MeterProvider: instruments shared with the app under load.
             "meter_provider": self.otel.meter_provider,
             "power_source": ConstantPowerSource(cpu=1.0),
-            "sample_interval": 0.005,
+            "sample_interval": 0.01,
         }
         if variant == 1:
             settings["attribution"] = "cpu_time"  # patches anyio.to_thread
@@ -102,7 +102,7 @@ def test_500_concurrent_requests_while_other_apps_are_instrumented(
     assert len(MIX) == 500
     source = ConstantPowerSource(cpu=10.0, ram=2.0)
     app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.005)
+    runtime = instrument(app, otel, power_source=source, sample_interval=0.01)
     wait_ready(runtime)
     other_otel = Otel()
     churners = [
@@ -190,7 +190,7 @@ def test_soak_memory_threads_and_ledger_stay_flat() -> None:
         source="constant",
         span_creator="minimal",
         framework="starlette",
-        interval=0.005,
+        interval=0.01,
     )
     assert result["statuses"] == {200: 17_600, 500: 2_200, 404: 2_200}
     assert result["server_spans"] == 22_000

@@ -20,6 +20,7 @@ MEASUREMENT = {c: f"codecarbon.measurement.{c}" for c in COMPONENTS}
 EMISSIONS = "codecarbon.emissions"
 CARBON_INTENSITY = "codecarbon.carbon_intensity"
 COUNTRY = "codecarbon.country.iso_code"
+REGION = "codecarbon.region"
 CLOUD_PROVIDER = "codecarbon.cloud.provider"
 CLOUD_REGION = "codecarbon.cloud.region"
 LOCATION_SOURCE = "codecarbon.location.source"
@@ -51,6 +52,7 @@ def static_attributes(
     }
     optional = {
         COUNTRY: intensity.country_iso_code,
+        REGION: intensity.region,
         CLOUD_PROVIDER: intensity.cloud_provider,
         CLOUD_REGION: intensity.cloud_region,
         CPU_MODEL: info.cpu_model,

@@ -4,11 +4,15 @@ A bad keyword argument raises `ValueError` naming the setting and what it
 accepts. A bad environment value is logged and the default is used instead,
 so a typo in a deployment's environment never stops the service (this is
 also what happens under `opentelemetry-instrument`, where settings come from
-the environment only).
+the environment only). The checks that involve two settings (`cloud_region`
+with `cloud_provider`, `region` with `country_iso_code`) raise as soon as one
+of the two is a keyword argument. An unknown `CARBONSPAN_*` variable is
+warned about once, with the closest known name.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 import math
@@ -29,6 +33,13 @@ ATTRIBUTIONS = tuple(POLICIES)
 HEADER_FIELDS = ("energy", "emissions", "duration")
 HEADER_FORMATS = ("x-codecarbon", "server-timing", "both")
 ENV_PREFIX = "CARBONSPAN_"
+#: sample_interval bounds, in seconds. Below 10 ms the sampler thread costs
+#: more CPU than the requests it measures; above a minute it hardly follows.
+MIN_INTERVAL, MAX_INTERVAL = 0.01, 60.0
+#: carbon_intensity bound, g CO2eq/kWh: above every grid in CodeCarbon's
+#: tables (the highest, Turkmenistan, is about 1306), so what is higher is a
+#: unit mistake (see docs/decisions.md).
+MAX_INTENSITY = 2000.0
 #: Settings that only keyword arguments can give (objects, not text).
 OBJECT_SETTINGS = (
     "power_source",
@@ -70,8 +81,9 @@ class Settings:
                 f"unknown setting(s) {', '.join(sorted(unknown))}; "
                 f"accepted: {', '.join(sorted(_NAMES))}"
             )
+        _warn_unknown_env(environ)
         values: dict[str, Any] = {}
-        from_env: set[str] = set()
+        from_env: dict[str, str] = {}  # setting -> the raw variable it came from
         for name, parse in _PARSERS.items():
             if name in kwargs and kwargs[name] is not None:
                 values[name] = parse(name, kwargs[name])
@@ -81,7 +93,7 @@ class Settings:
                 continue
             try:
                 values[name] = parse(name, raw)
-                from_env.add(name)
+                from_env[name] = raw
             except ValueError as exc:
                 _env_error(name, raw, exc)
         for name in OBJECT_SETTINGS:
@@ -112,15 +124,8 @@ class Settings:
                 "power_source: expected an object with read() and describe() "
                 f"(the carbonspan.PowerSource protocol), got {values['power_source']!r}"
             )
-        try:
-            _check_cloud(values.get("cloud_provider"), values.get("cloud_region"))
-        except ValueError as exc:
-            if not {"cloud_provider", "cloud_region"} & from_env:
-                raise
-            # Environment only: log, and go on without the cloud location.
-            _env_error("cloud_region", values.get("cloud_region"), exc)
-            values.pop("cloud_provider", None)
-            values.pop("cloud_region", None)
+        _check_pair(values, from_env, ("cloud_provider", "cloud_region"), _check_cloud)
+        _check_pair(values, from_env, ("country_iso_code", "region"), _check_region)
         return cls(**values)
 
 
@@ -132,6 +137,77 @@ def _env_error(name: str, raw: Any, exc: ValueError) -> None:
         raw,
         exc,
     )
+
+
+_warned_env: set[str] = set()
+
+
+def _warn_unknown_env(environ: Mapping[str, str]) -> None:
+    """Warn, once per process and name, about `CARBONSPAN_*` names we do not read."""
+    known = sorted(ENV_PREFIX + name.upper() for name in _PARSERS)
+    for var in environ:
+        if not var.startswith(ENV_PREFIX) or var in known or var in _warned_env:
+            continue
+        _warned_env.add(var)
+        setting = var[len(ENV_PREFIX) :].lower()
+        if setting in OBJECT_SETTINGS:
+            hint = f"{setting} is a Python object, given as a keyword argument only"
+        else:
+            close = difflib.get_close_matches(setting, _PARSERS, n=1, cutoff=0.6)
+            hint = (
+                f"did you mean {ENV_PREFIX}{close[0].upper()}?"
+                if close
+                else "no setting has that name"
+            )
+        _log.warning(
+            "carbonspan: %s is not a carbonspan setting and is ignored; %s",
+            var,
+            hint,
+        )
+
+
+def _check_pair(
+    values: dict[str, Any],
+    from_env: Mapping[str, str],
+    names: tuple[str, str],
+    check: Callable[[Any, Any], None],
+) -> None:
+    """A check on two settings (the second refines the first).
+
+    If either value is a keyword argument, a failure raises `ValueError`: the
+    mistake is in the code. If both come from the environment, it is logged,
+    naming the variables actually set, and the settings are dropped: both for
+    the cloud pair, only the refinement (`region`) for the country pair.
+    """
+    first, second = names
+    try:
+        check(values.get(first), values.get(second))
+    except ValueError as exc:
+        given = [n for n in names if values.get(n) is not None]
+        env = [n for n in given if n in from_env]
+        if len(env) < len(given):
+            if env:  # say which half came from the environment
+                origin = ", ".join(f"{n} came from {_var(n, from_env[n])}" for n in env)
+                raise ValueError(f"{exc}; {origin}") from None
+            raise
+        dropped = given if first == "cloud_provider" else [second]
+        context = "".join(
+            f" (with {ENV_PREFIX}{n.upper()} set to {from_env[n]!r})"
+            for n in given
+            if n not in dropped
+        )
+        _log.error(
+            "carbonspan: ignoring %s%s: %s; using the default",
+            " and ".join(_var(n, from_env[n]) for n in dropped),
+            context,
+            exc,
+        )
+        for name in dropped:
+            values.pop(name, None)
+
+
+def _var(name: str, raw: str) -> str:
+    return f"{ENV_PREFIX}{name.upper()}={raw!r}"
 
 
 def _check_cloud(provider: str | None, region: str | None) -> None:
@@ -149,6 +225,28 @@ def _check_cloud(provider: str | None, region: str | None) -> None:
             raise ValueError(
                 f"cloud_region: {region!r} is not a {provider} region CodeCarbon "
                 f"knows; accepted: {sample}, ... ({len(known)} in all)"
+            )
+
+
+def _check_region(country: str | None, region: str | None) -> None:
+    if region and not country:
+        raise ValueError(
+            "region: needs country_iso_code too (a region is looked up within "
+            "a country)"
+        )
+    if country and region:
+        known = emissions.regions(country)
+        if not known:
+            raise ValueError(
+                f"region: CodeCarbon has no figures by region for {country} (it has "
+                f"for {', '.join(emissions.REGIONAL_COUNTRIES)}); leave region "
+                f"unset to use {country}'s figure"
+            )
+        if emissions.region_key(country, region) is None:
+            more = f", ... ({len(known)} in all)" if len(known) > 6 else ""
+            raise ValueError(
+                f"region: {region!r} is not a {country} region CodeCarbon knows; "
+                f"accepted: {', '.join(known[:6])}{more}"
             )
 
 
@@ -179,7 +277,8 @@ def _cloud_provider(name: str, value: Any) -> str:
 
 
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool):
+    # float() also takes "1_0" (as 10): not a way anyone writes a setting.
+    if isinstance(value, bool) or (isinstance(value, str) and "_" in value):
         raise ValueError(f"{name}: expected a number, got {value!r}")
     try:
         number = float(value)
@@ -192,15 +291,20 @@ def _number(name: str, value: Any) -> float:
 
 def _intensity(name: str, value: Any) -> float:
     number = _number(name, value)
-    if number < 0:
-        raise ValueError(f"{name}: expected g CO2eq/kWh >= 0, got {value!r}")
+    if not 0 <= number <= MAX_INTENSITY:
+        raise ValueError(
+            f"{name}: expected g CO2eq/kWh in [0, {MAX_INTENSITY:g}], got {value!r}"
+        )
     return number
 
 
 def _interval(name: str, value: Any) -> float:
     number = _number(name, value)
-    if not 0 < number <= 60:
-        raise ValueError(f"{name}: expected seconds in (0, 60], got {value!r}")
+    if not MIN_INTERVAL <= number <= MAX_INTERVAL:
+        raise ValueError(
+            f"{name}: expected seconds in [{MIN_INTERVAL:g}, {MAX_INTERVAL:g}], "
+            f"got {value!r}"
+        )
     return number
 
 
@@ -238,6 +342,7 @@ def _excluded(name: str, value: Any) -> re.Pattern[str] | None:
 
 
 def _headers(name: str, value: Any) -> tuple[str, ...]:
+    given = value
     if isinstance(value, str):
         text = value.strip().lower()
         if text in ("true", "1", "yes", "on"):
@@ -252,7 +357,7 @@ def _headers(name: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)) and all(f in HEADER_FIELDS for f in value):
         return tuple(f for f in HEADER_FIELDS if f in value)
     raise ValueError(
-        f"{name}: {value!r} is not accepted; use True, False or a list of "
+        f"{name}: {given!r} is not accepted; use True, False or a list of "
         f"{', '.join(HEADER_FIELDS)}"
     )
 

@@ -1,19 +1,29 @@
 """Carbon intensity (g CO2eq/kWh), resolved once, offline, from CodeCarbon's data.
 
 Order: explicit `carbon_intensity` -> `cloud_provider` + `cloud_region` ->
-`country_iso_code` (+ `region`) -> CodeCarbon's world average.
+`country_iso_code` (+ `region`) -> CodeCarbon's world average. The choice is
+logged once, at INFO, with the reason for it.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 from dataclasses import dataclass
 
 _log = logging.getLogger(__name__)
 
 JOULES_PER_KWH = 3.6e6
 CLOUD_PROVIDERS = ("aws", "azure", "gcp")
+#: Countries for which CodeCarbon has figures per region (state, province or
+#: bidding zone); elsewhere it has one figure per country.
+REGIONAL_COUNTRIES = ("CAN", "CHN", "FIN", "NOR", "SWE", "USA")
+_NORDIC_PREFIX = {"SWE": "SE", "NOR": "NO", "FIN": "FI"}
+# CodeCarbon's normalisation of Chinese province names (codecarbon.core.emissions).
+_CHINA_SUFFIX = re.compile(
+    r"\s+(autonomous region|municipality|province|sheng|shi|zizhiqu)$"
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,35 @@ class CarbonIntensity:
         """g CO2eq emitted by `joules` of electricity."""
         return joules / JOULES_PER_KWH * self.g_per_kwh
 
+    def explain(self) -> str:
+        """One line: the factor, and which setting (or the lack of one) chose it."""
+        factor = f"carbon intensity {self.g_per_kwh:.6g} g CO2eq/kWh"
+        if self.source == "config":
+            return f"{factor}, from the carbon_intensity setting"
+        if self.source == "cloud":
+            return (
+                f"{factor}, CodeCarbon's figure for {self.cloud_provider} region "
+                f"{self.cloud_region}"
+            )
+        note = ""
+        if self.cloud_provider and self.cloud_region:
+            note = (
+                f" (CodeCarbon has no figure for {self.cloud_provider} region "
+                f"{self.cloud_region})"
+            )
+        elif self.cloud_provider:
+            note = f" (cloud_provider {self.cloud_provider} without cloud_region)"
+        if self.source == "country":
+            place = str(self.country_iso_code)
+            if self.region:
+                place += f" region {self.region}"
+            return f"{factor}, CodeCarbon's figure for the electricity of {place}{note}"
+        return (
+            f"{factor}, CodeCarbon's world average: no carbon_intensity or "
+            f"country_iso_code is set{note}; set country_iso_code (or "
+            "carbon_intensity) for the local grid"
+        )
+
 
 def resolve(
     *,
@@ -40,7 +79,36 @@ def resolve(
     country_iso_code: str | None = None,
     region: str | None = None,
 ) -> CarbonIntensity:
-    """The factor to use, from the most specific setting given."""
+    """The factor to use, from the most specific setting given; logged at INFO."""
+    intensity = _resolve(
+        carbon_intensity=carbon_intensity,
+        cloud_provider=cloud_provider,
+        cloud_region=cloud_region,
+        country_iso_code=country_iso_code,
+        region=region,
+    )
+    _log.info("carbonspan: %s", intensity.explain())
+    return intensity
+
+
+def _resolve(
+    *,
+    carbon_intensity: float | None,
+    cloud_provider: str | None,
+    cloud_region: str | None,
+    country_iso_code: str | None,
+    region: str | None,
+) -> CarbonIntensity:
+    if region is not None:
+        key = region_key(country_iso_code, region) if country_iso_code else None
+        if key is None:  # settings refuse this; a direct call only gets a warning
+            _log.warning(
+                "carbonspan: region %r is not one CodeCarbon has a figure for in "
+                "%s; it is not used",
+                region,
+                country_iso_code,
+            )
+        region = key
     where = {
         "country_iso_code": country_iso_code,
         "region": region,
@@ -79,6 +147,44 @@ def _country_factor(country_iso_code: str, region: str | None) -> float:
     emissions = Emissions(DataSource())
     geo = GeoMetadata(country_iso_code=country_iso_code, region=region)
     return _kwh_grams(lambda e: emissions.get_private_infra_emissions(e, geo))
+
+
+@functools.cache
+def regions(country_iso_code: str) -> tuple[str, ...]:
+    """The regions CodeCarbon has a figure for within a country; () if none."""
+    from codecarbon.input import DataSource
+
+    data = DataSource()
+    country = country_iso_code.upper()
+    try:
+        if country == "USA":
+            names = list(data.get_country_emissions_data("usa"))
+        elif country == "CAN":
+            names = list(data.get_country_energy_mix_data("can"))
+        elif country == "CHN":
+            provinces = data.get_china_provincial_emissions_data()["data"].values()
+            names = [name for p in provinces for name in p["names"]]
+        elif country in _NORDIC_PREFIX:
+            zones = data.get_nordic_country_energy_mix_data()["data"]
+            names = [z for z in zones if z.startswith(_NORDIC_PREFIX[country])]
+        else:
+            return ()
+    except (AttributeError, KeyError, OSError, TypeError):  # an older CodeCarbon
+        _log.debug("carbonspan: no regional data for %s", country, exc_info=True)
+        return ()
+    return tuple(sorted(str(n) for n in names if not str(n).startswith("_")))
+
+
+def region_key(country_iso_code: str, region: str) -> str | None:
+    """`region` as CodeCarbon looks it up in `country_iso_code`, or None if unknown."""
+    country = country_iso_code.upper()
+    if country in _NORDIC_PREFIX:
+        key = region.strip().upper()
+    elif country == "CHN":
+        key = _CHINA_SUFFIX.sub("", " ".join(region.lower().split()))
+    else:
+        key = region.strip().lower()
+    return key if key in regions(country) else None
 
 
 @functools.lru_cache(maxsize=1)
