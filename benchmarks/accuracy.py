@@ -37,7 +37,7 @@ mixed      8 clients: sleepers, async and sync (thread pool) CPU burners,
            kernel waiters
 streaming  4 clients, 4-12 chunks of 0.5-3 ms of CPU, 5-25 ms apart
 burst      50 concurrent requests sent the moment the server accepts
-           connections, 10-40 ms of CPU, half with a 10-50 ms kernel
+           connections, 1-8 ms of CPU, half with a 5-30 ms kernel
 
 Each workload x policy runs in a fresh server, which reports its truth and the
 spans' ``codecarbon.energy.*`` attributes at the end. For each component:
@@ -165,6 +165,9 @@ class Truth:
         self._kt = self.t0
         self.records: list[Record] = []
         self._ids = 0
+        # What no request is charged: drawn while none is in flight.
+        self.idle = {"cpu": 0.0, "ram": 0.0, "seconds": 0.0, "cpu_seconds": 0.0}
+        self.busy_seconds = 0.0
 
     # PowerSource
     def read(self) -> Any:
@@ -200,15 +203,40 @@ class Truth:
             own += used
         x = time.process_time()
         n = len(self._open)
-        if n and now > self._t:
+        if now > self._t:
             rest = (x - self._x) - own
-            cpu = (BASE_W * (now - self._t) + CPU_W * rest) / n
-            ram = step_energy(self._t - self.t0, now - self.t0) / n
-            for record in self._open.values():
-                record.cpu += cpu
-                record.ram += ram
+            cpu = BASE_W * (now - self._t) + CPU_W * rest
+            ram = step_energy(self._t - self.t0, now - self.t0)
+            if n:
+                self.busy_seconds += now - self._t
+                for record in self._open.values():
+                    record.cpu += cpu / n
+                    record.ram += ram / n
+            else:
+                self.idle["cpu"] += cpu
+                self.idle["ram"] += ram
+                self.idle["seconds"] += now - self._t
+                self.idle["cpu_seconds"] += rest
         self._t, self._x = now, x
         return now
+
+    def books(self) -> dict[str, float]:
+        """Source's joules - (sum of the truth + idle joules), per component:
+        0 up to rounding if the truth accounts for every joule."""
+        with self._lock:
+            self._advance()
+            now, x = self._t, self._x
+            drawn = {
+                "cpu": BASE_W * (now - self.t0) + CPU_W * (x - self.x0),
+                "ram": step_energy(0.0, now - self.t0),
+                "gpu": GPU_W
+                * (self._kernel_seconds + self._kernels * (now - self._kt)),
+            }
+            out = {}
+            for name, joules in drawn.items():
+                true = sum(getattr(r, name) for r in self.records)
+                out[name] = joules - true - self.idle.get(name, 0.0)
+            return out
 
     def open(self, kind: str, span_id: int) -> Record:
         with self._lock:
@@ -393,10 +421,14 @@ def build_app(policy: str, interval: float) -> Any:
         return {
             "carbonspan": carbonspan.__file__,
             "blocked": list(NETWORK.blocked),
+            "books": truth.books(),
+            "idle": truth.idle,
+            "busy_seconds": truth.busy_seconds,
             "requests": [
                 {
                     "id": r.id,
                     "kind": r.kind,
+                    "start": r.start - truth.t0,
                     "duration": (r.end or r.start) - r.start,
                     "closed": r.end is not None,
                     "own_cpu": r.own_cpu,
@@ -605,8 +637,8 @@ def run_burst(server: Server, quick: bool) -> None:
     rng = random.Random(5)
     paths = []
     for _ in range(50):
-        gpu = ms(rng, 10, 50) if rng.random() < 0.5 else 0.0
-        paths.append(f"/work?cpu={ms(rng, 10, 40)}&gpu={gpu}")
+        gpu = ms(rng, 5, 30) if rng.random() < 0.5 else 0.0
+        paths.append(f"/work?cpu={ms(rng, 1, 8)}&gpu={gpu}")
     go = threading.Event()
     errors: list[BaseException] = []
 
@@ -647,10 +679,22 @@ class Run:
     policy: str
     carbonspan: str
     blocked: list[str]
+    books: dict[str, float]  # the truth's own check: source - truth - idle (J)
+    idle: dict[str, float]  # the truth's idle joules and seconds
+    busy_seconds: float
     requests: list[dict[str, Any]] = field(default_factory=list)
 
+    def true_watts(self, component: str) -> tuple[float, float]:
+        """The true mean power while no request was in flight, and while any
+        was."""
+        idle = self.idle[component] / max(self.idle["seconds"], 1e-9)
+        busy = sum(r["true"][component] for r in self.requests)
+        return idle, busy / max(self.busy_seconds, 1e-9)
 
-def run_one(label: str, src: str | None, workload: str, policy: str, quick: bool) -> Run:
+
+def run_one(
+    label: str, src: str | None, workload: str, policy: str, quick: bool
+) -> Run:
     server = Server(policy, src, limit=120.0)
     try:
         RUNNERS[workload](server, quick)
@@ -659,7 +703,15 @@ def run_one(label: str, src: str | None, workload: str, policy: str, quick: bool
     finally:
         server.stop()
     return Run(
-        label, workload, policy, data["carbonspan"], data["blocked"], data["requests"]
+        label,
+        workload,
+        policy,
+        data["carbonspan"],
+        data["blocked"],
+        data["books"],
+        data["idle"],
+        data["busy_seconds"],
+        data["requests"],
     )
 
 
@@ -685,8 +737,20 @@ def reported(request: dict[str, Any], component: str) -> float | None:
     return None if value is None else float(value)
 
 
-def stats(run: Run, component: str) -> Stats | None:
-    requests = [r for r in run.requests if r["closed"]]
+Select = Callable[[dict[str, Any]], bool]
+#: Rows of the table: (workload, component, name, which requests).
+SUBSETS: dict[str, list[tuple[str, Select]]] = {
+    "mixed": [
+        ("burners", lambda r: r["own_cpu"] > 0),
+        ("waiters", lambda r: r["own_cpu"] == 0),
+    ],
+}
+
+
+def stats(run: Run, component: str, select: Select | None = None) -> Stats | None:
+    requests = [
+        r for r in run.requests if r["closed"] and (select is None or select(r))
+    ]
     if not any(r["true"][component] > 0 for r in requests):
         return None
     ratios: list[float] = []
@@ -728,7 +792,7 @@ def quantile(ordered: list[float], q: float) -> float:
 
 
 def fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
+    return "-" if value is None else f"{value:.2f}"
 
 
 def table(runs: list[Run], label: str) -> str:
@@ -739,28 +803,35 @@ def table(runs: list[Run], label: str) -> str:
         head += f" {policy}: sum | p10 / median / p90 | 0 J / none |"
         rule += "---|---|---|"
     lines = [head, rule]
+    rows: list[tuple[str, str, Select | None]] = []
     for workload in WORKLOADS:
         for component in COMPONENTS:
-            cells = []
-            count = 0
-            for policy in POLICIES:
-                run = by.get((workload, policy))
-                s = stats(run, component) if run is not None else None
-                if s is None:
-                    cells.append(None)
-                    continue
+            rows.append((workload, component, None))
+            if component == "cpu":
+                rows += [
+                    (f"{workload}: {name}", component, select)
+                    for name, select in SUBSETS.get(workload, [])
+                ]
+    for name, component, select in rows:
+        workload = name.split(":")[0]
+        cells: list[Stats | None] = []
+        count = 0
+        for policy in POLICIES:
+            run = by.get((workload, policy))
+            s = stats(run, component, select) if run is not None else None
+            if s is not None:
                 count = max(count, s.requests)
-                cells.append(s)
-            if all(c is None for c in cells):
+            cells.append(s)
+        if all(c is None for c in cells):
+            continue
+        line = f"| {name} | {component} | {count} |"
+        for c in cells:
+            if c is None:
+                line += " | | |"
                 continue
-            line = f"| {workload} | {component} | {count} |"
-            for s in cells:
-                if s is None:
-                    line += " | | |"
-                    continue
-                spread = f"{fmt(s.p10)} / {fmt(s.median)} / {fmt(s.p90)}"
-                line += f" {fmt(s.sum_ratio)} | {spread} | {s.zeros} / {s.none} |"
-            lines.append(line)
+            spread = f"{fmt(c.p10)} / {fmt(c.median)} / {fmt(c.p90)}"
+            line += f" {fmt(c.sum_ratio)} | {spread} | {c.zeros} / {c.none} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -781,6 +852,15 @@ def gpu_elsewhere(runs: list[Run], label: str) -> str:
     return ", ".join(parts)
 
 
+#: The picture's columns: (title, component, workloads).
+PANELS: list[tuple[str, str, tuple[str, ...]]] = [
+    ("cpu, sporadic", "cpu", ("sporadic",)),
+    ("cpu, concurrent workloads", "cpu", ("steady", "mixed", "streaming", "burst")),
+    ("ram (steps), all workloads", "ram", WORKLOADS),
+    ("gpu (bursts), all workloads", "gpu", WORKLOADS),
+]
+
+
 def plot(runs: list[Run], path: str) -> None:
     import matplotlib
 
@@ -791,77 +871,83 @@ def plot(runs: list[Run], path: str) -> None:
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
     markers = ["o", "x", "s", "^"]
     fig, axes = plt.subplots(
-        len(POLICIES), len(COMPONENTS), figsize=(13, 8.5), squeeze=False
+        len(POLICIES), len(PANELS), figsize=(17, 8.5), squeeze=False
     )
-    floor = 1e-4
     for i, policy in enumerate(POLICIES):
-        for j, component in enumerate(COMPONENTS):
+        for j, (title, component, workloads) in enumerate(PANELS):
             ax = axes[i][j]
-            low, high = math.inf, 0.0
-            for k, label in enumerate(labels):
+            points: dict[str, tuple[list[float], list[float]]] = {}
+            for label in labels:
                 xs: list[float] = []
                 ys: list[float] = []
-                zx: list[float] = []
                 for run in runs:
-                    if run.label != label or run.policy != policy:
+                    if (run.label, run.policy) != (label, policy):
+                        continue
+                    if run.workload not in workloads:
                         continue
                     for r in run.requests:
                         truth = r["true"][component]
                         value = reported(r, component)
-                        if truth <= 0 or value is None:
-                            continue
-                        low, high = min(low, truth), max(high, truth)
-                        if value <= 0:
-                            zx.append(truth)
-                        else:
+                        if truth > 0 and value is not None:
                             xs.append(truth)
                             ys.append(value)
+                points[label] = (xs, ys)
+            every = [x for xs, _ in points.values() for x in xs]
+            positive = [y for _, ys in points.values() for y in ys if y > 0]
+            if not every:
+                ax.set_visible(False)
+                continue
+            low, high = min(every), max(every)
+            floor = min([*positive, low]) / 4
+            for k, label in enumerate(labels):
+                xs, ys = points[label]
+                pairs = list(zip(xs, ys, strict=True))
+                nonzero = [(x, y) for x, y in pairs if y > 0]
+                zeros = [x for x, y in pairs if y <= 0]
                 ax.scatter(
-                    xs,
-                    ys,
-                    s=7 if markers[k] != "x" else 9,
-                    alpha=0.35,
+                    [x for x, _ in nonzero],
+                    [y for _, y in nonzero],
+                    s=8,
+                    alpha=0.4,
                     c=colours[k],
                     marker=markers[k],
                     linewidths=0.7,
-                    label=f"{label} ({len(xs) + len(zx)} requests)",
+                    label=f"{label} ({len(xs)} requests)",
                 )
-                if zx:
+                if zeros:
                     ax.scatter(
-                        zx,
-                        [floor] * len(zx),
-                        s=22,
+                        zeros,
+                        [floor] * len(zeros),
+                        s=26,
                         c=colours[k],
                         marker="v",
-                        label=f"{label}: 0 J ({len(zx)})",
+                        label=f"{label}: 0 J ({len(zeros)})",
                     )
-            if high <= 0:
-                ax.set_visible(False)
-                continue
             ax.set_xscale("log")
             ax.set_yscale("log")
-            line = [min(low, floor) / 2, high * 2]
+            line = [min(low, floor) / 2, high * 4]
             ax.plot(line, line, color="black", linewidth=0.8, label="reported = true")
             ax.fill_between(
                 line,
                 [v * 0.8 for v in line],
                 [v * 1.2 for v in line],
                 color="grey",
-                alpha=0.15,
+                alpha=0.2,
                 label="±20%",
             )
-            ax.set_xlim(low / 2, high * 2)
-            ax.set_ylim(floor / 2, high * 20)
-            ax.set_title(f"{component}, {policy}")
+            top = max([*positive, high])
+            ax.set_xlim(low / 1.5, high * 1.5)
+            ax.set_ylim(floor / 1.5, top * 1.5)
+            ax.set_title(f"{title}: {policy}", fontsize=10)
             ax.set_xlabel("true J per request")
             ax.set_ylabel("reported J on the span")
             ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(
-        "Per-request energy against known physics, all workloads "
+        "Per-request energy against known physics "
         f"(sample_interval {SAMPLE_INTERVAL} s); 0 J drawn as ▼ at the bottom"
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -931,9 +1017,13 @@ def measure(args: argparse.Namespace) -> list[Run]:
                 t0 = time.monotonic()
                 run = run_one(label, src, workload, policy, args.quick)
                 runs.append(run)
+                idle, busy = run.true_watts("cpu")
+                books = max(abs(v) for v in run.books.values())
                 print(
                     f"{label:>8} {workload:>9} {policy:>10}: "
-                    f"{len(run.requests):4d} requests, {time.monotonic() - t0:4.1f} s",
+                    f"{len(run.requests):4d} requests, {time.monotonic() - t0:4.1f} s; "
+                    f"true cpu W idle {idle:.1f}, in flight {busy:.1f}; "
+                    f"truth books off by {books:.1e} J",
                     flush=True,
                 )
     after = machine.snapshot()
