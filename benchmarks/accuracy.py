@@ -167,6 +167,7 @@ class Truth:
         self._ids = 0
         # What no request is charged: drawn while none is in flight.
         self.idle = {"cpu": 0.0, "ram": 0.0, "seconds": 0.0, "cpu_seconds": 0.0}
+        self.startup = dict(self.idle)
         self.busy_seconds = 0.0
 
     # PowerSource
@@ -213,10 +214,12 @@ class Truth:
                     record.cpu += cpu / n
                     record.ram += ram / n
             else:
-                self.idle["cpu"] += cpu
-                self.idle["ram"] += ram
-                self.idle["seconds"] += now - self._t
-                self.idle["cpu_seconds"] += rest
+                # Before the first request: the server starting, apart.
+                idle = self.idle if self.records else self.startup
+                idle["cpu"] += cpu
+                idle["ram"] += ram
+                idle["seconds"] += now - self._t
+                idle["cpu_seconds"] += rest
         self._t, self._x = now, x
         return now
 
@@ -235,7 +238,8 @@ class Truth:
             out = {}
             for name, joules in drawn.items():
                 true = sum(getattr(r, name) for r in self.records)
-                out[name] = joules - true - self.idle.get(name, 0.0)
+                idle = self.idle.get(name, 0.0) + self.startup.get(name, 0.0)
+                out[name] = joules - true - idle
             return out
 
     def open(self, kind: str, span_id: int) -> Record:
@@ -680,7 +684,8 @@ class Run:
     carbonspan: str
     blocked: list[str]
     books: dict[str, float]  # the truth's own check: source - truth - idle (J)
-    idle: dict[str, float]  # the truth's idle joules and seconds
+    idle: dict[str, float]  # the truth's idle joules and seconds (from the
+    # first request on)
     busy_seconds: float
     requests: list[dict[str, Any]] = field(default_factory=list)
 
