@@ -871,6 +871,7 @@ def plot(runs: list[Run], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     labels = list(dict.fromkeys(r.label for r in runs))
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
@@ -930,6 +931,7 @@ def plot(runs: list[Run], path: str) -> None:
                     )
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
             line = [min(low, floor) / 2, high * 4]
             ax.plot(line, line, color="black", linewidth=0.8, label="reported = true")
             ax.fill_between(
