@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 #: Ticks kept for windows still open: 8192 ticks is 13.6 min at 0.1 s.
 RING = 8192
+#: Seconds of learned busy power an interval's own busy power is pulled with.
+SHRINK = 0.005
 _ZERO = dict.fromkeys(COMPONENTS, 0.0)
 _UNKNOWN: dict[str, float | None] = dict.fromkeys(COMPONENTS)
 POLICIES = tuple(policies.POLICIES)
@@ -377,18 +379,24 @@ class Ledger:
                     name, idle * scale, busy * scale, delta
                 )
                 idle_joules *= joules / delta if delta > 0 else 0.0
-                power = (joules - idle_joules) / busy if busy > 0 else 0.0
+                # The busy power, pulled towards the learned one as if it had
+                # been seen for SHRINK more seconds: over a few busy
+                # milliseconds the interval's own figure is mostly noise. A
+                # measured 0 J stays 0.
+                learned = self.policy.rate(name) or 0.0
+                busy_joules = joules - idle_joules
+                power = (
+                    (busy_joules + learned * SHRINK) / (busy + SHRINK)
+                    if busy > 0 and joules > 0
+                    else 0.0
+                )
                 powers[name] = power
                 self._c[name] += power * shared
-                self._idle[name] += delta - joules + idle_joules
+                self._idle[name] += delta - power * busy
                 self._idle[name] += self.policy.settle(
                     name,
                     Interval(
-                        power,
-                        joules - idle_joules,
-                        self._tails,
-                        self._guessed[name],
-                        self._b,
+                        power, power * busy, self._tails, self._guessed[name], self._b
                     ),
                 )
                 self._guessed[name] = 0.0
