@@ -56,6 +56,9 @@ async def lifespan(app: object) -> AsyncIterator[None]:
             zip(("cpu", "gpu", "ram"), totals.unattributed, strict=True)
         ),
         "attributed": dict(zip(("cpu", "gpu", "ram"), totals.attributed, strict=True)),
+        "after_response": dict(
+            zip(("cpu", "gpu", "ram"), totals.after_response, strict=True)
+        ),
         "measured": {"cpu": last.cpu - first.cpu, "ram": last.ram - first.ram},
     }
     with open(os.environ["E2E_STATE"], "w") as f:

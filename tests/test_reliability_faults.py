@@ -164,8 +164,11 @@ def conserved(runtime: Runtime, spans_j: dict[str, float], rel: float = 0.01) ->
         if component not in spans_j:
             continue
         measured = getattr(last, component) - getattr(first, component)
-        assert spans_j[component] == pytest.approx(totals.attributed[i], rel=1e-9)
-        got = spans_j[component] + totals.unattributed[i]
+        after = totals.after_response[i]
+        assert spans_j[component] + after == pytest.approx(
+            totals.attributed[i], rel=1e-9
+        )
+        got = spans_j[component] + after + totals.unattributed[i]
         assert got == pytest.approx(measured, rel=rel), component
 
 

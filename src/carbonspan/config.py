@@ -40,6 +40,8 @@ MIN_INTERVAL, MAX_INTERVAL = 0.01, 60.0
 #: tables (the highest, Turkmenistan, is about 1306), so what is higher is a
 #: unit mistake (see docs/decisions.md).
 MAX_INTENSITY = 2000.0
+#: long_request bounds, in seconds: from a second to a day.
+MIN_LONG, MAX_LONG = 1.0, 86400.0
 #: Settings that only keyword arguments can give (objects, not text).
 OBJECT_SETTINGS = (
     "power_source",
@@ -64,6 +66,7 @@ class Settings:
     excluded_urls: re.Pattern[str] | None = None
     response_headers: tuple[str, ...] = ()
     response_headers_format: str = "x-codecarbon"
+    long_request: float = 300.0
     power_source: PowerSource | None = None
     meter_provider: Any = None
     tracer_provider: Any = None  # only flushed at shutdown: spans are not ours
@@ -308,6 +311,15 @@ def _interval(name: str, value: Any) -> float:
     return number
 
 
+def _long(name: str, value: Any) -> float:
+    number = _number(name, value)
+    if not MIN_LONG <= number <= MAX_LONG:
+        raise ValueError(
+            f"{name}: expected seconds in [{MIN_LONG:g}, {MAX_LONG:g}], got {value!r}"
+        )
+    return number
+
+
 def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
     def parse(name: str, value: Any) -> str:
         text = value.strip().lower() if isinstance(value, str) else value
@@ -369,6 +381,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "cloud_region": _text,
     "carbon_intensity": _intensity,
     "sample_interval": _interval,
+    "long_request": _long,
     "scope": _choice(SCOPES),
     "attribution": _choice(ATTRIBUTIONS),
     "excluded_urls": _excluded,

@@ -66,6 +66,7 @@ class Measurement:
 
     __slots__ = (
         "_shared_cpu",
+        "active",
         "attribution",
         "concurrency",
         "cpu",
@@ -84,8 +85,12 @@ class Measurement:
         concurrency: float,
         attribution: str = "time_share",
         shared_cpu: float | None = None,
+        active: float | None = None,
     ) -> None:
         self.duration = duration
+        # Seconds in flight: the duration less what it spent waiting on its
+        # client, which is not charged.
+        self.active = duration if active is None else active
         self.cpu = cpu
         self.gpu = gpu
         self.ram = ram
@@ -105,14 +110,14 @@ class Measurement:
 
         The mean is weighted by the request's share of each instant, so its
         joules are this power divided by the mean concurrency: with one
-        request alone it is simply joules / duration.
+        request alone it is simply joules / seconds in flight.
         """
         joules: float | None = (
             self._shared_cpu if component == "cpu" else getattr(self, component)
         )
-        if joules is None or self.duration <= 0:
+        if joules is None or self.active <= 0:
             return None
-        return joules * self.concurrency / self.duration
+        return joules * self.concurrency / self.active
 
     def __repr__(self) -> str:
         return (
@@ -123,9 +128,9 @@ class Measurement:
 
 
 class Window:
-    """An open request: where the integrals stood when it opened."""
+    """An open request: where the integrals stood when it (last) resumed."""
 
-    __slots__ = ("b0", "j0", "last_tick", "ready", "start", "state")
+    __slots__ = ("b0", "j0", "last_tick", "past", "ready", "start", "state")
 
     def __init__(
         self, start: float, b0: float, j0: int, ready: bool, last_tick: _Tick | None
@@ -136,6 +141,31 @@ class Window:
         self.ready = ready
         self.last_tick = last_tick  # that tick's (B, C, P), in case it is evicted
         self.state: Any = None  # the policy's own, if it keeps any
+        self.past: _Past | None = None  # set once the request has waited
+
+
+class _Past:
+    """What a window's stretches before its last wait were charged."""
+
+    __slots__ = ("charges", "paused_since", "shared", "shared_cpu", "waited")
+
+    def __init__(self) -> None:
+        self.charges: dict[str, float | None] = dict(_UNKNOWN)
+        self.shared = 0.0  # their shared seconds
+        self.shared_cpu: float | None = None  # their time-share CPU joules
+        self.waited = 0.0  # seconds spent waiting, out of n(t)
+        self.paused_since: float | None = None  # waiting since, if it is
+
+    def add(
+        self, charges: dict[str, float | None], shared: float, cpu: float | None
+    ) -> None:
+        mine = self.charges
+        for name, joules in charges.items():
+            if joules is not None:
+                mine[name] = joules + (mine[name] or 0.0)
+        self.shared += shared
+        if cpu is not None:
+            self.shared_cpu = cpu + (self.shared_cpu or 0.0)
 
 
 class Ledger:
@@ -172,11 +202,14 @@ class Ledger:
         self._tail_rates: tuple[tuple[str, float], ...] = ()  # known, with a rate
         self._idle = dict(_ZERO)  # unattributed J
         self._attributed = dict(_ZERO)  # closed, attributed J
+        self._after = dict(_ZERO)  # the part of it drawn after the responses
         self._measured = dict(_ZERO)  # sum of the source's valid deltas
         self._drawn = dict(_ZERO)  # the last interval's mean power (W)
         self._last: dict[str, float | None] = dict.fromkeys(COMPONENTS)
         self._last_at: dict[str, float | None] = dict.fromkeys(COMPONENTS)
         self._last_time: float | None = None
+        self._windows: dict[Window, None] = {}  # open, oldest first
+        self._open_at_tick = dict(_ZERO)  # J held by open windows at the last tick
         self.first_reading: EnergyReading | None = None
         self.last_reading: EnergyReading | None = None
 
@@ -190,28 +223,46 @@ class Ledger:
             j = self._j
             last_tick = self._ring[j % self._ring_size] if j >= 0 else None
             window = Window(now, self._b, j, self._t is not None, last_tick)
+            self._windows[window] = None
             if self._timed:  # only a policy with clocks keeps per-window state
                 self.policy.opened(window, clock)
             return window
 
-    def close(self, window: Window, now: float, attributed: bool = True) -> Measurement:
+    def close(
+        self,
+        window: Window,
+        now: float,
+        attributed: bool = True,
+        reported: Measurement | None = None,
+    ) -> Measurement:
+        """The request is over. If its figures were `reported` earlier (on its
+        span, before its response ended), what it drew since (work left
+        behind, such as background tasks) is attributed too, and counted
+        apart in `Totals.after_response`: the spans plus that add up exactly
+        to the attributed energy."""
         with self._lock:
             self._advance(now)
-            self._n -= 1
-            charges, guesses, shared_cpu = self._charges(window)
-            if self._timed:
-                self.policy.closed(window)
-            if window.j0 == self._j:
-                self._tails += self._b - window.b0
+            self._windows.pop(window, None)
+            past = window.past
+            if past is None:
+                charges, shared_cpu = self._leave(window)
+                shared = self._b - window.b0
             else:
-                self._tails += self._b - self._tick_b
+                if past.paused_since is None:
+                    last, cpu = self._leave(window)
+                    past.add(last, self._b - window.b0, cpu)
+                else:  # closed while waiting
+                    past.waited += now - past.paused_since
+                    past.paused_since = None
+                charges, shared, shared_cpu = past.charges, past.shared, past.shared_cpu
             # What a request reports no figure for (opened before the first
             # reading, or excluded) counts as unattributed.
             account = self._attributed if attributed and window.ready else self._idle
-            for name, guess in guesses.items():
-                self._guessed[name] += guess
-                account[name] += charges[name]  # type: ignore[operator]
-            shared = self._b - window.b0
+            for name, joules in charges.items():
+                if joules is not None:
+                    account[name] += joules
+                    if reported is not None and account is self._attributed:
+                        self._after[name] += joules - (getattr(reported, name) or 0.0)
             label = self.policy.label(window) if self._timed else self.policy.name
         return self._measurement(window, now, charges, shared, shared_cpu, label)
 
@@ -219,10 +270,67 @@ class Ledger:
         """What `window` has been charged so far, without closing it."""
         with self._lock:
             self._advance(now)
-            charges, _, shared_cpu = self._charges(window)
-            shared = self._b - window.b0
+            past = window.past
+            if past is not None and past.paused_since is not None:
+                charges, shared, shared_cpu = past.charges, past.shared, past.shared_cpu
+            else:
+                charges, _, shared_cpu = self._charges(window)
+                shared = self._b - window.b0
+                if past is not None:
+                    total = _Past()
+                    total.add(past.charges, past.shared, past.shared_cpu)
+                    total.add(charges, shared, shared_cpu)
+                    charges, shared = total.charges, total.shared
+                    shared_cpu = total.shared_cpu
             label = self.policy.label(window) if self._timed else self.policy.name
         return self._measurement(window, now, charges, shared, shared_cpu, label)
+
+    def pause(self, window: Window, now: float) -> None:
+        """The request waits on its client (a body to arrive, a slow reader):
+        until `resume`, it is not in flight, so it is charged nothing and
+        dilutes no other request's share."""
+        with self._lock:
+            past = window.past
+            if past is None:
+                past = window.past = _Past()
+            elif past.paused_since is not None:
+                return
+            self._advance(now)
+            charges, cpu = self._leave(window)
+            past.add(charges, self._b - window.b0, cpu)
+            past.paused_since = now
+
+    def resume(self, window: Window, now: float) -> None:
+        """The request has what it waited for: it is in flight again."""
+        with self._lock:
+            past = window.past
+            if past is None or past.paused_since is None:
+                return
+            self._advance(now)
+            past.waited += now - past.paused_since
+            past.paused_since = None
+            self._n += 1
+            j = self._j
+            window.b0, window.j0 = self._b, j
+            window.last_tick = self._ring[j % self._ring_size] if j >= 0 else None
+            if self._timed:
+                state = window.state
+                self.policy.opened(window, getattr(state, "clock", None))
+
+    def _leave(self, window: Window) -> tuple[dict[str, float | None], float | None]:
+        """Take `window` out of n(t): what it was charged since it last
+        (re)entered, and the CPU joules of time share. Under the lock."""
+        self._n -= 1
+        charges, guesses, shared_cpu = self._charges(window)
+        if self._timed:
+            self.policy.closed(window)
+        if window.j0 == self._j:
+            self._tails += self._b - window.b0
+        else:
+            self._tails += self._b - self._tick_b
+        for name, guess in guesses.items():
+            self._guessed[name] += guess
+        return charges, shared_cpu
 
     def _charges(
         self, window: Window
@@ -295,14 +403,21 @@ class Ledger:
         duration = now - window.start
         if not window.ready:
             return Measurement(duration, None, None, None, 1.0, label)
+        past = window.past
+        active = duration
+        if past is not None:  # the seconds it waited were not in flight
+            active -= past.waited
+            if past.paused_since is not None:
+                active -= now - past.paused_since
         return Measurement(
             duration,
             charges["cpu"],
             charges["gpu"],
             charges["ram"],
-            duration / shared if shared > 0 else 1.0,
+            active / shared if shared > 0 else 1.0,
             label,
             shared_cpu,
+            active,
         )
 
     def _advance(self, now: float) -> None:
@@ -401,6 +516,10 @@ class Ledger:
                 )
                 self._guessed[name] = 0.0
             self._tails = 0.0
+            for name in COMPONENTS:  # what the invariant leaves to open windows
+                self._open_at_tick[name] = (
+                    self._measured[name] - self._attributed[name] - self._idle[name]
+                )
             self._names = tuple(name for name in COMPONENTS if self._known[name])
             self._rates_changed()
             self._tick_b, self._tick_idle = self._b, self._idle_time
@@ -447,6 +566,16 @@ class Ledger:
     def in_flight(self) -> int:
         return self._n
 
+    def open_since(self, before: float) -> int:
+        """How many requests still open began before `before` (monotonic s)."""
+        with self._lock:
+            count = 0
+            for window in self._windows:  # oldest first
+                if window.start >= before:
+                    break
+                count += 1
+            return count
+
     def totals(self) -> Totals:
         """Cumulative joules per component, for metrics and tests."""
         with self._lock:
@@ -457,6 +586,8 @@ class Ledger:
                 unattributed=tuple(self._idle[c] for c in COMPONENTS),
                 measured=tuple(self._measured[c] for c in COMPONENTS),
                 power=tuple(self._drawn[c] for c in COMPONENTS),
+                open=tuple(self._open_at_tick[c] for c in COMPONENTS),
+                after_response=tuple(self._after[c] for c in COMPONENTS),
             )
 
 
@@ -476,3 +607,9 @@ class Totals:
     unattributed: tuple[float, ...]
     measured: tuple[float, ...]
     power: tuple[float, ...]
+    #: J held by the requests still open at the last tick: measured -
+    #: attributed - unattributed then (the ledger's invariant).
+    open: tuple[float, ...] = (0.0, 0.0, 0.0)
+    #: The part of `attributed` drawn by requests after their responses had
+    #: gone (and their spans ended): `attributed` = their spans' J + this.
+    after_response: tuple[float, ...] = (0.0, 0.0, 0.0)

@@ -66,8 +66,10 @@ class Metrics:
         self._lock = threading.Lock()
         self._sources: dict[int, tuple[Ledger, CarbonIntensity, int]] = {}
         self._route_grams: dict[RouteKey, float] = {}
+        self._background: dict[RouteKey, float] = {}  # J after the response
         self._attrs: dict[RouteKey, dict[str, Any]] = {}
         self._idle_floor: dict[int, list[float]] = {}
+        self._long: dict[int, float] = {}  # the long_request setting, per ledger
         self._pending: deque[Pending] = deque()
         self._drain_lock = threading.Lock()
         self.buffer_size = BUFFER_SIZE
@@ -119,6 +121,27 @@ class Metrics:
             description="Carbon intensity of the electricity used",
         )
         meter.create_observable_counter(
+            "codecarbon.request.background.energy",
+            callbacks=[self._observe_background],
+            unit="J",
+            description="Energy of the work HTTP requests left running after "
+            "their response (background tasks), by route",
+        )
+        meter.create_observable_up_down_counter(
+            "codecarbon.energy.open",
+            callbacks=[self._observe_open],
+            unit="J",
+            description="Energy held by the HTTP requests still in flight at the "
+            "last reading: measured = attributed + unattributed + this",
+        )
+        meter.create_observable_up_down_counter(
+            "codecarbon.requests.long",
+            callbacks=[self._observe_long],
+            unit="{request}",
+            description="HTTP requests in flight for longer than the "
+            "long_request setting",
+        )
+        meter.create_observable_counter(
             "codecarbon.requests.dropped",
             callbacks=[self._observe_dropped],
             unit="{request}",
@@ -127,8 +150,11 @@ class Metrics:
         )
         _all.add(self)
 
-    def add(self, ledger: Ledger, intensity: CarbonIntensity) -> None:
+    def add(
+        self, ledger: Ledger, intensity: CarbonIntensity, long_request: float = 300.0
+    ) -> None:
         with self._lock:
+            self._long[id(ledger)] = long_request
             _, first, count = self._sources.get(id(ledger), (ledger, intensity, 0))
             self._sources[id(ledger)] = (ledger, first, count + 1)
             self._idle_floor.setdefault(id(ledger), [0.0] * len(COMPONENTS))
@@ -163,6 +189,24 @@ class Metrics:
         else:
             self._drop()
 
+    def background(
+        self,
+        joules: float,
+        route: str | None,
+        method: str,
+        status: int,
+        intensity: CarbonIntensity,
+    ) -> None:
+        """Add the work a request left running after its response to its
+        route's figures (and its emissions to `codecarbon.request.emissions`)."""
+        key = (route, method if method in _METHODS else "_OTHER", status)
+        with self._lock:
+            if key not in self._attrs:
+                self._attrs[key] = _route_attributes(key)
+            self._background[key] = self._background.get(key, 0.0) + joules
+            grams = self._route_grams
+            grams[key] = grams.get(key, 0.0) + intensity.grams(joules)
+
     def drain(self) -> int:
         """Record every queued request (one histogram point each); how many.
 
@@ -189,10 +233,7 @@ class Metrics:
                     key = (route, method if method in _METHODS else "_OTHER", status)
                     attrs = attrs_by_key.get(key)
                     if attrs is None:
-                        attrs = {a.HTTP_METHOD: key[1], a.HTTP_STATUS: status}
-                        if route is not None:
-                            attrs[a.HTTP_ROUTE] = route
-                        attrs_by_key[key] = attrs
+                        attrs = attrs_by_key[key] = _route_attributes(key)
                     # The request's own span, never the draining thread's.
                     context = (
                         set_span_in_context(span, _EMPTY)
@@ -303,6 +344,28 @@ class Metrics:
             ledgers = [entry[0] for entry in self._sources.values()]
         return [Observation(sum(ledger.in_flight for ledger in ledgers))]
 
+    def _observe_background(self, _: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            items = list(self._background.items())
+        return [Observation(joules, self._attrs[key]) for key, joules in items]
+
+    def _observe_open(self, _: CallbackOptions) -> Iterable[Observation]:
+        sums: dict[str, float] = {}
+        for _ledger, _intensity, totals, _idle in self._ledgers():
+            for i, component in enumerate(COMPONENTS):
+                if totals.known[i]:
+                    hw = a.HW_TYPES[component]
+                    sums[hw] = sums.get(hw, 0.0) + totals.open[i]
+        return [Observation(joules, {a.HW_TYPE: hw}) for hw, joules in sums.items()]
+
+    def _observe_long(self, _: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            entries = [
+                (entry[0], self._long[key]) for key, entry in self._sources.items()
+            ]
+        now = time.monotonic()
+        return [Observation(sum(ledger.open_since(now - s) for ledger, s in entries))]
+
     def _observe_dropped(self, _: CallbackOptions) -> Iterable[Observation]:
         self.drain()
         return [Observation(self.dropped)]
@@ -311,6 +374,14 @@ class Metrics:
         with self._lock:
             first = next(iter(self._sources.values()), None)
         return [] if first is None else [Observation(first[1].g_per_kwh)]
+
+
+def _route_attributes(key: RouteKey) -> dict[str, Any]:
+    route, method, status = key
+    attrs: dict[str, Any] = {a.HTTP_METHOD: method, a.HTTP_STATUS: status}
+    if route is not None:
+        attrs[a.HTTP_ROUTE] = route
+    return attrs
 
 
 _all: weakref.WeakSet[Metrics] = weakref.WeakSet()

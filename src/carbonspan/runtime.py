@@ -58,7 +58,7 @@ class Runtime:
             cputime.patch()
         self.ledger = self.sampler.ledger
         self.metrics = metrics_for(settings.meter_provider)
-        self.metrics.add(self.ledger, self.intensity)
+        self.metrics.add(self.ledger, self.intensity, settings.long_request)
         self.sampler.after_tick.append(self.metrics.drain)
         self.excluded = _exclusion(settings)
         self.headers = _header_writer(settings, self.intensity)
@@ -170,7 +170,9 @@ def _header_writer(
 
     def write(m: Measurement) -> list[tuple[bytes, bytes]]:
         joules = m.total
-        values: dict[str, float] = {"duration": m.duration * 1000.0}
+        # Whole milliseconds: finer would let any client time the server's own
+        # work (see docs/hooks-and-headers.md).
+        values: dict[str, float] = {"duration": float(round(m.duration * 1000.0))}
         if joules is not None:
             values["energy"] = joules
             values["emissions"] = intensity.grams(joules)
