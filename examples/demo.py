@@ -402,10 +402,13 @@ def print_totals(
     line("(attr. + unattr.) - meas.", gap)
     attributed_j = sum(energy[True].values())
     measured_j = sum(measured.values())
+    after_j = sum(totals.after_response)
     print()
     print(
-        f"  The request rows add up to {from_spans:.4f} J; "
-        f"the metric's attributed total is {attributed_j:.4f} J."
+        f"  The request rows add up to {from_spans:.4f} J, and the requests drew "
+        f"{after_j:.4f} J after their responses\n  had gone (not on their spans): "
+        f"{from_spans + after_j:.4f} J; the metric's attributed total is "
+        f"{attributed_j:.4f} J."
     )
     if measured_j > 0:
         print(

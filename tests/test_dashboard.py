@@ -7,11 +7,13 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from fastapi import BackgroundTasks
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import REGISTRY, generate_latest
@@ -39,6 +41,12 @@ def exposition() -> str:
     """What Prometheus would scrape from an instrumented app, for real."""
     meter_provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
     app = build_app()
+
+    @app.get("/later")
+    async def later(tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(time.sleep, 0.01)  # work after the response
+        return {"ok": "yes"}
+
     CodeCarbonInstrumentor().instrument_app(
         app, power_source=ConstantPowerSource(cpu=3.0, ram=1.0),
         meter_provider=meter_provider, sample_interval=0.02,
@@ -49,6 +57,7 @@ def exposition() -> str:
         async def go() -> None:
             async with client(app) as c:
                 await c.get("/items/1")
+                await c.get("/later")
 
         asyncio.run(go())
         return generate_latest(REGISTRY).decode()

@@ -34,5 +34,5 @@ def test_demo_prints_each_request_and_balanced_totals() -> None:
     assert gap is not None, out
     assert abs(float(gap.group(1))) <= 1.0
     shares = re.search(r"the metric's attributed total is ([\d.]+) J", out)
-    rows_sum = re.search(r"The request rows add up to ([\d.]+) J", out)
+    rows_sum = re.search(r"had gone \(not on their spans\): ([\d.]+) J", out)
     assert shares and rows_sum and float(shares.group(1)) == float(rows_sum.group(1))
