@@ -145,11 +145,11 @@ class _Request:
             if total is not None:
                 scope = self.scope
                 runtime.metrics.record(
-                    total,
+                    measurement,
                     getattr(scope.get("route"), "path", None),
                     scope.get("method", ""),
                     self.status,
-                    runtime.intensity,
+                    runtime.books.factors,
                     span,
                 )
                 if span.is_recording():
