@@ -136,9 +136,10 @@ def provider_name(provider: object) -> str:
 class Grid:
     """The carbon intensity in force, and the provider that refreshes it.
 
-    `current` is what a request reads (one attribute). It only changes when
-    `take()` is called, which the books do at a tick; `poll()` asks the
-    provider when a refresh is due, from the sampler thread.
+    `current` is the value in force. It only changes when `take()` is
+    called, which the books do at a tick (requests read it from the books'
+    factors); `poll()` asks the provider when a refresh is due, from the
+    sampler thread.
     """
 
     def __init__(
@@ -213,6 +214,8 @@ class Grid:
         """The answer received since the last call, if any (at a tick)."""
         with self._lock:
             pending, self._pending = self._pending, None
+            if pending is not None:
+                self.current = pending
         return pending
 
     def _failed(self, exc: BaseException) -> None:
@@ -221,7 +224,7 @@ class Grid:
         if self._logged_at is not None and now - self._logged_at < LOG_EVERY:
             return
         self._logged_at = now
-        current = self.current
+        current = self._pending or self.current  # the last good value
         _log.warning(
             "carbonspan: carbon intensity provider %r failed (%s; %d so far); "
             "%.6g g/kWh (%s) stays in force until it answers. "

@@ -208,7 +208,14 @@ class Ledger:
             # What a request reports no figure for (opened before the first
             # reading, or excluded) counts as unattributed.
             account = self._attributed if attributed and window.ready else self._idle
-            self._closed_shared[account is self._idle] += self._b - window.b0
+            # Its shared time, for the embodied emissions: attributed where
+            # the request reports figures.
+            figures = account is self._attributed and (
+                charges["cpu"] is not None
+                or charges["gpu"] is not None
+                or charges["ram"] is not None
+            )
+            self._closed_shared[0 if figures else 1] += self._b - window.b0
             for name, guess in guesses.items():
                 self._guessed[name] += guess
                 account[name] += charges[name]  # type: ignore[operator]
