@@ -641,12 +641,14 @@ def component_costs(runtime: Runtime, otel: Otel, number: int) -> dict[str, floa
     params = list(inspect.signature(record).parameters)
     live = tracer.start_span("x")
     if "span" in params:  # the request path only queues: time queue + drain
+        # The first argument and the factors follow the installed signature.
+        factors = getattr(getattr(runtime, "books", None), "factors", None)
         record_args: tuple[Any, ...] = (
-            measurement.total,
+            measurement if "measurement" in params else measurement.total,
             "/ping",
             "GET",
             200,
-            runtime.intensity,
+            factors if "factors" in params else runtime.intensity,
             live,
         )
         after_tick = runtime.sampler.after_tick

@@ -1,8 +1,9 @@
-"""Real observability backends the end-to-end tests start: Prometheus, Phoenix."""
+"""Real backends the end-to-end tests start: Prometheus, Phoenix, BoaviztAPI."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -78,3 +79,45 @@ class Phoenix(Server):
         reply.raise_for_status()
         data: list[dict[str, Any]] = reply.json()["data"]
         return data
+
+
+#: BoaviztAPI pins an older FastAPI than ours: it gets its own virtualenv.
+BOAVIZTA_VERSION = "2.5.0"
+BOAVIZTA_VENV = Path(__file__).parent.parent / ".venv-boavizta"
+
+
+def boavizta_venv() -> Path:
+    """`.venv-boavizta` with boaviztapi installed (once; pip's cache after)."""
+    python = BOAVIZTA_VENV / "bin" / "python"
+    stamp = BOAVIZTA_VENV / f".installed-{BOAVIZTA_VERSION}"
+    if not stamp.exists():
+        if not python.exists():
+            venv = [sys.executable, "-m", "venv", str(BOAVIZTA_VENV)]
+            subprocess.run(venv, check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet",
+             f"boaviztapi=={BOAVIZTA_VERSION}"],
+            check=True, timeout=900,
+        )  # fmt: skip
+        stamp.touch()
+    return python
+
+
+class BoaviztAPI(Server):
+    """A BoaviztAPI server (`uvicorn boaviztapi.main:app`) from its own venv."""
+
+    def __init__(self) -> None:
+        python = boavizta_venv()
+        command = [
+            str(python), "-m", "uvicorn", "boaviztapi.main:app",
+            "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning",
+        ]  # fmt: skip
+        # Its own venv only: not the tests' PYTHONPATH.
+        super().__init__(
+            command, {"PYTHONPATH": ""}, "/v1/utils/version", quiet=True, timeout=120
+        )
+
+    def get_json(self, path: str, **params: Any) -> Any:
+        reply = httpx.get(self.url + path, params=params, timeout=30)
+        reply.raise_for_status()
+        return reply.json()

@@ -50,6 +50,7 @@ def exposition() -> str:
     CodeCarbonInstrumentor().instrument_app(
         app, power_source=ConstantPowerSource(cpu=3.0, ram=1.0),
         meter_provider=meter_provider, sample_interval=0.02,
+        embodied_emissions=900.0,
     )  # fmt: skip
     try:
         wait_ready(app._carbonspan_runtime)
@@ -89,7 +90,23 @@ def test_every_metric_in_the_dashboard_is_exposed(exposition: str) -> None:
         "codecarbon_power_watts",
         "codecarbon_energy_joules_total",
         "codecarbon_request_emissions_grams_total",
+        "codecarbon_request_emissions_embodied_grams_total",
+        "codecarbon_request_energy_joules_count",
     } <= used
+
+
+def test_sci_panel_adds_embodied_to_operational_per_request_by_route() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in dashboard["panels"] if p["title"].startswith("SCI")]
+    expr = panel["targets"][0]["expr"]
+    operational, _, rest = expr.partition(" + ")
+    embodied, _, requests = rest.partition(") / ")
+    assert "rate(codecarbon_request_emissions_grams_total" in operational
+    assert "rate(codecarbon_request_emissions_embodied_grams_total" in embodied
+    assert "rate(codecarbon_request_energy_joules_count" in requests
+    for part in (operational, embodied, requests):
+        assert "sum by (http_route)" in part
+    assert panel["fieldConfig"]["defaults"]["unit"] == "massg"
 
 
 def test_every_expression_is_valid_promql(tmp_path: Path) -> None:

@@ -7,17 +7,22 @@ Units are fixed by the contract and the names carry none: joules for
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carbonspan.emissions import CarbonIntensity
 from carbonspan.ledger import Measurement
 from carbonspan.source import COMPONENTS, HardwareInfo
+
+if TYPE_CHECKING:
+    from carbonspan.sci import Factors
 
 ENERGY_TOTAL = "codecarbon.energy.total"
 ENERGY = {c: f"codecarbon.energy.{c}" for c in COMPONENTS}
 POWER = {c: f"codecarbon.power.{c}" for c in COMPONENTS}
 MEASUREMENT = {c: f"codecarbon.measurement.{c}" for c in COMPONENTS}
 EMISSIONS = "codecarbon.emissions"
+EMBODIED = "codecarbon.emissions.embodied"
+SCI = "codecarbon.sci"
 CARBON_INTENSITY = "codecarbon.carbon_intensity"
 COUNTRY = "codecarbon.country.iso_code"
 REGION = "codecarbon.region"
@@ -41,15 +46,22 @@ HW_TYPES = {"cpu": "cpu", "gpu": "gpu", "ram": "memory"}
 
 
 def static_attributes(
-    intensity: CarbonIntensity, info: HardwareInfo, scope: str, attribution: str
+    intensity: CarbonIntensity,
+    info: HardwareInfo,
+    scope: str,
+    attribution: str,
+    *,
+    dynamic: bool = False,
 ) -> dict[str, Any]:
-    """The attributes that are the same on every request's span."""
-    attrs: dict[str, Any] = {
-        CARBON_INTENSITY: intensity.g_per_kwh,
-        LOCATION_SOURCE: intensity.source,
-        SCOPE: scope,
-        ATTRIBUTION: attribution,
-    }
+    """The attributes that are the same on every request's span.
+
+    With a `dynamic` intensity (one a provider refreshes), the intensity and
+    its source are the request's own, not among these.
+    """
+    attrs: dict[str, Any] = {SCOPE: scope, ATTRIBUTION: attribution}
+    if not dynamic:
+        attrs[CARBON_INTENSITY] = intensity.g_per_kwh
+        attrs[LOCATION_SOURCE] = intensity.source
     optional = {
         COUNTRY: intensity.country_iso_code,
         REGION: intensity.region,
@@ -90,15 +102,30 @@ _ABSENT = object()
 
 
 def span_attributes(
-    measurement: Measurement, intensity: CarbonIntensity, static: dict[str, Any]
+    measurement: Measurement,
+    factors: Factors,
+    static: dict[str, Any],
+    dynamic: bool = False,
 ) -> dict[str, Any] | None:
-    """All contract attributes for one request, or None if nothing was measured."""
+    """All contract attributes for one request, or None if nothing was measured.
+
+    `factors` are those in force when the request closed: its intensity (on
+    the span itself when `dynamic`) and, where known, the embodied rate.
+    """
     total = measurement.total
     if total is None:
         return None
     attrs = dict(static)
+    intensity = factors.intensity
     attrs[ENERGY_TOTAL] = total
-    attrs[EMISSIONS] = intensity.grams(total)
+    grams = attrs[EMISSIONS] = intensity.grams(total)
+    if dynamic:
+        attrs[CARBON_INTENSITY] = intensity.g_per_kwh
+        attrs[LOCATION_SOURCE] = intensity.source
+    embodied = factors.embodied_grams(measurement)
+    if embodied is not None:
+        attrs[EMBODIED] = embodied
+        attrs[SCI] = grams + embodied
     attrs[CONCURRENCY] = measurement.concurrency
     for component in COMPONENTS:
         joules = getattr(measurement, component)

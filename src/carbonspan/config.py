@@ -18,11 +18,11 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from carbonspan import emissions
+from carbonspan import emissions, intensity
 from carbonspan.policies import POLICIES
 from carbonspan.source import PowerSource, Scope
 
@@ -32,6 +32,7 @@ SCOPES = ("process", "machine")
 ATTRIBUTIONS = tuple(POLICIES)
 HEADER_FIELDS = ("energy", "emissions", "duration")
 HEADER_FORMATS = ("x-codecarbon", "server-timing", "both")
+INTENSITY_PROVIDERS = ("static", "electricitymaps")
 ENV_PREFIX = "CARBONSPAN_"
 #: sample_interval bounds, in seconds. Below 10 ms the sampler thread costs
 #: more CPU than the requests it measures; above a minute it hardly follows.
@@ -71,6 +72,18 @@ class Settings:
     meter_provider: Any = None
     tracer_provider: Any = None  # only flushed at shutdown: spans are not ours
     measurement_hook: MeasurementHook | None = None
+    # Grid intensity and embodied emissions (see carbonspan.intensity,
+    # carbonspan.embodied).
+    intensity_provider: str | intensity.IntensityProvider = "static"
+    intensity_refresh: float = intensity.REFRESH
+    electricitymaps_zone: str | None = None
+    electricitymaps_url: str = intensity.ELECTRICITYMAPS_URL
+    electricitymaps_token: str | None = field(default=None, repr=False)
+    embodied_emissions: float | None = None
+    hardware_lifetime: float | None = None
+    boavizta_url: str | None = None
+    cloud_instance: str | None = None
+    boavizta_archetype: str | None = None
 
     @classmethod
     def load(
@@ -129,6 +142,7 @@ class Settings:
             )
         _check_pair(values, from_env, ("cloud_provider", "cloud_region"), _check_cloud)
         _check_pair(values, from_env, ("country_iso_code", "region"), _check_region)
+        _check_sci(values, from_env)
         return cls(**values)
 
 
@@ -374,6 +388,108 @@ def _headers(name: str, value: Any) -> tuple[str, ...]:
     )
 
 
+def _provider(name: str, value: Any) -> str | intensity.IntensityProvider:
+    if not isinstance(value, str) and isinstance(value, intensity.IntensityProvider):
+        return value
+    choices = INTENSITY_PROVIDERS
+    if isinstance(value, str) and value.strip().lower() in choices:
+        return value.strip().lower()
+    raise ValueError(
+        f"{name}: {value!r} is not accepted; use one of {', '.join(choices)}, "
+        "or an object with current() (the carbonspan.intensity.IntensityProvider "
+        "protocol)"
+    )
+
+
+def _refresh(name: str, value: Any) -> float:
+    number = _number(name, value)
+    if not 0 < number <= 86400:
+        raise ValueError(f"{name}: expected seconds in (0, 86400], got {value!r}")
+    return number
+
+
+def _url(name: str, value: Any) -> str:
+    text = _text(name, value)
+    if not text.lower().startswith(("http://", "https://")):
+        raise ValueError(f"{name}: expected an http:// or https:// URL, got {value!r}")
+    return text
+
+
+def _kilograms(name: str, value: Any) -> float:
+    number = _number(name, value)
+    if number <= 0:
+        raise ValueError(f"{name}: expected kg CO2eq > 0, got {value!r}")
+    return number
+
+
+def _years(name: str, value: Any) -> float:
+    number = _number(name, value)
+    if not 0 < number <= 100:
+        raise ValueError(f"{name}: expected years in (0, 100], got {value!r}")
+    return number
+
+
+def _secret(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name}: expected a non-empty string")  # never the value
+    return value.strip()
+
+
+def _check_sci(values: dict[str, Any], from_env: Collection[str]) -> None:
+    """Checks between the grid-intensity and embodied-emissions settings.
+
+    As for `cloud_region`: a mistake raises when a setting involved was a
+    keyword argument; from the environment only it is logged, and the
+    setting that needs the others is dropped (its default applies).
+    """
+    checks: list[tuple[str, tuple[str, ...], str | None]] = []
+    if values.get("intensity_provider") == "electricitymaps" and not (
+        values.get("electricitymaps_zone") and values.get("electricitymaps_token")
+    ):
+        checks.append(
+            (
+                "intensity_provider",
+                ("intensity_provider", "electricitymaps_zone", "electricitymaps_token"),
+                "'electricitymaps' needs electricitymaps_zone (such as FR or "
+                f"US-CAL-CISO) and a token in {intensity.TOKEN_ENV}",
+            )
+        )
+    if values.get("boavizta_url"):
+        if values.get("embodied_emissions") is not None:
+            checks.append(
+                (
+                    "boavizta_url",
+                    ("boavizta_url", "embodied_emissions"),
+                    "give embodied_emissions or boavizta_url, not both",
+                )
+            )
+        elif not (
+            (values.get("cloud_provider") and values.get("cloud_instance"))
+            or values.get("boavizta_archetype")
+        ):
+            checks.append(
+                (
+                    "boavizta_url",
+                    (
+                        "boavizta_url",
+                        "cloud_provider",
+                        "cloud_instance",
+                        "boavizta_archetype",
+                    ),
+                    "needs cloud_provider and cloud_instance (such as aws and "
+                    "m5.large), or boavizta_archetype (such as "
+                    "platform_compute_medium)",
+                )
+            )
+    for setting, involved, problem in checks:
+        message = f"{setting}: {problem}"
+        given = [n for n in involved if n in values]
+        if any(n not in from_env for n in given):
+            raise ValueError(message)
+        _env_error(setting, values.get(setting), ValueError(message))
+        values.pop(setting, None)
+
+
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "country_iso_code": _country,
     "region": _text,
@@ -387,5 +503,15 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "excluded_urls": _excluded,
     "response_headers": _headers,
     "response_headers_format": _choice(HEADER_FORMATS),
+    "intensity_provider": _provider,
+    "intensity_refresh": _refresh,
+    "electricitymaps_zone": _text,
+    "electricitymaps_url": _url,
+    "electricitymaps_token": _secret,
+    "embodied_emissions": _kilograms,
+    "hardware_lifetime": _years,
+    "boavizta_url": _url,
+    "cloud_instance": _text,
+    "boavizta_archetype": _text,
 }
 _NAMES = frozenset(f.name for f in fields(Settings))

@@ -187,6 +187,8 @@ class Ledger:
         self._b = 0.0  # B(t)
         self._idle_time = 0.0  # seconds with nothing in flight
         self._busy_time = 0.0  # seconds with something in flight
+        # Shared seconds of closed windows: attributed, and not (read by `times`).
+        self._closed_shared = [0.0, 0.0]
         self._tick_busy = 0.0  # busy seconds at the last tick
         self._j = -1  # index of the last tick
         self._tick_b = 0.0  # B at the last tick
@@ -258,6 +260,14 @@ class Ledger:
             # What a request reports no figure for (opened before the first
             # reading, or excluded) counts as unattributed.
             account = self._attributed if attributed and window.ready else self._idle
+            # Its shared time, for the embodied emissions: attributed where
+            # the request reports figures.
+            figures = account is self._attributed and (
+                charges["cpu"] is not None
+                or charges["gpu"] is not None
+                or charges["ram"] is not None
+            )
+            self._closed_shared[0 if figures else 1] += shared
             for name, joules in charges.items():
                 if joules is not None:
                     account[name] += joules
@@ -576,6 +586,17 @@ class Ledger:
                 count += 1
             return count
 
+    def times(self) -> Times:
+        """Seconds the ledger has integrated since its first reading."""
+        with self._lock:
+            return Times(
+                idle=self._idle_time,
+                busy=self._busy_time,
+                attributed=self._closed_shared[0],
+                unattributed=self._closed_shared[1],
+                in_flight=self._n,
+            )
+
     def totals(self) -> Totals:
         """Cumulative joules per component, for metrics and tests."""
         with self._lock:
@@ -613,3 +634,18 @@ class Totals:
     #: The part of `attributed` drawn by requests after their responses had
     #: gone (and their spans ended): `attributed` = their spans' J + this.
     after_response: tuple[float, ...] = (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Times:
+    """Seconds integrated by the ledger: with no request in flight (`idle`),
+    with some (`busy`), and the shared time of the windows closed so far,
+    charged to requests (`attributed`) or not (`unattributed`: excluded, or
+    opened before the first reading). Under time share, the shared time of
+    every window, closed or open, adds up to `busy`."""
+
+    idle: float
+    busy: float
+    attributed: float
+    unattributed: float
+    in_flight: int

@@ -26,7 +26,8 @@ from opentelemetry.trace import Span, set_span_in_context
 
 from carbonspan import attributes as a
 from carbonspan.emissions import CarbonIntensity
-from carbonspan.ledger import Ledger, Totals
+from carbonspan.ledger import Ledger, Measurement, Totals
+from carbonspan.sci import Books, Factors
 from carbonspan.source import COMPONENTS
 from carbonspan.version import __version__
 
@@ -40,9 +41,10 @@ _METHODS = frozenset(
 )
 
 RouteKey = tuple[str | None, str, int]
-#: One finished request waiting to be recorded: joules, route, method, status,
-#: the factor for its emissions, and its server span (for the exemplar).
-Pending = tuple[float, str | None, str, int, CarbonIntensity, Span]
+#: One finished request waiting to be recorded: what it was charged, route,
+#: method, status, the factors in force when it closed, and its server span
+#: (for the exemplar).
+Pending = tuple[Measurement, str | None, str, int, Factors, Span]
 #: Requests the buffer holds at most; beyond, requests are dropped and counted.
 #: At the 0.1 s default interval that is 160,000 requests/s, or a sampler
 #: stalled for 1.6 s at 10,000 requests/s.
@@ -64,9 +66,11 @@ class Metrics:
 
     def __init__(self, meter_provider: Any = None) -> None:
         self._lock = threading.Lock()
-        self._sources: dict[int, tuple[Ledger, CarbonIntensity, int]] = {}
+        self._sources: dict[int, tuple[Ledger, Books, int]] = {}
         self._route_grams: dict[RouteKey, float] = {}
         self._background: dict[RouteKey, float] = {}  # J after the response
+        self._route_embodied: dict[RouteKey, float] = {}
+        self._grams_floor: dict[int, list[float]] = {}
         self._attrs: dict[RouteKey, dict[str, Any]] = {}
         self._idle_floor: dict[int, list[float]] = {}
         self._long: dict[int, float] = {}  # the long_request setting, per ledger
@@ -91,6 +95,13 @@ class Metrics:
             description="CO2eq emissions charged to HTTP requests",
         )
         meter.create_observable_counter(
+            "codecarbon.request.emissions.embodied",
+            callbacks=[self._observe_request_embodied],
+            unit="g",
+            description="Embodied CO2eq emissions (hardware manufacturing) "
+            "charged to HTTP requests",
+        )
+        meter.create_observable_counter(
             "codecarbon.energy",
             callbacks=[self._observe_energy],
             unit="J",
@@ -101,6 +112,13 @@ class Metrics:
             callbacks=[self._observe_emissions],
             unit="g",
             description="CO2eq emissions of the energy measured for this process",
+        )
+        meter.create_observable_counter(
+            "codecarbon.emissions.embodied",
+            callbacks=[self._observe_embodied],
+            unit="g",
+            description="Embodied CO2eq emissions of the hardware's time, "
+            "attributed to requests or not",
         )
         meter.create_observable_gauge(
             "codecarbon.power",
@@ -150,14 +168,13 @@ class Metrics:
         )
         _all.add(self)
 
-    def add(
-        self, ledger: Ledger, intensity: CarbonIntensity, long_request: float = 300.0
-    ) -> None:
+    def add(self, ledger: Ledger, books: Books, long_request: float = 300.0) -> None:
         with self._lock:
             self._long[id(ledger)] = long_request
-            _, first, count = self._sources.get(id(ledger), (ledger, intensity, 0))
+            _, first, count = self._sources.get(id(ledger), (ledger, books, 0))
             self._sources[id(ledger)] = (ledger, first, count + 1)
             self._idle_floor.setdefault(id(ledger), [0.0] * len(COMPONENTS))
+            self._grams_floor.setdefault(id(ledger), [0.0, 0.0])
 
     def remove(self, ledger: Ledger) -> None:
         with self._lock:
@@ -171,11 +188,11 @@ class Metrics:
 
     def record(
         self,
-        joules: float,
+        measurement: Measurement,
         route: str | None,
         method: str,
         status: int,
-        intensity: CarbonIntensity,
+        factors: Factors,
         span: Span,
     ) -> None:
         """Queue one finished request; the SDK call happens in `drain`.
@@ -185,7 +202,7 @@ class Metrics:
         """
         pending = self._pending
         if len(pending) < self.buffer_size:
-            pending.append((joules, route, method, status, intensity, span))
+            pending.append((measurement, route, method, status, factors, span))
         else:
             self._drop()
 
@@ -220,12 +237,13 @@ class Metrics:
         histogram = self.request_energy.record
         attrs_by_key = self._attrs
         grams: dict[RouteKey, float] = {}
+        embodied: dict[RouteKey, float] = {}
         done = 0
         with self._drain_lock:
             try:
                 while True:
                     try:
-                        joules, route, method, status, intensity, span = (
+                        measurement, route, method, status, factors, span = (
                             pending.popleft()
                         )
                     except IndexError:
@@ -240,15 +258,22 @@ class Metrics:
                         if span.get_span_context().is_valid
                         else _EMPTY
                     )
+                    joules = measurement.total or 0.0
                     histogram(joules, attrs, context=context)
-                    grams[key] = grams.get(key, 0.0) + intensity.grams(joules)
+                    grams[key] = grams.get(key, 0.0) + factors.intensity.grams(joules)
+                    m = factors.embodied_grams(measurement)
+                    if m is not None:
+                        embodied[key] = embodied.get(key, 0.0) + m
                     done += 1
             finally:
                 if grams:
                     with self._lock:
-                        sums = self._route_grams
-                        for key, value in grams.items():
-                            sums[key] = sums.get(key, 0.0) + value
+                        for sums, new in (
+                            (self._route_grams, grams),
+                            (self._route_embodied, embodied),
+                        ):
+                            for key, value in new.items():
+                                sums[key] = sums.get(key, 0.0) + value
         return done
 
     def _drop(self) -> None:
@@ -278,7 +303,7 @@ class Metrics:
 
     # -- observable callbacks ---------------------------------------------
 
-    def _ledgers(self) -> list[tuple[Ledger, CarbonIntensity, Totals, list[float]]]:
+    def _ledgers(self) -> list[tuple[Ledger, Books, Totals, list[float]]]:
         """Each ledger's totals, with its unattributed account floored.
 
         The ledger's idle account dips when a power drop is corrected after
@@ -287,12 +312,24 @@ class Metrics:
         """
         with self._lock:
             out = []
-            for key, (ledger, intensity, _) in self._sources.items():
+            for key, (ledger, books, _) in self._sources.items():
                 totals = ledger.totals()
                 floor = self._idle_floor[key]
                 for i, value in enumerate(totals.unattributed):
                     floor[i] = max(floor[i], value)
-                out.append((ledger, intensity, totals, list(floor)))
+                out.append((ledger, books, totals, list(floor)))
+            return out
+
+    def _books(self) -> list[tuple[Books, float, float]]:
+        """Each ledger's books, with their unattributed grams floored (both
+        the operational and the embodied account), as for the energy."""
+        with self._lock:
+            out = []
+            for key, (_, books, _) in self._sources.items():
+                floor = self._grams_floor[key]
+                floor[0] = max(floor[0], books.unattributed)
+                floor[1] = max(floor[1], books.embodied_unattributed)
+                out.append((books, floor[0], floor[1]))
             return out
 
     def _observe_request_emissions(self, _: CallbackOptions) -> Iterable[Observation]:
@@ -303,9 +340,15 @@ class Metrics:
             items = list(self._route_grams.items())
         return [Observation(grams, self._attrs[key]) for key, grams in items]
 
+    def _observe_request_embodied(self, _: CallbackOptions) -> Iterable[Observation]:
+        self.drain()
+        with self._lock:
+            items = list(self._route_embodied.items())
+        return [Observation(grams, self._attrs[key]) for key, grams in items]
+
     def _observe_energy(self, _: CallbackOptions) -> Iterable[Observation]:
         sums: dict[tuple[str, bool], float] = {}
-        for _ledger, _intensity, totals, idle in self._ledgers():
+        for _ledger, _books, totals, idle in self._ledgers():
             for i, component in enumerate(COMPONENTS):
                 if totals.known[i]:
                     hw = a.HW_TYPES[component]
@@ -317,12 +360,30 @@ class Metrics:
         ]
 
     def _observe_emissions(self, _: CallbackOptions) -> Iterable[Observation]:
+        # From the books: the energy of each interval at the intensity then
+        # in force, so the counters stay exact when the intensity changes.
         attributed = unattributed = 0.0
         seen = False
-        for _ledger, intensity, totals, idle in self._ledgers():
+        for books, idle, _embodied in self._books():
             seen = True
-            attributed += intensity.grams(sum(totals.attributed))
-            unattributed += intensity.grams(sum(idle))
+            attributed += books.attributed
+            unattributed += idle
+        if not seen:
+            return []
+        return [
+            Observation(attributed, {a.ATTRIBUTED: True}),
+            Observation(unattributed, {a.ATTRIBUTED: False}),
+        ]
+
+    def _observe_embodied(self, _: CallbackOptions) -> Iterable[Observation]:
+        attributed = unattributed = 0.0
+        seen = False
+        for books, _idle, idle in self._books():
+            if books.embodied.value is None:
+                continue  # no embodied emissions known: no series
+            seen = True
+            attributed += books.embodied_attributed
+            unattributed += idle
         if not seen:
             return []
         return [
@@ -332,7 +393,7 @@ class Metrics:
 
     def _observe_power(self, _: CallbackOptions) -> Iterable[Observation]:
         watts: dict[str, float] = {}
-        for _ledger, _intensity, totals, _idle in self._ledgers():
+        for _ledger, _books, totals, _idle in self._ledgers():
             for i, component in enumerate(COMPONENTS):
                 if totals.known[i]:
                     hw = a.HW_TYPES[component]
@@ -373,7 +434,9 @@ class Metrics:
     def _observe_intensity(self, _: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
             first = next(iter(self._sources.values()), None)
-        return [] if first is None else [Observation(first[1].g_per_kwh)]
+        if first is None:
+            return []
+        return [Observation(first[1].factors.intensity.g_per_kwh)]
 
 
 def _route_attributes(key: RouteKey) -> dict[str, Any]:

@@ -222,7 +222,9 @@ class _Request:
                 return
             total = measurement.total
             if total is not None:
-                runtime.metrics.record(total, *self._route(), runtime.intensity, span)
+                runtime.metrics.record(
+                    measurement, *self._route(), runtime.books.factors, span
+                )
                 if span.is_recording():
                     attributes = runtime.span_attributes(measurement, span)
                     if attributes is not None:

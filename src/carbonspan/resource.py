@@ -60,7 +60,12 @@ class CodeCarbonResourceDetector(ResourceDetector):
             info = settings.power_source.describe()
         else:
             info = HardwareInfo(cpu_model=_cpu_model(), measurement=_methods())
-        attrs = static_attributes(intensity, info, settings.scope, settings.attribution)
+        # An intensity a provider refreshes is each span's own, not the
+        # process's: it is left off the Resource.
+        dynamic = settings.intensity_provider != "static"
+        attrs = static_attributes(
+            intensity, info, settings.scope, settings.attribution, dynamic=dynamic
+        )
         return Resource(attrs)
 
 

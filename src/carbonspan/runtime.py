@@ -10,7 +10,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.util.http import get_excluded_urls
 
-from carbonspan import cputime, emissions, policies, sampler
+from carbonspan import cputime, embodied, emissions, intensity, policies, sampler, sci
 from carbonspan.attributes import (
     ATTRIBUTION,
     missing_from,
@@ -31,12 +31,15 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.intensity = emissions.resolve(
+        offline = emissions.resolve(
             carbon_intensity=settings.carbon_intensity,
             cloud_provider=settings.cloud_provider,
             cloud_region=settings.cloud_region,
             country_iso_code=settings.country_iso_code,
             region=settings.region,
+        )
+        self.grid = intensity.Grid(
+            offline, _provider(settings), settings.intensity_refresh
         )
         source = settings.power_source
         interval, policy = settings.sample_interval, settings.attribution
@@ -57,11 +60,19 @@ class Runtime:
         if self.timed:
             cputime.patch()
         self.ledger = self.sampler.ledger
+        share = getattr(self.sampler.source, "reserved_share", None)
+        self.books = sci.Books(
+            self.ledger,
+            self.grid,
+            _embodied(settings),
+            share if callable(share) else None,
+        )
+        self.sampler.on_tick.append(self.books.tick)
         self.metrics = metrics_for(settings.meter_provider)
-        self.metrics.add(self.ledger, self.intensity, settings.long_request)
+        self.metrics.add(self.ledger, self.books, settings.long_request)
         self.sampler.after_tick.append(self.metrics.drain)
         self.excluded = _exclusion(settings)
-        self.headers = _header_writer(settings, self.intensity)
+        self.headers = _header_writer(settings, self.books)
         self.hook = settings.measurement_hook
         self.active = True
         self._static: dict[str, Any] | None = None
@@ -69,19 +80,30 @@ class Runtime:
         self._on_span: tuple[Any, dict[str, Any]] = (None, {})
         self._throttle = sampler.Throttle()
 
+    @property
+    def intensity(self) -> emissions.CarbonIntensity:
+        """The carbon intensity in force."""
+        return self.books.factors.intensity
+
     def span_attributes(
         self, measurement: Measurement, span: Any = None
     ) -> dict[str, Any] | None:
         """The attributes for `span`: the request's figures, and the static
         ones its Resource does not already carry with the same value."""
+        factors = self.books.factors
+        dynamic = self.grid.dynamic
         static = self._static
         if static is None:
             info = self.sampler.info
             static = static_attributes(
-                self.intensity, info, self.settings.scope, self.settings.attribution
+                self.grid.fallback,
+                info,
+                self.settings.scope,
+                self.settings.attribution,
+                dynamic=dynamic,
             )
             if not info.measurement:  # hardware not known yet: nothing frozen
-                return span_attributes(measurement, self.intensity, static)
+                return span_attributes(measurement, factors, static, dynamic)
             self._static = static  # hardware known: freeze the static part
         resource = getattr(span, "resource", None)
         if resource is None:  # not an SDK span: all of them
@@ -91,7 +113,7 @@ class Runtime:
             if resource is not seen:
                 on_span = missing_from(static, resource)
                 self._on_span = (resource, on_span)
-        attrs = span_attributes(measurement, self.intensity, on_span)
+        attrs = span_attributes(measurement, factors, on_span, dynamic)
         if attrs is not None and measurement.attribution != self.settings.attribution:
             attrs[ATTRIBUTION] = measurement.attribution  # this request fell back
         return attrs
@@ -125,6 +147,8 @@ class Runtime:
             self.active = False
             with contextlib.suppress(ValueError):
                 self.sampler.after_tick.remove(self.metrics.drain)
+            with contextlib.suppress(ValueError):
+                self.sampler.on_tick.remove(self.books.tick)
             self.metrics.drain()  # what this instrumentation's requests queued
             self.metrics.remove(self.ledger)
             sampler.release(self.sampler)
@@ -157,8 +181,42 @@ def _url(scope: Scope) -> str:
     return f"{scheme}://{netloc}{scope.get('root_path', '')}{scope.get('path', '')}"
 
 
+def _provider(settings: Settings) -> intensity.IntensityProvider | None:
+    """The provider that refreshes the intensity; None: the offline factor."""
+    chosen = settings.intensity_provider
+    if chosen == "static":
+        return None
+    if chosen == "electricitymaps":
+        return intensity.ElectricityMapsIntensity(
+            str(settings.electricitymaps_zone),
+            str(settings.electricitymaps_token),
+            base_url=settings.electricitymaps_url,
+        )
+    assert not isinstance(chosen, str)
+    return chosen
+
+
+def _embodied(settings: Settings) -> embodied.EmbodiedSource:
+    """Where TE comes from: the settings, BoaviztAPI, or nowhere."""
+    if settings.embodied_emissions is not None:
+        known = embodied.from_settings(
+            settings.embodied_emissions, settings.hardware_lifetime
+        )
+        return embodied.EmbodiedSource(known)
+    if settings.boavizta_url:
+        server = embodied.Boavizta(
+            settings.boavizta_url,
+            cloud_provider=settings.cloud_provider,
+            cloud_instance=settings.cloud_instance,
+            archetype=settings.boavizta_archetype,
+            lifetime_years=settings.hardware_lifetime,
+        )
+        return embodied.EmbodiedSource(boavizta=server)
+    return embodied.EmbodiedSource()
+
+
 def _header_writer(
-    settings: Settings, intensity: emissions.CarbonIntensity
+    settings: Settings, books: sci.Books
 ) -> Callable[[Measurement], list[tuple[bytes, bytes]]] | None:
     """Response headers with the figures so far, or None when they are off."""
     fields = settings.response_headers
@@ -175,7 +233,7 @@ def _header_writer(
         values: dict[str, float] = {"duration": float(round(m.duration * 1000.0))}
         if joules is not None:
             values["energy"] = joules
-            values["emissions"] = intensity.grams(joules)
+            values["emissions"] = books.factors.intensity.grams(joules)
         out: list[tuple[bytes, bytes]] = []
         entries = []
         for name in fields:

@@ -92,6 +92,9 @@ class Sampler:
         #: Called by the thread after each reading (the metrics' deferred
         #: records); failures are logged like the source's.
         self.after_tick: list[Callable[[], Any]] = []
+        #: Called with the reading's time after each successful tick, by
+        #: whichever thread took the reading (the books of emissions).
+        self.on_tick: list[Callable[[float], Any]] = []
         _live.add(self)
 
     @property
@@ -138,6 +141,17 @@ class Sampler:
             if info is not self.info and info.busy_watts:
                 self.ledger.prior(info.busy_watts)
             self.info = info  # after the tick: known hardware means readings
+            ticked = not any(kind == "bad_time" for kind, _ in faults)
+            for callback in list(self.on_tick) if ticked else ():
+                try:
+                    callback(reading.time)
+                except Exception as exc:
+                    if self._throttle.allow("on_tick"):
+                        _log.warning(
+                            "carbonspan: keeping the emissions books failed. "
+                            "Logged at most once a minute.",
+                            exc_info=exc,
+                        )
             return True
 
     def _run(self) -> None:

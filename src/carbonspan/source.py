@@ -103,6 +103,7 @@ class CodeCarbonPowerSource:
         self._ram_at = -RAM_REFRESH
         self._share = 0.0
         self._share_at = -1.0
+        self._cpu_share: float | None = None  # the last interval's, see below
         self._machine_times = True  # psutil reads the machine's CPU times
         self._failing: set[str] = set()  # components whose failure was logged
 
@@ -172,6 +173,14 @@ class CodeCarbonPowerSource:
     def describe(self) -> HardwareInfo:
         return self._info
 
+    def reserved_share(self) -> float | None:
+        """The share of the machine charged to the process in the last
+        interval, by the rule for CPU energy: its CPU time over the machine's
+        busy CPU time (1.0 under ``scope="machine"``; None before an
+        interval was measured). Embodied emissions use it as SCI's
+        resources reserved over total resources."""
+        return 1.0 if self.scope == "machine" else self._cpu_share
+
     # -- internals ---------------------------------------------------------
 
     def _reading(self, at: float) -> EnergyReading:
@@ -212,7 +221,9 @@ class CodeCarbonPowerSource:
         if self.scope == "process":
             busy = machine_busy - self._last_machine_busy
             used = proc_cpu - self._last_proc_cpu
-            joules *= min(max(used / busy, 0.0), 1.0) if busy > 0 else 0.0
+            share = min(max(used / busy, 0.0), 1.0) if busy > 0 else 0.0
+            joules *= share
+            self._cpu_share = share
         self._last_proc_cpu, self._last_machine_busy = proc_cpu, machine_busy
         return joules
 
