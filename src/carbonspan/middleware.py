@@ -69,6 +69,10 @@ class CodeCarbonMiddleware:
 _NO_BODY = frozenset(("GET", "HEAD"))
 
 
+#: A last body this big (bytes) or more can wait on a slow reader: servers
+#: write the rest of a response without waiting (asyncio's transports start
+#: pushing back at 64 KiB buffered).
+BIG_BODY = 65536
 #: Work after the response that lasts less than this (s) is not reported apart
 #: in the route's metrics: it is the response's own unwinding.
 AFTER_RESPONSE = 0.001
@@ -173,6 +177,10 @@ class _Request:
             or kind == "http.response.pathsend"
         ):
             self.report()  # the span creator ends the span right after this
+            if len(message.get("body", b"")) < BIG_BODY:
+                # A small last body is written without waiting on the reader.
+                await self._send(message)
+                return
         self._wait()  # a slow reader holds the send back
         try:
             await self._send(message)
