@@ -315,23 +315,20 @@ def _intensity(name: str, value: Any) -> float:
     return number
 
 
-def _interval(name: str, value: Any) -> float:
-    number = _number(name, value)
-    if not MIN_INTERVAL <= number <= MAX_INTERVAL:
-        raise ValueError(
-            f"{name}: expected seconds in [{MIN_INTERVAL:g}, {MAX_INTERVAL:g}], "
-            f"got {value!r}"
-        )
-    return number
+def _seconds(low: float, high: float) -> Callable[[str, Any], float]:
+    def parse(name: str, value: Any) -> float:
+        number = _number(name, value)
+        if not low <= number <= high:
+            raise ValueError(
+                f"{name}: expected seconds in [{low:g}, {high:g}], got {value!r}"
+            )
+        return number
+
+    return parse
 
 
-def _long(name: str, value: Any) -> float:
-    number = _number(name, value)
-    if not MIN_LONG <= number <= MAX_LONG:
-        raise ValueError(
-            f"{name}: expected seconds in [{MIN_LONG:g}, {MAX_LONG:g}], got {value!r}"
-        )
-    return number
+_interval = _seconds(MIN_INTERVAL, MAX_INTERVAL)
+_long = _seconds(MIN_LONG, MAX_LONG)
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:

@@ -391,14 +391,19 @@ class Metrics:
             Observation(unattributed, {a.ATTRIBUTED: False}),
         ]
 
-    def _observe_power(self, _: CallbackOptions) -> Iterable[Observation]:
-        watts: dict[str, float] = {}
+    def _by_hw_type(self, field: str) -> list[Observation]:
+        """A `Totals` field summed over the ledgers, one observation per hw.type."""
+        sums: dict[str, float] = {}
         for _ledger, _books, totals, _idle in self._ledgers():
+            values = getattr(totals, field)
             for i, component in enumerate(COMPONENTS):
                 if totals.known[i]:
                     hw = a.HW_TYPES[component]
-                    watts[hw] = watts.get(hw, 0.0) + totals.power[i]
-        return [Observation(w, {a.HW_TYPE: hw}) for hw, w in watts.items()]
+                    sums[hw] = sums.get(hw, 0.0) + values[i]
+        return [Observation(value, {a.HW_TYPE: hw}) for hw, value in sums.items()]
+
+    def _observe_power(self, _: CallbackOptions) -> Iterable[Observation]:
+        return self._by_hw_type("power")
 
     def _observe_in_flight(self, _: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
@@ -411,13 +416,7 @@ class Metrics:
         return [Observation(joules, self._attrs[key]) for key, joules in items]
 
     def _observe_open(self, _: CallbackOptions) -> Iterable[Observation]:
-        sums: dict[str, float] = {}
-        for _ledger, _intensity, totals, _idle in self._ledgers():
-            for i, component in enumerate(COMPONENTS):
-                if totals.known[i]:
-                    hw = a.HW_TYPES[component]
-                    sums[hw] = sums.get(hw, 0.0) + totals.open[i]
-        return [Observation(joules, {a.HW_TYPE: hw}) for hw, joules in sums.items()]
+        return self._by_hw_type("open")
 
     def _observe_long(self, _: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
