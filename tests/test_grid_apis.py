@@ -283,7 +283,7 @@ def test_boavizta_answer_reaches_spans_and_metrics(
     # The spans, plus the requests' time after their responses had gone (the
     # span creator ending the span, the app returning), attributed too.
     on_spans = sum(spans_by_route.values())
-    assert on_spans <= process[True] == pytest.approx(on_spans, rel=0.02)
+    assert on_spans <= process[True] <= on_spans * 1.1
     books = runtime.books
     assert process[True] + books.embodied_unattributed == pytest.approx(
         books.embodied_total, rel=1e-9

@@ -377,7 +377,8 @@ def test_pathsend_closes_the_window_before_the_file_goes(
     types = [m["type"] for m in exchange.messages]
     assert types == ["http.response.start", "http.response.pathsend"]
     assert exchange.messages[1]["path"] == __file__
-    # Closed and charged before the server sends the file.
+    # Charged before the server sends the file, and out of n(t) while it does
+    # (a file can wait on its reader); the window closes when the app returns.
     assert exchange.open_at == {"http.response.start": 1, "http.response.pathsend": 0}
     (span,) = otel.server_spans()
     assert attrs(span)[a.ENERGY_TOTAL] > 0

@@ -69,9 +69,9 @@ class CodeCarbonMiddleware:
 _NO_BODY = frozenset(("GET", "HEAD"))
 
 
-#: A last body this big (bytes) or more can wait on a slow reader: servers
-#: write the rest of a response without waiting (asyncio's transports start
-#: pushing back at 64 KiB buffered).
+#: A last body this big (bytes) or more (or a file sent by the server) can
+#: wait on a slow reader: servers write the rest of a response without
+#: waiting (asyncio's transports start pushing back at 64 KiB buffered).
 BIG_BODY = 65536
 #: Work after the response that lasts less than this (s) is not reported apart
 #: in the route's metrics: it is the response's own unwinding.
@@ -177,7 +177,8 @@ class _Request:
             or kind == "http.response.pathsend"
         ):
             self.report()  # the span creator ends the span right after this
-            if len(message.get("body", b"")) < BIG_BODY:
+            body = message.get("body", b"")
+            if kind != "http.response.pathsend" and len(body) < BIG_BODY:
                 # A small last body is written without waiting on the reader.
                 await self._send(message)
                 return
