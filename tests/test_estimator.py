@@ -182,3 +182,36 @@ def test_power_that_does_not_follow_the_requests_is_not_theirs() -> None:
         model.observe(TICK - busy, busy, watts * TICK)
     assert model.busy is not None and model.idle is not None
     assert model.busy == pytest.approx(model.idle, rel=0.15)
+
+
+@pytest.mark.parametrize("policy", ["time_share", "cpu_time"])
+def test_a_paused_request_is_charged_nothing_while_it_waits(policy: str) -> None:
+    """Two requests for 1 s; one waits on its client for the middle 0.6 s."""
+    ledger = Ledger(policy=policy)
+    for k in range(3):  # 10 W, known from two idle intervals
+        ledger.tick(EnergyReading(time=k * TICK, cpu=10.0 * k * TICK))
+    working, waiting = CpuClock(), CpuClock()
+    t0 = 2 * TICK
+    w_work = ledger.open(t0, working)
+    w_wait = ledger.open(t0, waiting)
+    for k in range(1, 11):  # ticks every 0.1 s over the second
+        now = t0 + k * TICK
+        working.loop_seconds += 0.05  # the working request computes
+        waiting.loop_seconds += 0.0 if 2 < k <= 8 else 0.05
+        ledger.tick(EnergyReading(time=now, cpu=10.0 * now))
+        if k == 2:
+            ledger.pause(w_wait, now)  # its client is slow from here
+        elif k == 8:
+            ledger.resume(w_wait, now)
+    m_wait = ledger.close(w_wait, t0 + 1.0)
+    m_work = ledger.close(w_work, t0 + 1.0)
+    assert m_wait.cpu is not None and m_work.cpu is not None
+    # In flight together 0.4 s (2 J each by either policy), the worker alone
+    # 0.6 s (6 J): the waiting request pays nothing for its wait.
+    assert m_wait.cpu == pytest.approx(2.0, rel=0.05)
+    assert m_work.cpu == pytest.approx(8.0, rel=0.05)
+    assert m_wait.active == pytest.approx(0.4) and m_wait.duration == pytest.approx(1.0)
+    totals = ledger.totals()
+    assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(
+        totals.measured[0]
+    )
