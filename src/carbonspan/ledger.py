@@ -46,11 +46,12 @@ if TYPE_CHECKING:
 
 #: Ticks kept for windows still open: 8192 ticks is 13.6 min at 0.1 s.
 RING = 8192
-#: Seconds of learned busy power an interval's own busy power is pulled with.
-SHRINK = 0.005
+#: An interval's busy power is pulled towards the learned one as if that had
+#: been seen for this fraction of the interval's idle seconds: a few busy
+#: milliseconds in an idle interval say little, a busy interval says it all.
+SHRINK = 0.05
 _ZERO = dict.fromkeys(COMPONENTS, 0.0)
 _UNKNOWN: dict[str, float | None] = dict.fromkeys(COMPONENTS)
-POLICIES = tuple(policies.POLICIES)
 # A tick in the ring: B_j, and C_j and P_j per component.
 _Tick = tuple[float, dict[str, float], dict[str, float]]
 #: What was wrong with a reading: (kind, detail), see `Ledger.tick`.
@@ -504,14 +505,14 @@ class Ledger:
                     name, idle * scale, busy * scale, delta
                 )
                 idle_joules *= joules / delta if delta > 0 else 0.0
-                # The busy power, pulled towards the learned one as if it had
-                # been seen for SHRINK more seconds: over a few busy
-                # milliseconds the interval's own figure is mostly noise. A
-                # measured 0 J stays 0.
+                # The busy power, pulled towards the learned one (see SHRINK):
+                # over a few busy milliseconds the interval's own figure is
+                # mostly noise. A measured 0 J stays 0.
                 learned = self.policy.rate(name) or 0.0
                 busy_joules = joules - idle_joules
+                pull = SHRINK * idle
                 power = (
-                    (busy_joules + learned * SHRINK) / (busy + SHRINK)
+                    (busy_joules + learned * pull) / (busy + pull)
                     if busy > 0 and joules > 0
                     else 0.0
                 )
