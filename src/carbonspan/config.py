@@ -41,6 +41,8 @@ MIN_INTERVAL, MAX_INTERVAL = 0.01, 60.0
 #: tables (the highest, Turkmenistan, is about 1306), so what is higher is a
 #: unit mistake (see docs/decisions.md).
 MAX_INTENSITY = 2000.0
+#: Groups allowed in one excluded_urls regex: URL patterns need a handful.
+MAX_GROUPS = 100
 #: long_request bounds, in seconds: from a second to a day.
 MIN_LONG, MAX_LONG = 1.0, 86400.0
 #: Settings that only keyword arguments can give (objects, not text).
@@ -356,6 +358,12 @@ def _excluded(name: str, value: Any) -> re.Pattern[str] | None:
         )
     if not parts:
         return None
+    if any(p.count("(") > MAX_GROUPS for p in parts):
+        # Python 3.13.0's regex compiler can crash the process on deeply
+        # nested groups rather than raise RecursionError.
+        raise ValueError(
+            f"{name}: {value!r} is not accepted: at most {MAX_GROUPS} groups per regex"
+        )
     try:
         return re.compile("|".join(f"(?:{p})" for p in parts))
     except (re.error, OverflowError, RecursionError) as exc:  # too big, too deep
