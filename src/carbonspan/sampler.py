@@ -269,6 +269,7 @@ _registry = _Registry()
 lease = _registry.lease
 release = _registry.release
 
+
 def _stop_all() -> None:
     # At interpreter exit: a daemon thread still reading the hardware while
     # the interpreter tears its modules down can crash the process (seen on
