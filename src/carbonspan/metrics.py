@@ -362,34 +362,17 @@ class Metrics:
     def _observe_emissions(self, _: CallbackOptions) -> Iterable[Observation]:
         # From the books: the energy of each interval at the intensity then
         # in force, so the counters stay exact when the intensity changes.
-        attributed = unattributed = 0.0
-        seen = False
-        for books, idle, _embodied in self._books():
-            seen = True
-            attributed += books.attributed
-            unattributed += idle
-        if not seen:
-            return []
-        return [
-            Observation(attributed, {a.ATTRIBUTED: True}),
-            Observation(unattributed, {a.ATTRIBUTED: False}),
-        ]
+        return _split(
+            (books.attributed, idle) for books, idle, _embodied in self._books()
+        )
 
     def _observe_embodied(self, _: CallbackOptions) -> Iterable[Observation]:
-        attributed = unattributed = 0.0
-        seen = False
-        for books, _idle, idle in self._books():
-            if books.embodied.value is None:
-                continue  # no embodied emissions known: no series
-            seen = True
-            attributed += books.embodied_attributed
-            unattributed += idle
-        if not seen:
-            return []
-        return [
-            Observation(attributed, {a.ATTRIBUTED: True}),
-            Observation(unattributed, {a.ATTRIBUTED: False}),
-        ]
+        # No series where no embodied emissions are known.
+        return _split(
+            (books.embodied_attributed, idle)
+            for books, _idle, idle in self._books()
+            if books.embodied.value is not None
+        )
 
     def _by_hw_type(self, field: str) -> list[Observation]:
         """A `Totals` field summed over the ledgers, one observation per hw.type."""
@@ -436,6 +419,22 @@ class Metrics:
         if first is None:
             return []
         return [Observation(first[1].factors.intensity.g_per_kwh)]
+
+
+def _split(pairs: Iterable[tuple[float, float]]) -> list[Observation]:
+    """(attributed, unattributed) pairs summed into the two series, if any."""
+    attributed = unattributed = 0.0
+    seen = False
+    for mine, idle in pairs:
+        seen = True
+        attributed += mine
+        unattributed += idle
+    if not seen:
+        return []
+    return [
+        Observation(attributed, {a.ATTRIBUTED: True}),
+        Observation(unattributed, {a.ATTRIBUTED: False}),
+    ]
 
 
 def _route_attributes(key: RouteKey) -> dict[str, Any]:
