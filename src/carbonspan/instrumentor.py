@@ -65,6 +65,20 @@ def insert_middleware(stack: Any, runtime: Runtime) -> Any:
     return CodeCarbonMiddleware(stack, runtime=runtime)
 
 
+def runtime_of(app: object) -> Runtime | None:
+    """The instrumentation measuring `app`: its own (`instrument_app`), else
+    the global one (`instrument()`) when its stack holds our middleware."""
+    own: Runtime | None = getattr(app, _APP_ATTR, None)
+    if own is not None:
+        return own
+    node = getattr(app, "middleware_stack", None)
+    while node is not None:
+        if isinstance(node, CodeCarbonMiddleware):
+            return node.runtime
+        node = getattr(node, "app", None)
+    return None
+
+
 class _Patch:
     """The global `FastAPI.build_middleware_stack` patch and its runtime."""
 
