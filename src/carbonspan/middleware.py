@@ -10,7 +10,6 @@ that message. A `finally` covers exceptions and client disconnects.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import Token
 from time import monotonic
 from typing import Any
@@ -23,12 +22,7 @@ from carbonspan import cputime
 from carbonspan.config import Settings
 from carbonspan.ledger import Measurement, Window
 from carbonspan.runtime import Runtime
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from carbonspan.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class CodeCarbonMiddleware:

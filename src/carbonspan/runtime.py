@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -21,9 +21,9 @@ from carbonspan.config import Settings
 from carbonspan.ledger import Measurement
 from carbonspan.metrics import metrics_for
 from carbonspan.source import CodeCarbonPowerSource, PowerSource
+from carbonspan.types import Scope
 
 _log = logging.getLogger(__name__)
-Scope = Mapping[str, Any]
 
 
 class Runtime:
