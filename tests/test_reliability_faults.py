@@ -408,7 +408,7 @@ def test_failed_hardware_detection_falls_back_and_says_so(
 def _codecarbon_constant_watts(source: CodeCarbonPowerSource) -> float:
     from codecarbon.external.hardware import CONSUMPTION_PERCENTAGE_CONSTANT
 
-    return float(source._cpu._tdp) * CONSUMPTION_PERCENTAGE_CONSTANT
+    return float(source._cpu.hw._tdp) * CONSUMPTION_PERCENTAGE_CONSTANT
 
 
 class FakeNvml:

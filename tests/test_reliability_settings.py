@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
-from carbonspan import config
+from carbonspan import config, parsers
 from carbonspan.config import ENV_PREFIX, OBJECT_SETTINGS, Settings
 from carbonspan.runtime import Runtime
 from carbonspan.testing import ConstantPowerSource
@@ -111,7 +111,7 @@ def built(s: Settings) -> None:
         assert runtime.settings is s
         assert config.MIN_INTERVAL <= s.sample_interval <= config.MAX_INTERVAL
         intensity = s.carbon_intensity
-        assert intensity is None or 0 <= intensity <= config.MAX_INTENSITY
+        assert intensity is None or 0 <= intensity <= parsers.MAX_INTENSITY
         assert s.scope in config.SCOPES and s.attribution in config.ATTRIBUTIONS
     finally:
         runtime.close()

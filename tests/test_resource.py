@@ -10,7 +10,7 @@ from opentelemetry.sdk.resources import Resource, get_aggregated_resources
 
 from apps import build_app
 from carbonspan import attributes as a
-from carbonspan.ledger import Measurement
+from carbonspan import Measurement
 from carbonspan.resource import CodeCarbonResourceDetector
 from carbonspan.testing import ConstantPowerSource
 from conftest import Instrumented, Otel, attrs, client, wait_ready
@@ -129,9 +129,9 @@ def test_a_request_whose_policy_differs_says_so_on_its_span(
     runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
     wait_ready(runtime)
     span = type("SpanLike", (), {"resource": resource})()
-    measured = Measurement(0.01, 0.1, None, 0.02, 1.0, "time_share")
+    measured = Measurement(0.01, 0.01, cpu=0.1, ram=0.02, attribution="time_share")
     assert a.ATTRIBUTION not in (runtime.span_attributes(measured, span) or {})
-    fell_back = Measurement(0.01, 0.1, None, 0.02, 1.0, "cpu_time")
+    fell_back = Measurement(0.01, 0.01, cpu=0.1, ram=0.02, attribution="cpu_time")
     assert (runtime.span_attributes(fell_back, span) or {})[a.ATTRIBUTION] == (
         "cpu_time"
     )

@@ -1,12 +1,13 @@
 """carbonspan: each HTTP request's energy and CO2eq on its OpenTelemetry span."""
 
+from carbonspan.codecarbon_source import CodeCarbonPowerSource
 from carbonspan.instrumentor import CodeCarbonInstrumentor
-from carbonspan.ledger import Measurement
 from carbonspan.middleware import CodeCarbonMiddleware
 from carbonspan.source import (
-    CodeCarbonPowerSource,
     EnergyReading,
+    EnergyTotals,
     HardwareInfo,
+    Measurement,
     PowerSource,
 )
 from carbonspan.version import __version__
@@ -16,6 +17,7 @@ __all__ = [
     "CodeCarbonMiddleware",
     "CodeCarbonPowerSource",
     "EnergyReading",
+    "EnergyTotals",
     "HardwareInfo",
     "Measurement",
     "PowerSource",

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from carbonspan.emissions import CarbonIntensity
-from carbonspan.ledger import Measurement
-from carbonspan.source import COMPONENTS, HardwareInfo
+from carbonspan.source import COMPONENTS, HardwareInfo, Measurement
 
 if TYPE_CHECKING:
     from carbonspan.sci import Factors

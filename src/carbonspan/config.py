@@ -15,34 +15,29 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
-import math
 import os
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from carbonspan import emissions, intensity
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
+
+from carbonspan import intensity, parsers
 from carbonspan.policies import POLICIES
-from carbonspan.source import PowerSource, Scope
+from carbonspan.source import PowerSource, SourceScope
+from carbonspan.types import MeasurementHook
 
 _log = logging.getLogger(__name__)
 
 SCOPES = ("process", "machine")
 ATTRIBUTIONS = tuple(POLICIES)
-HEADER_FIELDS = ("energy", "emissions", "duration")
 HEADER_FORMATS = ("x-codecarbon", "server-timing", "both")
-INTENSITY_PROVIDERS = ("static", "electricitymaps")
 ENV_PREFIX = "CARBONSPAN_"
 #: sample_interval bounds, in seconds. Below 10 ms the sampler thread costs
 #: more CPU than the requests it measures; above a minute it hardly follows.
 MIN_INTERVAL, MAX_INTERVAL = 0.01, 60.0
-#: carbon_intensity bound, g CO2eq/kWh: above every grid in CodeCarbon's
-#: tables (the highest, Turkmenistan, is about 1306), so what is higher is a
-#: unit mistake (see docs/decisions.md).
-MAX_INTENSITY = 2000.0
-#: Groups allowed in one excluded_urls regex: URL patterns need a handful.
-MAX_GROUPS = 100
 #: long_request bounds, in seconds: from a second to a day.
 MIN_LONG, MAX_LONG = 1.0, 86400.0
 #: Settings that only keyword arguments can give (objects, not text).
@@ -53,26 +48,27 @@ OBJECT_SETTINGS = (
     "measurement_hook",
 )
 
-MeasurementHook = Callable[[Any, Mapping[str, Any], Any], None]
-
 
 @dataclass(frozen=True)
 class Settings:
+    """Validated settings (see `carbonspan.types.InstrumentSettings` for what
+    each one means); `Settings.load` builds them."""
+
     country_iso_code: str | None = None
     region: str | None = None
     cloud_provider: str | None = None
     cloud_region: str | None = None
     carbon_intensity: float | None = None
     sample_interval: float = 0.1
-    scope: Scope = "process"
+    scope: SourceScope = "process"
     attribution: str = "time_share"
     excluded_urls: re.Pattern[str] | None = None
     response_headers: tuple[str, ...] = ()
     response_headers_format: str = "x-codecarbon"
     long_request: float = 300.0
     power_source: PowerSource | None = None
-    meter_provider: Any = None
-    tracer_provider: Any = None  # only flushed at shutdown: spans are not ours
+    meter_provider: MeterProvider | None = None
+    tracer_provider: TracerProvider | None = None  # flushed at shutdown only
     measurement_hook: MeasurementHook | None = None
     # Grid intensity and embodied emissions (see carbonspan.intensity,
     # carbonspan.embodied).
@@ -142,8 +138,12 @@ class Settings:
                 "power_source: expected an object with read() and describe() "
                 f"(the carbonspan.PowerSource protocol), got {values['power_source']!r}"
             )
-        _check_pair(values, from_env, ("cloud_provider", "cloud_region"), _check_cloud)
-        _check_pair(values, from_env, ("country_iso_code", "region"), _check_region)
+        _check_pair(
+            values, from_env, ("cloud_provider", "cloud_region"), parsers.check_cloud
+        )
+        _check_pair(
+            values, from_env, ("country_iso_code", "region"), parsers.check_region
+        )
         _check_sci(values, from_env)
         return cls(**values)
 
@@ -229,217 +229,6 @@ def _var(name: str, raw: str) -> str:
     return f"{ENV_PREFIX}{name.upper()}={raw!r}"
 
 
-def _check_cloud(provider: str | None, region: str | None) -> None:
-    if region and not provider:
-        raise ValueError(
-            "cloud_region: needs cloud_provider too "
-            f"(one of {', '.join(emissions.CLOUD_PROVIDERS)})"
-        )
-    if provider and region:
-        known = emissions.cloud_regions(provider)
-        # CodeCarbon has factors for some providers only (3.3: gcp): there a
-        # region must be one of its; elsewhere any region name is taken.
-        if known and region not in known:
-            sample = ", ".join(sorted(known)[:6])
-            raise ValueError(
-                f"cloud_region: {region!r} is not a {provider} region CodeCarbon "
-                f"knows; accepted: {sample}, ... ({len(known)} in all)"
-            )
-
-
-def _check_region(country: str | None, region: str | None) -> None:
-    if region and not country:
-        raise ValueError(
-            "region: needs country_iso_code too (a region is looked up within "
-            "a country)"
-        )
-    if country and region:
-        known = emissions.regions(country)
-        if not known:
-            raise ValueError(
-                f"region: CodeCarbon has no figures by region for {country} (it has "
-                f"for {', '.join(emissions.REGIONAL_COUNTRIES)}); leave region "
-                f"unset to use {country}'s figure"
-            )
-        if emissions.region_key(country, region) is None:
-            more = f", ... ({len(known)} in all)" if len(known) > 6 else ""
-            raise ValueError(
-                f"region: {region!r} is not a {country} region CodeCarbon knows; "
-                f"accepted: {', '.join(known[:6])}{more}"
-            )
-
-
-def _text(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name}: expected a non-empty string, got {value!r}")
-    return value.strip()
-
-
-def _country(name: str, value: Any) -> str:
-    code = _text(name, value).upper()
-    if code not in emissions.countries():
-        raise ValueError(
-            f"{name}: {value!r} is not a country CodeCarbon has data for; "
-            "accepted: ISO 3166-1 alpha-3 codes such as FRA, USA, DEU, IND"
-        )
-    return code
-
-
-def _cloud_provider(name: str, value: Any) -> str:
-    provider = _text(name, value).lower()
-    if provider not in emissions.CLOUD_PROVIDERS:
-        raise ValueError(
-            f"{name}: {value!r} is not accepted; use one of "
-            f"{', '.join(emissions.CLOUD_PROVIDERS)}"
-        )
-    return provider
-
-
-def _number(name: str, value: Any) -> float:
-    # float() also takes "1_0" (as 10): not a way anyone writes a setting.
-    if isinstance(value, bool) or (isinstance(value, str) and "_" in value):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    return number
-
-
-def _intensity(name: str, value: Any) -> float:
-    number = _number(name, value)
-    if not 0 <= number <= MAX_INTENSITY:
-        raise ValueError(
-            f"{name}: expected g CO2eq/kWh in [0, {MAX_INTENSITY:g}], got {value!r}"
-        )
-    return number
-
-
-def _seconds(low: float, high: float) -> Callable[[str, Any], float]:
-    def parse(name: str, value: Any) -> float:
-        number = _number(name, value)
-        if not low <= number <= high:
-            raise ValueError(
-                f"{name}: expected seconds in [{low:g}, {high:g}], got {value!r}"
-            )
-        return number
-
-    return parse
-
-
-_interval = _seconds(MIN_INTERVAL, MAX_INTERVAL)
-_long = _seconds(MIN_LONG, MAX_LONG)
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
-    def parse(name: str, value: Any) -> str:
-        text = value.strip().lower() if isinstance(value, str) else value
-        if text not in choices:
-            raise ValueError(
-                f"{name}: {value!r} is not accepted; use one of {', '.join(choices)}"
-            )
-        return str(text)
-
-    return parse
-
-
-def _excluded(name: str, value: Any) -> re.Pattern[str] | None:
-    if isinstance(value, re.Pattern):
-        return value
-    if isinstance(value, str):
-        parts = [p.strip() for p in value.split(",") if p.strip()]
-    elif isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
-        parts = [p for p in value if p]
-    else:
-        raise ValueError(
-            f"{name}: expected comma-separated regexes or a list of them, got {value!r}"
-        )
-    if not parts:
-        return None
-    if any(p.count("(") > MAX_GROUPS for p in parts):
-        # Python 3.13.0's regex compiler can crash the process on deeply
-        # nested groups rather than raise RecursionError.
-        raise ValueError(
-            f"{name}: {value!r} is not accepted: at most {MAX_GROUPS} groups per regex"
-        )
-    try:
-        return re.compile("|".join(f"(?:{p})" for p in parts))
-    except (re.error, OverflowError, RecursionError) as exc:  # too big, too deep
-        raise ValueError(
-            f"{name}: {value!r} is not a valid regex list ({exc})"
-        ) from None
-
-
-def _headers(name: str, value: Any) -> tuple[str, ...]:
-    given = value
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("true", "1", "yes", "on"):
-            return HEADER_FIELDS
-        if text in ("false", "0", "no", "off", ""):
-            return ()
-        value = [p.strip() for p in text.split(",") if p.strip()]
-    if value is True:
-        return HEADER_FIELDS
-    if value is False:
-        return ()
-    if isinstance(value, (list, tuple)) and all(f in HEADER_FIELDS for f in value):
-        return tuple(f for f in HEADER_FIELDS if f in value)
-    raise ValueError(
-        f"{name}: {given!r} is not accepted; use True, False or a list of "
-        f"{', '.join(HEADER_FIELDS)}"
-    )
-
-
-def _provider(name: str, value: Any) -> str | intensity.IntensityProvider:
-    if not isinstance(value, str) and isinstance(value, intensity.IntensityProvider):
-        return value
-    choices = INTENSITY_PROVIDERS
-    if isinstance(value, str) and value.strip().lower() in choices:
-        return value.strip().lower()
-    raise ValueError(
-        f"{name}: {value!r} is not accepted; use one of {', '.join(choices)}, "
-        "or an object with current() (the carbonspan.intensity.IntensityProvider "
-        "protocol)"
-    )
-
-
-def _refresh(name: str, value: Any) -> float:
-    number = _number(name, value)
-    if not 0 < number <= 86400:
-        raise ValueError(f"{name}: expected seconds in (0, 86400], got {value!r}")
-    return number
-
-
-def _url(name: str, value: Any) -> str:
-    text = _text(name, value)
-    if not text.lower().startswith(("http://", "https://")):
-        raise ValueError(f"{name}: expected an http:// or https:// URL, got {value!r}")
-    return text
-
-
-def _kilograms(name: str, value: Any) -> float:
-    number = _number(name, value)
-    if number <= 0:
-        raise ValueError(f"{name}: expected kg CO2eq > 0, got {value!r}")
-    return number
-
-
-def _years(name: str, value: Any) -> float:
-    number = _number(name, value)
-    if not 0 < number <= 100:
-        raise ValueError(f"{name}: expected years in (0, 100], got {value!r}")
-    return number
-
-
-def _secret(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name}: expected a non-empty string")  # never the value
-    return value.strip()
-
-
 def _check_sci(values: dict[str, Any], from_env: Collection[str]) -> None:
     """Checks between the grid-intensity and embodied-emissions settings.
 
@@ -496,27 +285,27 @@ def _check_sci(values: dict[str, Any], from_env: Collection[str]) -> None:
 
 
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
-    "country_iso_code": _country,
-    "region": _text,
-    "cloud_provider": _cloud_provider,
-    "cloud_region": _text,
-    "carbon_intensity": _intensity,
-    "sample_interval": _interval,
-    "long_request": _long,
-    "scope": _choice(SCOPES),
-    "attribution": _choice(ATTRIBUTIONS),
-    "excluded_urls": _excluded,
-    "response_headers": _headers,
-    "response_headers_format": _choice(HEADER_FORMATS),
-    "intensity_provider": _provider,
-    "intensity_refresh": _refresh,
-    "electricitymaps_zone": _text,
-    "electricitymaps_url": _url,
-    "electricitymaps_token": _secret,
-    "embodied_emissions": _kilograms,
-    "hardware_lifetime": _years,
-    "boavizta_url": _url,
-    "cloud_instance": _text,
-    "boavizta_archetype": _text,
+    "country_iso_code": parsers.country_code,
+    "region": parsers.nonempty_text,
+    "cloud_provider": parsers.cloud_provider_name,
+    "cloud_region": parsers.nonempty_text,
+    "carbon_intensity": parsers.grid_intensity,
+    "sample_interval": parsers.seconds_between(MIN_INTERVAL, MAX_INTERVAL),
+    "long_request": parsers.seconds_between(MIN_LONG, MAX_LONG),
+    "scope": parsers.one_of(SCOPES),
+    "attribution": parsers.one_of(ATTRIBUTIONS),
+    "excluded_urls": parsers.url_regexes,
+    "response_headers": parsers.header_fields,
+    "response_headers_format": parsers.one_of(HEADER_FORMATS),
+    "intensity_provider": parsers.intensity_source,
+    "intensity_refresh": parsers.refresh_seconds,
+    "electricitymaps_zone": parsers.nonempty_text,
+    "electricitymaps_url": parsers.http_url,
+    "electricitymaps_token": parsers.secret,
+    "embodied_emissions": parsers.kilograms,
+    "hardware_lifetime": parsers.years,
+    "boavizta_url": parsers.http_url,
+    "cloud_instance": parsers.nonempty_text,
+    "boavizta_archetype": parsers.nonempty_text,
 }
 _NAMES = frozenset(f.name for f in fields(Settings))

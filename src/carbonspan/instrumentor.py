@@ -17,7 +17,7 @@ instrumentor. In both cases the built stack is returned with
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
@@ -27,8 +27,14 @@ from carbonspan.config import Settings
 from carbonspan.middleware import CodeCarbonMiddleware
 from carbonspan.package import _instruments
 from carbonspan.runtime import Runtime
+from carbonspan.source import EnergyTotals
+from carbonspan.types import InstrumentorSettings, InstrumentSettings, Unpack
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 _APP_ATTR = "_carbonspan_runtime"
+_PATCH_ATTR = "_carbonspan_patch"
 
 
 _SPAN_CREATORS = frozenset(
@@ -100,6 +106,14 @@ class CodeCarbonInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
 
+    def instrument(self, **kwargs: Unpack[InstrumentorSettings]) -> None:
+        """Measure every FastAPI app built from now on (see the class doc)."""
+        super().instrument(**kwargs)
+
+    def uninstrument(self, **kwargs: object) -> None:
+        """Stop measuring the apps `instrument()` covered."""
+        super().uninstrument(**kwargs)
+
     def _instrument(self, **kwargs: Any) -> None:
         import fastapi.applications
 
@@ -133,7 +147,7 @@ class CodeCarbonInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         _Patch.runtime = None
 
     @staticmethod
-    def instrument_app(app: Any, **settings: Any) -> None:
+    def instrument_app(app: Starlette, **settings: Unpack[InstrumentSettings]) -> None:
         """Measure every request of one FastAPI (or Starlette) app."""
         existing: Runtime | None = getattr(app, _APP_ATTR, None)
         if existing is not None and existing.active:
@@ -148,23 +162,32 @@ class CodeCarbonInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return insert_middleware(stack, runtime)
 
         setattr(app, _APP_ATTR, runtime)
-        app._carbonspan_patch = (original, build_middleware_stack)
-        app.build_middleware_stack = build_middleware_stack
+        setattr(app, _PATCH_ATTR, (original, build_middleware_stack))
+        setattr(app, "build_middleware_stack", build_middleware_stack)  # noqa: B010
         if getattr(app, "middleware_stack", None) is not None:
             app.middleware_stack = app.build_middleware_stack()
 
     @staticmethod
-    def uninstrument_app(app: Any) -> None:
+    def uninstrument_app(app: Starlette) -> None:
         """Stop measuring `app` and take the middleware out of its stack."""
         runtime: Runtime | None = getattr(app, _APP_ATTR, None)
         if runtime is None:
             return
         runtime.close()
-        original, wrapper = app.__dict__.pop("_carbonspan_patch")
+        original, wrapper = app.__dict__.pop(_PATCH_ATTR)
         if app.__dict__.get("build_middleware_stack") is wrapper:
             # Nobody patched over us; otherwise our wrapper stays in their
             # chain and passes the stack through, as the runtime is closed.
-            app.build_middleware_stack = original
+            setattr(app, "build_middleware_stack", original)  # noqa: B010
         delattr(app, _APP_ATTR)
         if getattr(app, "middleware_stack", None) is not None:
             app.middleware_stack = app.build_middleware_stack()
+
+    @staticmethod
+    def energy_totals(app: object = None) -> EnergyTotals | None:
+        """What the instrumentation measuring `app` has measured so far, and
+        how it was shared out (see `EnergyTotals`); with no `app`, that of
+        `instrument()`. None where nothing measures it, or before the first
+        reading."""
+        runtime = _Patch.runtime if app is None else runtime_of(app)
+        return None if runtime is None else runtime.energy_totals()

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from carbonspan import policies
 from carbonspan.policies import Interval, TimeShare
-from carbonspan.source import COMPONENTS, EnergyReading
+from carbonspan.source import COMPONENTS, EnergyReading, Measurement
 
 if TYPE_CHECKING:
     from carbonspan.cputime import CpuClock
@@ -56,76 +56,6 @@ _UNKNOWN: dict[str, float | None] = dict.fromkeys(COMPONENTS)
 _Tick = tuple[float, dict[str, float], dict[str, float]]
 #: What was wrong with a reading: (kind, detail), see `Ledger.tick`.
 Fault = tuple[str, str]
-
-
-class Measurement:
-    """What one request was charged. Joules are `None` where not measured.
-
-    `total` is the sum of the measured components (None if none is), and
-    `concurrency` the mean number of requests that shared the power.
-    """
-
-    __slots__ = (
-        "_shared_cpu",
-        "active",
-        "attribution",
-        "concurrency",
-        "cpu",
-        "duration",
-        "gpu",
-        "ram",
-        "total",
-    )
-
-    def __init__(
-        self,
-        duration: float,
-        cpu: float | None,
-        gpu: float | None,
-        ram: float | None,
-        concurrency: float,
-        attribution: str = "time_share",
-        shared_cpu: float | None = None,
-        active: float | None = None,
-    ) -> None:
-        self.duration = duration
-        # Seconds in flight: the duration less what it spent waiting on its
-        # client, which is not charged.
-        self.active = duration if active is None else active
-        self.cpu = cpu
-        self.gpu = gpu
-        self.ram = ram
-        self.concurrency = concurrency
-        self.attribution = attribution
-        total = None
-        for joules in (cpu, gpu, ram):
-            if joules is not None:
-                total = joules if total is None else total + joules
-        self.total: float | None = total
-        # Under cpu_time: the CPU joules time share would have charged, which
-        # is what the process's mean CPU power is derived from.
-        self._shared_cpu = cpu if shared_cpu is None else shared_cpu
-
-    def power(self, component: str) -> float | None:
-        """The process's mean watts on `component` while the request ran.
-
-        The mean is weighted by the request's share of each instant, so its
-        joules are this power divided by the mean concurrency: with one
-        request alone it is simply joules / seconds in flight.
-        """
-        joules: float | None = (
-            self._shared_cpu if component == "cpu" else getattr(self, component)
-        )
-        if joules is None or self.active <= 0:
-            return None
-        return joules * self.concurrency / self.active
-
-    def __repr__(self) -> str:
-        return (
-            f"Measurement(duration={self.duration!r}, cpu={self.cpu!r}, "
-            f"gpu={self.gpu!r}, ram={self.ram!r}, concurrency={self.concurrency!r}, "
-            f"attribution={self.attribution!r})"
-        )
 
 
 class Window:
@@ -413,22 +343,31 @@ class Ledger:
     ) -> Measurement:
         duration = now - window.start
         if not window.ready:
-            return Measurement(duration, None, None, None, 1.0, label)
+            return Measurement(duration, duration, attribution=label)
         past = window.past
         active = duration
         if past is not None:  # the seconds it waited were not in flight
             active -= past.waited
             if past.paused_since is not None:
                 active -= now - past.paused_since
+        concurrency = active / shared if shared > 0 else 1.0
+        cpu, gpu, ram = charges["cpu"], charges["gpu"], charges["ram"]
+        # Mean power: its joules times the concurrency over its active
+        # seconds. Under cpu_time, CPU power comes from what time share would
+        # have charged (`shared_cpu`): the process's power, not its share.
+        cpu_w = gpu_w = ram_w = None
+        if active > 0:
+            per_second = concurrency / active
+            if shared_cpu is None:
+                shared_cpu = cpu
+            if shared_cpu is not None:
+                cpu_w = shared_cpu * per_second
+            if gpu is not None:
+                gpu_w = gpu * per_second
+            if ram is not None:
+                ram_w = ram * per_second
         return Measurement(
-            duration,
-            charges["cpu"],
-            charges["gpu"],
-            charges["ram"],
-            active / shared if shared > 0 else 1.0,
-            label,
-            shared_cpu,
-            active,
+            duration, active, cpu, gpu, ram, concurrency, label, cpu_w, gpu_w, ram_w
         )
 
     def _advance(self, now: float) -> None:

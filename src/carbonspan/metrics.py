@@ -26,9 +26,9 @@ from opentelemetry.trace import Span, set_span_in_context
 
 from carbonspan import attributes as a
 from carbonspan.emissions import CarbonIntensity
-from carbonspan.ledger import Ledger, Measurement, Totals
+from carbonspan.ledger import Ledger, Totals
 from carbonspan.sci import Books, Factors
-from carbonspan.source import COMPONENTS
+from carbonspan.source import COMPONENTS, Measurement
 from carbonspan.version import __version__
 
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from contextvars import Token
 from time import monotonic
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -20,9 +19,18 @@ from opentelemetry import trace
 
 from carbonspan import cputime
 from carbonspan.config import Settings
-from carbonspan.ledger import Measurement, Window
+from carbonspan.ledger import Window
 from carbonspan.runtime import Runtime
-from carbonspan.types import ASGIApp, Message, Receive, Scope, Send
+from carbonspan.source import Measurement
+from carbonspan.types import (
+    ASGIApp,
+    InstrumentSettings,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    Unpack,
+)
 
 
 class CodeCarbonMiddleware:
@@ -33,7 +41,11 @@ class CodeCarbonMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, *, runtime: Runtime | None = None, **settings: Any
+        self,
+        app: ASGIApp,
+        *,
+        runtime: Runtime | None = None,
+        **settings: Unpack[InstrumentSettings],
     ) -> None:
         self.app = app
         self.runtime = (

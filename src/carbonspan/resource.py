@@ -36,8 +36,9 @@ from opentelemetry.sdk.resources import Resource, ResourceDetector
 
 from carbonspan import emissions
 from carbonspan.attributes import static_attributes
+from carbonspan.codecarbon_source import cpu_model
 from carbonspan.config import Settings
-from carbonspan.source import HardwareInfo, cpu_model
+from carbonspan.source import HardwareInfo
 
 
 class CodeCarbonResourceDetector(ResourceDetector):

@@ -17,10 +17,10 @@ from carbonspan.attributes import (
     span_attributes,
     static_attributes,
 )
+from carbonspan.codecarbon_source import CodeCarbonPowerSource
 from carbonspan.config import Settings
-from carbonspan.ledger import Measurement
 from carbonspan.metrics import metrics_for
-from carbonspan.source import CodeCarbonPowerSource, PowerSource
+from carbonspan.source import COMPONENTS, EnergyTotals, Measurement, PowerSource
 from carbonspan.types import Scope
 
 _log = logging.getLogger(__name__)
@@ -85,6 +85,29 @@ class Runtime:
         """The carbon intensity in force."""
         return self.books.factors.intensity
 
+    def energy_totals(self) -> EnergyTotals | None:
+        """The ledger's books (see `EnergyTotals`); None before a reading."""
+        ledger = self.ledger
+        if ledger.first_reading is None:
+            return None
+        totals, in_flight = ledger.totals(), ledger.in_flight
+
+        def by_name(values: tuple[float, ...]) -> dict[str, float]:
+            return {
+                c: v
+                for c, v, k in zip(COMPONENTS, values, totals.known, strict=True)
+                if k
+            }
+
+        return EnergyTotals(
+            measured=by_name(totals.measured),
+            attributed=by_name(totals.attributed),
+            unattributed=by_name(totals.unattributed),
+            open=by_name(totals.open),
+            power=by_name(totals.power),
+            in_flight=in_flight,
+        )
+
     def span_attributes(
         self, measurement: Measurement, span: Any = None
     ) -> dict[str, Any] | None:
@@ -132,8 +155,10 @@ class Runtime:
         """
         self.sampler.sample()
         self.metrics.drain()
-        providers = [self.settings.meter_provider or metrics.get_meter_provider()]
-        providers.append(self.settings.tracer_provider or trace.get_tracer_provider())
+        providers: tuple[object, ...] = (
+            self.settings.meter_provider or metrics.get_meter_provider(),
+            self.settings.tracer_provider or trace.get_tracer_provider(),
+        )
         for provider in providers:
             force_flush = getattr(provider, "force_flush", None)
             if force_flush is not None:

@@ -48,7 +48,8 @@ from carbonspan.embodied import EmbodiedSource
 from carbonspan.emissions import JOULES_PER_KWH, CarbonIntensity
 from carbonspan.estimator import MEMORY
 from carbonspan.intensity import Grid
-from carbonspan.ledger import Ledger, Measurement
+from carbonspan.ledger import Ledger
+from carbonspan.source import Measurement
 
 
 class Factors:
