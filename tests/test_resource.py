@@ -9,8 +9,8 @@ import pytest
 from opentelemetry.sdk.resources import Resource, get_aggregated_resources
 
 from apps import build_app
-from carbonspan import attributes as a
 from carbonspan import Measurement
+from carbonspan import attributes as a
 from carbonspan.resource import CodeCarbonResourceDetector
 from carbonspan.testing import ConstantPowerSource
 from conftest import Instrumented, Otel, attrs, client, wait_ready
