@@ -1,4 +1,5 @@
-"""The names of the span and metric contracts, defined once, and span attributes.
+"""The names of the span and metric contracts, defined once; span attributes
+and response headers.
 
 Units are fixed by the contract and the names carry none: joules for
 `codecarbon.energy.*`, watts for `codecarbon.power.*`, grams CO2eq for
@@ -7,6 +8,7 @@ Units are fixed by the contract and the names carry none: joules for
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from carbonspan.emissions import CarbonIntensity
@@ -134,3 +136,58 @@ def span_attributes(
             if power is not None:
                 attrs[POWER[component]] = power
     return attrs
+
+
+def header_writer(
+    fields: tuple[str, ...], style: str, factors: Callable[[], Factors]
+) -> Callable[[Measurement], list[tuple[bytes, bytes]]] | None:
+    """Response headers with the figures so far, or None when they are off.
+
+    `fields` are among energy, emissions and duration; `style` is
+    x-codecarbon, server-timing or both; `factors` gives the factors in force.
+    """
+    if not fields:
+        return None
+    x_style = style in ("x-codecarbon", "both")
+    timing = style in ("server-timing", "both")
+
+    def write(m: Measurement) -> list[tuple[bytes, bytes]]:
+        joules = m.total
+        # Whole milliseconds: finer would let any client time the server's own
+        # work (see docs/hooks-and-headers.md).
+        values: dict[str, float] = {"duration": float(round(m.duration * 1000.0))}
+        if joules is not None:
+            values["energy"] = joules
+            values["emissions"] = factors().intensity.grams(joules)
+        out: list[tuple[bytes, bytes]] = []
+        entries = []
+        for name in fields:
+            if name not in values:
+                continue
+            value = values[name]
+            if x_style:
+                out.append((_X_HEADERS[name], f"{value:.6g}".encode()))
+            if timing:
+                unit, scale = _TIMING[name]
+                entries.append(
+                    f'codecarbon-{name};dur={value * scale:.6g};desc="{unit}"'
+                )
+        if entries:
+            out.append((b"server-timing", ", ".join(entries).encode()))
+        return out
+
+    return write
+
+
+_X_HEADERS = {
+    "energy": b"x-codecarbon-energy",
+    "emissions": b"x-codecarbon-emissions",
+    "duration": b"x-codecarbon-duration",
+}
+# Server-Timing has one number per entry, `dur`, shown by browsers as ms:
+# energy goes as mJ and emissions as mg so that small values stay readable.
+_TIMING = {
+    "energy": ("mJ", 1000.0),
+    "emissions": ("mg CO2eq", 1000.0),
+    "duration": ("ms", 1.0),
+}

@@ -36,7 +36,7 @@ from opentelemetry.sdk.resources import Resource, ResourceDetector
 
 from carbonspan import emissions
 from carbonspan.attributes import static_attributes
-from carbonspan.codecarbon_source import cpu_model
+from carbonspan.codecarbon_cpu import cpu_model
 from carbonspan.config import Settings
 from carbonspan.source import HardwareInfo
 

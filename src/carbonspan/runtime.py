@@ -13,6 +13,7 @@ from opentelemetry.util.http import get_excluded_urls
 from carbonspan import cputime, embodied, emissions, intensity, policies, sampler, sci
 from carbonspan.attributes import (
     ATTRIBUTION,
+    header_writer,
     missing_from,
     span_attributes,
     static_attributes,
@@ -72,7 +73,12 @@ class Runtime:
         self.metrics.add(self.ledger, self.books, settings.long_request)
         self.sampler.after_tick.append(self.metrics.drain)
         self.excluded = _exclusion(settings)
-        self.headers = _header_writer(settings, self.books)
+        books = self.books
+        self.headers = header_writer(
+            settings.response_headers,
+            settings.response_headers_format,
+            lambda: books.factors,
+        )
         self.hook = settings.measurement_hook
         self.active = True
         self._static: dict[str, Any] | None = None
@@ -238,56 +244,3 @@ def _embodied(settings: Settings) -> embodied.EmbodiedSource:
         )
         return embodied.EmbodiedSource(boavizta=server)
     return embodied.EmbodiedSource()
-
-
-def _header_writer(
-    settings: Settings, books: sci.Books
-) -> Callable[[Measurement], list[tuple[bytes, bytes]]] | None:
-    """Response headers with the figures so far, or None when they are off."""
-    fields = settings.response_headers
-    if not fields:
-        return None
-    style = settings.response_headers_format
-    x_style = style in ("x-codecarbon", "both")
-    timing = style in ("server-timing", "both")
-
-    def write(m: Measurement) -> list[tuple[bytes, bytes]]:
-        joules = m.total
-        # Whole milliseconds: finer would let any client time the server's own
-        # work (see docs/hooks-and-headers.md).
-        values: dict[str, float] = {"duration": float(round(m.duration * 1000.0))}
-        if joules is not None:
-            values["energy"] = joules
-            values["emissions"] = books.factors.intensity.grams(joules)
-        out: list[tuple[bytes, bytes]] = []
-        entries = []
-        for name in fields:
-            if name not in values:
-                continue
-            value = values[name]
-            if x_style:
-                out.append((_X_HEADERS[name], f"{value:.6g}".encode()))
-            if timing:
-                unit, scale = _TIMING[name]
-                entries.append(
-                    f'codecarbon-{name};dur={value * scale:.6g};desc="{unit}"'
-                )
-        if entries:
-            out.append((b"server-timing", ", ".join(entries).encode()))
-        return out
-
-    return write
-
-
-_X_HEADERS = {
-    "energy": b"x-codecarbon-energy",
-    "emissions": b"x-codecarbon-emissions",
-    "duration": b"x-codecarbon-duration",
-}
-# Server-Timing has one number per entry, `dur`, shown by browsers as ms:
-# energy goes as mJ and emissions as mg so that small values stay readable.
-_TIMING = {
-    "energy": ("mJ", 1000.0),
-    "emissions": ("mg CO2eq", 1000.0),
-    "duration": ("ms", 1.0),
-}
