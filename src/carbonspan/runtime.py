@@ -48,13 +48,15 @@ class Runtime:
             scope = settings.scope
             self.sampler = sampler.lease(
                 ("codecarbon", scope, interval, policy),
-                lambda: sampler.Sampler(CodeCarbonPowerSource(scope), interval, policy),
+                lambda: sampler.PowerSampler(
+                    CodeCarbonPowerSource(scope), interval, policy
+                ),
             )
         else:
             src: PowerSource = source
             self.sampler = sampler.lease(
                 (id(src), interval, policy),
-                lambda: sampler.Sampler(src, interval, policy),
+                lambda: sampler.PowerSampler(src, interval, policy),
             )
         # Whether the policy needs each request's CPU clock.
         self.timed = policies.POLICIES[policy].timed

@@ -73,7 +73,7 @@ class Throttle:
         return True
 
 
-class Sampler:
+class PowerSampler:
     """Reads `source` every `interval` seconds and ticks `ledger` with it."""
 
     def __init__(
@@ -206,7 +206,7 @@ class Sampler:
             self.ledger.prior(self.info.busy_watts)
 
 
-_live: weakref.WeakSet[Sampler] = weakref.WeakSet()
+_live: weakref.WeakSet[PowerSampler] = weakref.WeakSet()
 
 
 _held: list[threading.Lock] = []
@@ -240,9 +240,9 @@ class _Registry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[Hashable, tuple[Sampler, int]] = {}
+        self._entries: dict[Hashable, tuple[PowerSampler, int]] = {}
 
-    def lease(self, key: Hashable, make: Callable[[], Sampler]) -> Sampler:
+    def lease(self, key: Hashable, make: Callable[[], PowerSampler]) -> PowerSampler:
         with self._lock:
             sampler, count = self._entries.get(key, (None, 0))
             if sampler is None:
@@ -250,7 +250,7 @@ class _Registry:
             self._entries[key] = (sampler, count + 1)
         return sampler
 
-    def release(self, sampler: Sampler) -> None:
+    def release(self, sampler: PowerSampler) -> None:
         with self._lock:
             for key, (entry, count) in list(self._entries.items()):
                 if entry is sampler:
