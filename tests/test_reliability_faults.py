@@ -232,7 +232,7 @@ def test_power_source_fault_is_absorbed_by_the_sampler(
 def test_fault_kinds_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
     """Several kinds of fault at once: one line per kind, counts kept for all."""
     source = FaultySource()
-    s = sampler.Sampler(source, 0.01)
+    s = sampler.PowerSampler(source, 0.01)
     kinds = [nan_cpu, negative_cpu, raises_always, nan_time]
     with caplog.at_level(logging.WARNING, logger="carbonspan"):
         assert s.sample()

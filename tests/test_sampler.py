@@ -12,7 +12,7 @@ import pytest
 from apps import build_app
 from carbonspan import CodeCarbonInstrumentor
 from carbonspan import attributes as a
-from carbonspan.sampler import Sampler
+from carbonspan.sampler import PowerSampler
 from carbonspan.source import EnergyReading, HardwareInfo
 from carbonspan.testing import ConstantPowerSource
 from conftest import Instrumented, Otel, attrs, client, wait_ready
@@ -131,7 +131,7 @@ def test_apps_with_the_same_source_share_one_sampler(otel: Otel) -> None:
 
 
 def test_stop_joins_the_thread() -> None:
-    sampler = Sampler(ConstantPowerSource(cpu=1.0), 0.01)
+    sampler = PowerSampler(ConstantPowerSource(cpu=1.0), 0.01)
     sampler.start()
     assert sampler.running
     thread = sampler._thread
@@ -144,7 +144,7 @@ def test_describe_failure_counts_as_a_failed_read() -> None:
         def describe(self) -> HardwareInfo:
             raise RuntimeError("no info")
 
-    sampler = Sampler(NoDescribe(cpu=1.0), 0.01)
+    sampler = PowerSampler(NoDescribe(cpu=1.0), 0.01)
     assert sampler.sample() is False
     assert sampler.errors == 1
 

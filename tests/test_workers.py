@@ -12,7 +12,7 @@ import pytest
 
 from carbonspan import CodeCarbonPowerSource
 from carbonspan import attributes as a
-from carbonspan.sampler import Sampler
+from carbonspan.sampler import PowerSampler
 from otlp import Receiver
 from server import Server
 
@@ -90,7 +90,7 @@ def test_two_workers_add_up_to_the_machine(preload: bool) -> None:
             time.sleep(1.0)
             # The machine, read at the workers' own cadence: CodeCarbon's load
             # model is not linear, so a single long window would read less.
-            machine = Sampler(CodeCarbonPowerSource("machine"), 0.1)
+            machine = PowerSampler(CodeCarbonPowerSource("machine"), 0.1)
             machine.start()
             wait_for(lambda: machine.ledger.last_reading is not None)
             before = cpu_by_worker(receiver)

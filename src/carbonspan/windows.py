@@ -1,0 +1,122 @@
+"""What one request holds in the ledger (its `Window`), what it is charged
+(`measurement`), and the ledger's running books (`Totals`, `Times`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from carbonspan.source import COMPONENTS, Measurement
+
+_UNKNOWN: dict[str, float | None] = dict.fromkeys(COMPONENTS)
+#: A tick in the ledger's ring: B_j, and C_j and P_j per component.
+Tick = tuple[float, dict[str, float], dict[str, float]]
+
+
+class Window:
+    """An open request: where the integrals stood when it (last) resumed."""
+
+    __slots__ = ("b0", "j0", "last_tick", "past", "ready", "start", "state")
+
+    def __init__(
+        self, start: float, b0: float, j0: int, ready: bool, last_tick: Tick | None
+    ) -> None:
+        self.start = start
+        self.b0 = b0  # B(b)
+        self.j0 = j0  # the last tick before b
+        self.ready = ready
+        self.last_tick = last_tick  # that tick's (B, C, P), in case it is evicted
+        self.state: Any = None  # the policy's own, if it keeps any
+        self.past: Past | None = None  # set once the request has waited
+
+
+class Past:
+    """What a window's stretches before its last wait were charged."""
+
+    __slots__ = ("charges", "paused_since", "shared", "shared_cpu", "waited")
+
+    def __init__(self) -> None:
+        self.charges: dict[str, float | None] = dict(_UNKNOWN)
+        self.shared = 0.0  # their shared seconds
+        self.shared_cpu: float | None = None  # their time-share CPU joules
+        self.waited = 0.0  # seconds spent waiting, out of n(t)
+        self.paused_since: float | None = None  # waiting since, if it is
+
+    def add(
+        self, charges: dict[str, float | None], shared: float, cpu: float | None
+    ) -> None:
+        mine = self.charges
+        for name, joules in charges.items():
+            if joules is not None:
+                mine[name] = joules + (mine[name] or 0.0)
+        self.shared += shared
+        if cpu is not None:
+            self.shared_cpu = cpu + (self.shared_cpu or 0.0)
+
+
+def measurement(
+    window: Window,
+    now: float,
+    charges: dict[str, float | None],
+    shared: float,
+    shared_cpu: float | None,
+    label: str,
+) -> Measurement:
+    duration = now - window.start
+    if not window.ready:
+        return Measurement(duration, duration, attribution=label)
+    past = window.past
+    active = duration
+    if past is not None:  # the seconds it waited were not in flight
+        active -= past.waited
+        if past.paused_since is not None:
+            active -= now - past.paused_since
+    concurrency = active / shared if shared > 0 else 1.0
+    cpu, gpu, ram = charges["cpu"], charges["gpu"], charges["ram"]
+    # Mean power: its joules times the concurrency over its active
+    # seconds. Under cpu_time, CPU power comes from what time share would
+    # have charged (`shared_cpu`): the process's power, not its share.
+    cpu_w = gpu_w = ram_w = None
+    if active > 0:
+        per_second = concurrency / active
+        if shared_cpu is None:
+            shared_cpu = cpu
+        if shared_cpu is not None:
+            cpu_w = shared_cpu * per_second
+        if gpu is not None:
+            gpu_w = gpu * per_second
+        if ram is not None:
+            ram_w = ram * per_second
+    return Measurement(
+        duration, active, cpu, gpu, ram, concurrency, label, cpu_w, gpu_w, ram_w
+    )
+
+
+@dataclass(frozen=True)
+class Totals:
+    known: tuple[bool, ...]
+    attributed: tuple[float, ...]
+    unattributed: tuple[float, ...]
+    measured: tuple[float, ...]
+    power: tuple[float, ...]
+    #: J held by the requests still open at the last tick: measured -
+    #: attributed - unattributed then (the ledger's invariant).
+    open: tuple[float, ...] = (0.0, 0.0, 0.0)
+    #: The part of `attributed` drawn by requests after their responses had
+    #: gone (and their spans ended): `attributed` = their spans' J + this.
+    after_response: tuple[float, ...] = (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Times:
+    """Seconds integrated by the ledger: with no request in flight (`idle`),
+    with some (`busy`), and the shared time of the windows closed so far,
+    charged to requests (`attributed`) or not (`unattributed`: excluded, or
+    opened before the first reading). Under time share, the shared time of
+    every window, closed or open, adds up to `busy`."""
+
+    idle: float
+    busy: float
+    attributed: float
+    unattributed: float
+    in_flight: int
