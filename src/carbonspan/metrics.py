@@ -1,34 +1,32 @@
 """The metrics contract, through the application's MeterProvider.
 
-The request path makes no SDK call. It appends the request's figures to a
-bounded buffer (`Metrics.record`); the sampler thread records them in a batch
-after each tick (`Metrics.drain`), and so does every collection, before it
-reads the instruments, so a reader that collects right after a request sees
-it. Each point is recorded with the request's span in an explicit context, so
-exemplars still link to traces. Everything else is observable and read at
-collection time from sums the ledger and this module already keep.
+The request path makes no SDK call: requests' figures are queued and
+recorded in batches (see `carbonspan.recorder`); every collection drains the
+queue first, so a reader that collects right after a request sees it.
+Everything else is observable and read at collection time from sums the
+ledger, the books and the recorder already keep.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Iterable
-from typing import Any
 
-from opentelemetry.context import Context
-from opentelemetry.metrics import CallbackOptions, Observation, get_meter
-from opentelemetry.trace import Span, set_span_in_context
+from opentelemetry.metrics import (
+    CallbackOptions,
+    MeterProvider,
+    Observation,
+    get_meter,
+)
 
 from carbonspan import attributes as a
-from carbonspan.emissions import CarbonIntensity
 from carbonspan.ledger import Ledger, Totals
-from carbonspan.sci import Books, Factors
-from carbonspan.source import COMPONENTS, Measurement
+from carbonspan.recorder import Recorder
+from carbonspan.sci import Books
+from carbonspan.source import COMPONENTS
 from carbonspan.version import __version__
 
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
@@ -36,26 +34,9 @@ ENERGY_BUCKETS = (
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0,
 )  # fmt: skip
-_METHODS = frozenset(
-    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
-)
-
-RouteKey = tuple[str | None, str, int]
-#: One finished request waiting to be recorded: what it was charged, route,
-#: method, status, the factors in force when it closed, and its server span
-#: (for the exemplar).
-Pending = tuple[Measurement, str | None, str, int, Factors, Span]
-#: Requests the buffer holds at most; beyond, requests are dropped and counted.
-#: At the 0.1 s default interval that is 160,000 requests/s, or a sampler
-#: stalled for 1.6 s at 10,000 requests/s.
-BUFFER_SIZE = 16384
-#: Seconds between two log lines about dropped requests.
-LOG_EVERY = 60.0
-_EMPTY = Context()
-_log = logging.getLogger(__name__)
 
 
-class Metrics:
+class Metrics(Recorder):
     """The instruments on one MeterProvider, fed by every ledger that uses it.
 
     Instruments are created once per provider: an SDK keeps the first
@@ -64,21 +45,12 @@ class Metrics:
     samplers shared by several instrumentations are counted once.
     """
 
-    def __init__(self, meter_provider: Any = None) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        super().__init__()
         self._sources: dict[int, tuple[Ledger, Books, int]] = {}
-        self._route_grams: dict[RouteKey, float] = {}
-        self._background: dict[RouteKey, float] = {}  # J after the response
-        self._route_embodied: dict[RouteKey, float] = {}
         self._grams_floor: dict[int, list[float]] = {}
-        self._attrs: dict[RouteKey, dict[str, Any]] = {}
         self._idle_floor: dict[int, list[float]] = {}
         self._long: dict[int, float] = {}  # the long_request setting, per ledger
-        self._pending: deque[Pending] = deque()
-        self._drain_lock = threading.Lock()
-        self.buffer_size = BUFFER_SIZE
-        self.dropped = 0  # requests not recorded because the buffer was full
-        self._dropped_logged_at: float | None = None
         meter = get_meter(
             __name__, __version__, meter_provider=meter_provider, schema_url=SCHEMA_URL
         )
@@ -185,121 +157,6 @@ class Metrics:
                 self._sources[id(ledger)] = (entry[0], entry[1], entry[2] - 1)
             else:
                 del self._sources[id(ledger)]
-
-    def record(
-        self,
-        measurement: Measurement,
-        route: str | None,
-        method: str,
-        status: int,
-        factors: Factors,
-        span: Span,
-    ) -> None:
-        """Queue one finished request; the SDK call happens in `drain`.
-
-        Never blocks: when the buffer is full the request is dropped and
-        counted (`codecarbon.requests.dropped`).
-        """
-        pending = self._pending
-        if len(pending) < self.buffer_size:
-            pending.append((measurement, route, method, status, factors, span))
-        else:
-            self._drop()
-
-    def background(
-        self,
-        joules: float,
-        route: str | None,
-        method: str,
-        status: int,
-        intensity: CarbonIntensity,
-    ) -> None:
-        """Add the work a request left running after its response to its
-        route's figures (and its emissions to `codecarbon.request.emissions`)."""
-        key = (route, method if method in _METHODS else "_OTHER", status)
-        with self._lock:
-            if key not in self._attrs:
-                self._attrs[key] = _route_attributes(key)
-            self._background[key] = self._background.get(key, 0.0) + joules
-            grams = self._route_grams
-            grams[key] = grams.get(key, 0.0) + intensity.grams(joules)
-
-    def drain(self) -> int:
-        """Record every queued request (one histogram point each); how many.
-
-        Called by the sampler thread after each tick, by every collection
-        (from the first observable callback, before the SDK reads the
-        instruments), and at flush and close.
-        """
-        pending = self._pending
-        if not pending:
-            return 0
-        histogram = self.request_energy.record
-        attrs_by_key = self._attrs
-        grams: dict[RouteKey, float] = {}
-        embodied: dict[RouteKey, float] = {}
-        done = 0
-        with self._drain_lock:
-            try:
-                while True:
-                    try:
-                        measurement, route, method, status, factors, span = (
-                            pending.popleft()
-                        )
-                    except IndexError:
-                        break
-                    key = (route, method if method in _METHODS else "_OTHER", status)
-                    attrs = attrs_by_key.get(key)
-                    if attrs is None:
-                        attrs = attrs_by_key[key] = _route_attributes(key)
-                    # The request's own span, never the draining thread's.
-                    context = (
-                        set_span_in_context(span, _EMPTY)
-                        if span.get_span_context().is_valid
-                        else _EMPTY
-                    )
-                    joules = measurement.total or 0.0
-                    histogram(joules, attrs, context=context)
-                    grams[key] = grams.get(key, 0.0) + factors.intensity.grams(joules)
-                    m = factors.embodied_grams(measurement)
-                    if m is not None:
-                        embodied[key] = embodied.get(key, 0.0) + m
-                    done += 1
-            finally:
-                if grams:
-                    with self._lock:
-                        for sums, new in (
-                            (self._route_grams, grams),
-                            (self._route_embodied, embodied),
-                        ):
-                            for key, value in new.items():
-                                sums[key] = sums.get(key, 0.0) + value
-        return done
-
-    def _drop(self) -> None:
-        with self._lock:
-            self.dropped += 1
-            count = self.dropped
-            now = time.monotonic()
-            last = self._dropped_logged_at
-            if last is not None and now - last < LOG_EVERY:
-                return
-            self._dropped_logged_at = now
-        _log.warning(
-            "carbonspan: %d request(s) so far not recorded in codecarbon.request.*: "
-            "the buffer of %d requests waiting for the sampler thread was full "
-            "(counted in codecarbon.requests.dropped). Logged at most once a minute.",
-            count,
-            self.buffer_size,
-        )
-
-    def _after_fork_in_child(self) -> None:
-        # The parent records what it had queued; the child starts empty.
-        self._pending = deque()
-        self._drain_lock = threading.Lock()
-        self._lock = threading.Lock()
-        self.dropped = 0
-        self._dropped_logged_at = None
 
     # -- observable callbacks ---------------------------------------------
 
@@ -437,14 +294,6 @@ def _split(pairs: Iterable[tuple[float, float]]) -> list[Observation]:
     ]
 
 
-def _route_attributes(key: RouteKey) -> dict[str, Any]:
-    route, method, status = key
-    attrs: dict[str, Any] = {a.HTTP_METHOD: method, a.HTTP_STATUS: status}
-    if route is not None:
-        attrs[a.HTTP_ROUTE] = route
-    return attrs
-
-
 _all: weakref.WeakSet[Metrics] = weakref.WeakSet()
 
 
@@ -458,10 +307,12 @@ if hasattr(os, "register_at_fork"):
 
 _registry_lock = threading.Lock()
 _global: list[Metrics] = []  # for the global provider (meter_provider=None)
-_by_provider: weakref.WeakKeyDictionary[Any, Metrics] = weakref.WeakKeyDictionary()
+_by_provider: weakref.WeakKeyDictionary[MeterProvider, Metrics] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def metrics_for(meter_provider: Any) -> Metrics:
+def metrics_for(meter_provider: MeterProvider | None) -> Metrics:
     """The one `Metrics` of a MeterProvider (None: the global one)."""
     with _registry_lock:
         if meter_provider is None:
