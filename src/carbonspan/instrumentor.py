@@ -28,7 +28,12 @@ from carbonspan.middleware import CodeCarbonMiddleware
 from carbonspan.package import _instruments
 from carbonspan.runtime import Runtime
 from carbonspan.source import EnergyTotals
-from carbonspan.types import InstrumentorSettings, InstrumentSettings, Unpack
+from carbonspan.types import (
+    ASGIApp,
+    InstrumentorSettings,
+    InstrumentSettings,
+    Unpack,
+)
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -45,16 +50,16 @@ _SPAN_CREATORS = frozenset(
 )
 
 
-def _creates_server_span(node: Any) -> bool:
+def _creates_server_span(node: object) -> bool:
     cls = type(node)
     return (
         cls.__name__ == "OpenTelemetryMiddleware" and cls.__module__ in _SPAN_CREATORS
     )
 
 
-def insert_middleware(stack: Any, runtime: Runtime) -> Any:
+def insert_middleware(stack: ASGIApp, runtime: Runtime) -> ASGIApp:
     """Put `CodeCarbonMiddleware` into a built stack, just inside the span creator."""
-    node = stack
+    node: Any = stack  # middlewares hold the next one in `.app`
     while node is not None:
         if isinstance(node, CodeCarbonMiddleware):
             return stack  # already measured (both instrument() and instrument_app)
@@ -65,8 +70,9 @@ def insert_middleware(stack: Any, runtime: Runtime) -> Any:
             node.app = CodeCarbonMiddleware(node.app, runtime=runtime)
             return stack
         node = getattr(node, "app", None)
-    if type(stack).__name__ == "ServerErrorMiddleware" and hasattr(stack, "app"):
-        stack.app = CodeCarbonMiddleware(stack.app, runtime=runtime)
+    node = stack
+    if type(node).__name__ == "ServerErrorMiddleware" and hasattr(node, "app"):
+        node.app = CodeCarbonMiddleware(node.app, runtime=runtime)
         return stack
     return CodeCarbonMiddleware(stack, runtime=runtime)
 

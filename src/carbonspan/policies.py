@@ -23,7 +23,7 @@ from carbonspan.source import COMPONENTS
 
 if TYPE_CHECKING:
     from carbonspan.cputime import CpuClock
-    from carbonspan.ledger import Window
+    from carbonspan.windows import Window
 
 #: Below this many CPU seconds in an interval, cpu_time splits by time: less
 #: than the clocks resolve, and joules per CPU second would be meaningless.

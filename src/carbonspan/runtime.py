@@ -117,7 +117,7 @@ class Runtime:
         )
 
     def span_attributes(
-        self, measurement: Measurement, span: Any = None
+        self, measurement: Measurement, span: object = None
     ) -> dict[str, Any] | None:
         """The attributes for `span`: the request's figures, and the static
         ones its Resource does not already carry with the same value."""

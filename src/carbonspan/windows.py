@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from carbonspan.source import COMPONENTS, Measurement
 
@@ -26,7 +25,7 @@ class Window:
         self.j0 = j0  # the last tick before b
         self.ready = ready
         self.last_tick = last_tick  # that tick's (B, C, P), in case it is evicted
-        self.state: Any = None  # the policy's own, if it keeps any
+        self.state: object = None  # the policy's own, if it keeps any
         self.past: Past | None = None  # set once the request has waited
 
 
