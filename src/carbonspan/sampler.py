@@ -143,17 +143,22 @@ class PowerSampler:
                 self.ledger.prior(info.busy_watts)
             self.info = info  # after the tick: known hardware means readings
             ticked = not any(kind == "bad_time" for kind, _ in faults)
-            for callback in list(self.on_tick) if ticked else ():
-                try:
-                    callback(reading.time)
-                except Exception as exc:
-                    if self._throttle.allow("on_tick"):
-                        _log.warning(
-                            "carbonspan: keeping the emissions books failed. "
-                            "Logged at most once a minute.",
-                            exc_info=exc,
-                        )
+            if ticked:
+                for callback in list(self.on_tick):
+                    self._call(callback, "keeping the emissions books", reading.time)
             return True
+
+    def _call(self, callback: Callable[..., object], what: str, *args: float) -> None:
+        """A tick hook: what it raises is logged at most once a minute."""
+        try:
+            callback(*args)
+        except Exception as exc:
+            if self._throttle.allow(what):
+                _log.warning(
+                    "carbonspan: %s failed. Logged at most once a minute.",
+                    what,
+                    exc_info=exc,
+                )
 
     def _run(self) -> None:
         stop = self._stop
@@ -162,15 +167,7 @@ class PowerSampler:
             began = time.monotonic()
             self.sample()
             for callback in list(self.after_tick):
-                try:
-                    callback()
-                except Exception as exc:
-                    if self._throttle.allow("after_tick"):
-                        _log.warning(
-                            "carbonspan: recording the queued request metrics "
-                            "failed. Logged at most once a minute.",
-                            exc_info=exc,
-                        )
+                self._call(callback, "recording the queued request metrics")
             stop.wait(max(0.0, interval - (time.monotonic() - began)))
             interval = self.interval
 
