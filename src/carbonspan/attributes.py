@@ -15,7 +15,9 @@ from carbonspan.emissions import CarbonIntensity
 from carbonspan.source import COMPONENTS, HardwareInfo, Measurement
 
 if TYPE_CHECKING:
-    from carbonspan.sci import Factors
+    from carbonspan.intensity import Grid
+    from carbonspan.sampler import PowerSampler
+    from carbonspan.sci import Books, Factors
 
 ENERGY_TOTAL = "codecarbon.energy.total"
 ENERGY = {c: f"codecarbon.energy.{c}" for c in COMPONENTS}
@@ -136,6 +138,63 @@ def span_attributes(
             if power is not None:
                 attrs[POWER[component]] = power
     return attrs
+
+
+class SpanAttributes:
+    """The attributes for each request's span: its figures, and the static
+    ones its Resource does not already carry with the same value.
+
+    The static part is computed once the hardware is known, and what a
+    Resource lacks once per Resource.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        books: Books,
+        sampler: PowerSampler,
+        scope: str,
+        attribution: str,
+    ) -> None:
+        self._grid = grid
+        self._books = books
+        self._sampler = sampler
+        self._scope = scope
+        self._attribution = attribution
+        self._static: dict[str, Any] | None = None
+        # The last span Resource seen, and the static attributes it lacks.
+        self._on_span: tuple[object, dict[str, Any]] = (None, {})
+
+    def __call__(
+        self, measurement: Measurement, span: object = None
+    ) -> dict[str, Any] | None:
+        factors = self._books.factors
+        dynamic = self._grid.dynamic
+        static = self._static
+        if static is None:
+            info = self._sampler.info
+            static = static_attributes(
+                self._grid.fallback,
+                info,
+                self._scope,
+                self._attribution,
+                dynamic=dynamic,
+            )
+            if not info.measurement:  # hardware not known yet: nothing frozen
+                return span_attributes(measurement, factors, static, dynamic)
+            self._static = static  # hardware known: freeze the static part
+        resource = getattr(span, "resource", None)
+        if resource is None:  # not an SDK span: all of them
+            on_span = static
+        else:
+            seen, on_span = self._on_span
+            if resource is not seen:
+                on_span = missing_from(static, resource)
+                self._on_span = (resource, on_span)
+        attrs = span_attributes(measurement, factors, on_span, dynamic)
+        if attrs is not None and measurement.attribution != self._attribution:
+            attrs[ATTRIBUTION] = measurement.attribution  # this request fell back
+        return attrs
 
 
 def header_writer(

@@ -5,23 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.util.http import get_excluded_urls
 
 from carbonspan import cputime, embodied, emissions, intensity, policies, sampler, sci
-from carbonspan.attributes import (
-    ATTRIBUTION,
-    header_writer,
-    missing_from,
-    span_attributes,
-    static_attributes,
-)
+from carbonspan.attributes import SpanAttributes, header_writer
 from carbonspan.codecarbon_source import CodeCarbonPowerSource
 from carbonspan.config import Settings
 from carbonspan.metrics import metrics_for
-from carbonspan.source import COMPONENTS, EnergyTotals, Measurement, PowerSource
+from carbonspan.source import COMPONENTS, EnergyTotals, PowerSource
 from carbonspan.types import Scope
 
 _log = logging.getLogger(__name__)
@@ -83,9 +76,9 @@ class Runtime:
         )
         self.hook = settings.measurement_hook
         self.active = True
-        self._static: dict[str, Any] | None = None
-        # The last span Resource seen, and the static attributes it lacks.
-        self._on_span: tuple[Any, dict[str, Any]] = (None, {})
+        self.span_attributes = SpanAttributes(
+            self.grid, books, self.sampler, settings.scope, settings.attribution
+        )
         self._throttle = sampler.Throttle()
 
     @property
@@ -115,39 +108,6 @@ class Runtime:
             power=by_name(totals.power),
             in_flight=in_flight,
         )
-
-    def span_attributes(
-        self, measurement: Measurement, span: object = None
-    ) -> dict[str, Any] | None:
-        """The attributes for `span`: the request's figures, and the static
-        ones its Resource does not already carry with the same value."""
-        factors = self.books.factors
-        dynamic = self.grid.dynamic
-        static = self._static
-        if static is None:
-            info = self.sampler.info
-            static = static_attributes(
-                self.grid.fallback,
-                info,
-                self.settings.scope,
-                self.settings.attribution,
-                dynamic=dynamic,
-            )
-            if not info.measurement:  # hardware not known yet: nothing frozen
-                return span_attributes(measurement, factors, static, dynamic)
-            self._static = static  # hardware known: freeze the static part
-        resource = getattr(span, "resource", None)
-        if resource is None:  # not an SDK span: all of them
-            on_span = static
-        else:
-            seen, on_span = self._on_span
-            if resource is not seen:
-                on_span = missing_from(static, resource)
-                self._on_span = (resource, on_span)
-        attrs = span_attributes(measurement, factors, on_span, dynamic)
-        if attrs is not None and measurement.attribution != self.settings.attribution:
-            attrs[ATTRIBUTION] = measurement.attribution  # this request fell back
-        return attrs
 
     def report(self, exc: BaseException, what: str = "measuring a request") -> None:
         """Log a failure on the request path: once, then at most once a minute."""
