@@ -1,0 +1,57 @@
+"""Checked by `mypy --strict` (scripts/test), never run: the public API's
+types say what it takes. Each `type: ignore[...]` marks a call a type checker
+must refuse; with `warn_unused_ignores` (part of --strict), an ignore that is
+not needed fails the check, so a type that let the mistake through would."""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+from fastapi import FastAPI
+from opentelemetry.trace import Span
+
+from carbonspan import (
+    CodeCarbonInstrumentor,
+    CodeCarbonMiddleware,
+    EnergyTotals,
+    Measurement,
+)
+from carbonspan.testing import ConstantPowerSource
+from carbonspan.types import InstrumentSettings, MeasurementHook
+
+app = FastAPI()
+
+
+def hook(span: Span, scope: MutableMapping[str, Any], m: Measurement) -> None:
+    if m.total is not None and m.cpu_power is not None:
+        span.set_attribute("app.energy_mj", m.total * 1000.0)
+
+
+typed_hook: MeasurementHook = hook
+settings: InstrumentSettings = {"sample_interval": 0.05, "scope": "machine"}
+
+CodeCarbonInstrumentor().instrument_app(
+    app,
+    country_iso_code="FRA",
+    attribution="cpu_time",
+    response_headers=["energy", "duration"],
+    power_source=ConstantPowerSource(cpu=10.0),
+    measurement_hook=typed_hook,
+)
+CodeCarbonInstrumentor().instrument_app(app, **settings)
+CodeCarbonInstrumentor().instrument(sample_interval=0.1, skip_dep_check=True)
+CodeCarbonMiddleware(app, excluded_urls="/health")
+
+# Mistakes a type checker catches before instrument() raises.
+CodeCarbonInstrumentor().instrument_app(app, sample_intervall=0.1)  # type: ignore[call-arg]
+CodeCarbonInstrumentor().instrument_app(app, scope="host")  # type: ignore[arg-type]
+CodeCarbonInstrumentor().instrument(attribution="cpu")  # type: ignore[arg-type]
+CodeCarbonMiddleware(app, sample_interval="fast")  # type: ignore[arg-type]
+CodeCarbonInstrumentor().instrument_app(app, measurement_hook=len)  # type: ignore[arg-type]
+
+totals: EnergyTotals | None = CodeCarbonInstrumentor.energy_totals(app)
+if totals is not None:
+    cpu_joules: float = totals.measured["cpu"]
+m = Measurement(0.01, 0.01, cpu=0.1)
+m.cpu = 0.2  # type: ignore[misc]
