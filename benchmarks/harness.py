@@ -80,6 +80,18 @@ def verdict(b_over_a: float) -> str:
     return "meets" if b_over_a >= GOAL else "MISSES"
 
 
+def print_variants(
+    variants: dict[str, dict[str, Any]], columns: Sequence[tuple[str, str, int, str]]
+) -> None:
+    """A table, one row per variant: `key  label`, n, then each column given as
+    (title, field, width, format)."""
+    titles = "".join(f"{title:>{width}}" for title, _, width, _ in columns)
+    print(f"  {'variant':<34}{'n':>7}{titles}")
+    for key, v in variants.items():
+        cells = "".join(f"{v[name]:>{width}{spec}}" for _, name, width, spec in columns)
+        print(f"  {key + '  ' + v['label']:<34}{v['n']:>7}{cells}")
+
+
 def rotation(
     r: int, fast: tuple[T, ...], slow: T | None = None, every: int = 0
 ) -> tuple[T, ...]:

@@ -50,6 +50,7 @@ from harness import (
     env_with_path,
     free_port,
     latency_stats,
+    print_variants,
     rotation,
     terminate,
     uvicorn_command,
@@ -290,19 +291,19 @@ def run_endpoint(
     return out
 
 
+COLUMNS = (
+    ("median µs", "median_us", 11, ".1f"),
+    ("p10 µs", "p10_us", 9, ".1f"),
+    ("p90 µs", "p90_us", 9, ".1f"),
+    ("req/s", "requests_per_s", 8, ".0f"),
+    ("server CPU µs/req", "server_cpu_us", 19, ".1f"),
+)
+
+
 def print_endpoint(s: dict[str, Any]) -> None:
     print()
     print(f"== HTTP GET {s['path']}  ({s['rounds']} rounds)")
-    print(
-        f"  {'variant':<34}{'n':>7}{'median µs':>11}{'p10 µs':>9}{'p90 µs':>9}"
-        f"{'req/s':>8}{'server CPU µs/req':>19}"
-    )
-    for key, v in s["variants"].items():
-        print(
-            f"  {key + '  ' + v['label']:<34}{v['n']:>7}{v['median_us']:>11.1f}"
-            f"{v['p10_us']:>9.1f}{v['p90_us']:>9.1f}{v['requests_per_s']:>8.0f}"
-            f"{v['server_cpu_us']:>19.1f}"
-        )
+    print_variants(s["variants"], COLUMNS)
     h1, h2 = s["b_over_a_halves"]
     print(
         f"  b/a req/s: {s['b_over_a']:.4f}  ({verdict(s['b_over_a'])} goal >= 0.97; "

@@ -61,6 +61,7 @@ from harness import (
     find_thread,
     latency_stats,
     median_us,
+    print_variants,
     rotation,
     thread_cpu_s,
     timed_request,
@@ -417,20 +418,19 @@ def summarize(bench: Bench, path: str) -> dict[str, Any]:
     return out
 
 
+COLUMNS = (
+    ("median µs", "median_us", 11, ".1f"),
+    ("cpu µs", "cpu_median_us", 9, ".1f"),
+    ("p10 µs", "p10_us", 9, ".1f"),
+    ("p90 µs", "p90_us", 9, ".1f"),
+    ("req/s", "requests_per_s", 9, ".0f"),
+)
+
+
 def print_endpoint(s: dict[str, Any]) -> None:
     print()
     print(f"== GET {s['path']}")
-    header = (
-        f"  {'variant':<34}{'n':>7}{'median µs':>11}{'cpu µs':>9}"
-        f"{'p10 µs':>9}{'p90 µs':>9}{'req/s':>9}"
-    )
-    print(header)
-    for key, v in s["variants"].items():
-        print(
-            f"  {key + '  ' + v['label']:<34}{v['n']:>7}{v['median_us']:>11.1f}"
-            f"{v['cpu_median_us']:>9.1f}{v['p10_us']:>9.1f}{v['p90_us']:>9.1f}"
-            f"{v['requests_per_s']:>9.0f}"
-        )
+    print_variants(s["variants"], COLUMNS)
     h1, h2 = s["b_over_a_halves"]
     print(
         f"  b/a req/s: {s['b_over_a']:.4f}  ({verdict(s['b_over_a'])} goal >= 0.97; "
