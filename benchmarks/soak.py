@@ -34,7 +34,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -247,21 +246,30 @@ def threads() -> dict[str, int]:
     return by_kind
 
 
-@dataclass
 class Soak:
-    """An app under test, the providers it reports to, and what it served."""
+    """An app under test, the providers it reports to, and what it served.
 
-    app: Any
-    served: Any  # the app, or the minimal span creator around it
-    exporter: CountingExporter
-    reader: InMemoryMetricReader
-    tracer_provider: TracerProvider
-    meter_provider: MeterProvider
-    runtime: Runtime
-    batch: int
-    progress: Callable[[str], None] | None
-    statuses: dict[int, int] = field(default_factory=dict)
-    marks: dict[str, Any] = field(default_factory=dict)
+    (A plain class, not a dataclass: this module must load by file path too,
+    without being in sys.modules.)"""
+
+    def __init__(
+        self,
+        app: Any,
+        served: Any,  # the app, or the minimal span creator around it
+        exporter: CountingExporter,
+        reader: InMemoryMetricReader,
+        tracer_provider: TracerProvider,
+        meter_provider: MeterProvider,
+        runtime: Runtime,
+        batch: int,
+        progress: Callable[[str], None] | None,
+    ) -> None:
+        self.app, self.served, self.runtime = app, served, runtime
+        self.exporter, self.reader = exporter, reader
+        self.tracer_provider, self.meter_provider = tracer_provider, meter_provider
+        self.batch, self.progress = batch, progress
+        self.statuses: dict[int, int] = {}
+        self.marks: dict[str, Any] = {}
 
     async def serve(self, count: int, offset: int) -> None:
         """`count` requests from the `offset`-th on, `batch` at a time."""
