@@ -68,20 +68,22 @@ import json
 import math
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import machine
+from harness import exit_with_parent, free_port, terminate, wait_accepting, wait_or_kill
+
+if TYPE_CHECKING:
+    from carbonspan.types import ASGIApp, Message, Receive, Scope, Send
 
 HERE = Path(__file__).resolve().parent
 COMPONENTS = ("cpu", "ram", "gpu")
@@ -94,12 +96,6 @@ BASE_W = 2.0  # cpu: drawn whatever the process does
 CPU_W = 30.0  # cpu: per CPU second per second of the process
 RAM_LOW_W, RAM_HIGH_W, RAM_PERIOD = 5.0, 40.0, 0.5  # ram: steps
 GPU_W = 250.0  # gpu: per kernel in flight
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 # -- the server: physics and truth ---------------------------------------------
@@ -339,27 +335,10 @@ class TruthMiddleware:
             _record.reset(token)
 
 
-def build_app(policy: str, interval: float) -> Any:
-    from fastapi import FastAPI
+def add_work_routes(app: Any, truth: Truth) -> None:
+    """/work (async: CPU, kernel, sleep), /sync (the thread pool) and /stream,
+    each charging its own work to the request's truth record."""
     from fastapi.responses import StreamingResponse
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
-        InMemorySpanExporter,
-    )
-    from opentelemetry.trace import SpanKind
-
-    import carbonspan
-    from carbonspan import CodeCarbonInstrumentor
-
-    truth = Truth()
-    exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    meter_provider = MeterProvider()
-    app = FastAPI()
 
     def current() -> Record:
         record = _record.get()
@@ -410,8 +389,57 @@ def build_app(policy: str, interval: float) -> Any:
 
         return StreamingResponse(body(), media_type="text/plain")
 
+
+def results(truth: Truth, spans: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The truth per request beside its span's figures (by span id)."""
+    import carbonspan
+    from netguard import NETWORK
+
+    return {
+        "carbonspan": carbonspan.__file__,
+        "blocked": list(NETWORK.blocked),
+        "books": truth.books(),
+        "idle": truth.idle,
+        "busy_seconds": truth.busy_seconds,
+        "requests": [
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "start": r.start - truth.t0,
+                "duration": (r.end or r.start) - r.start,
+                "closed": r.end is not None,
+                "own_cpu": r.own_cpu,
+                "true": {"cpu": r.cpu, "ram": r.ram, "gpu": r.gpu},
+                "span": spans.get(r.span_id),
+            }
+            for r in truth.records
+        ],
+    }
+
+
+def build_app(policy: str, interval: float) -> Any:
+    from fastapi import FastAPI
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
+    from opentelemetry.trace import SpanKind
+
+    from carbonspan import CodeCarbonInstrumentor
+
+    truth = Truth()
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    meter_provider = MeterProvider()
+    app = FastAPI()
+    add_work_routes(app, truth)
+
     @app.get("/_results")
-    def results() -> Any:
+    def results_route() -> Any:
         spans = {}
         for span in exporter.get_finished_spans():
             if span.kind != SpanKind.SERVER or span.context is None:
@@ -420,28 +448,7 @@ def build_app(policy: str, interval: float) -> Any:
             spans[span.context.span_id] = {
                 k: v for k, v in attrs.items() if k.startswith("codecarbon.")
             }
-        from netguard import NETWORK
-
-        return {
-            "carbonspan": carbonspan.__file__,
-            "blocked": list(NETWORK.blocked),
-            "books": truth.books(),
-            "idle": truth.idle,
-            "busy_seconds": truth.busy_seconds,
-            "requests": [
-                {
-                    "id": r.id,
-                    "kind": r.kind,
-                    "start": r.start - truth.t0,
-                    "duration": (r.end or r.start) - r.start,
-                    "closed": r.end is not None,
-                    "own_cpu": r.own_cpu,
-                    "true": {"cpu": r.cpu, "ram": r.ram, "gpu": r.gpu},
-                    "span": spans.get(r.span_id),
-                }
-                for r in truth.records
-            ],
-        }
+        return results(truth, spans)
 
     app.add_middleware(TruthMiddleware, truth=truth)
     FastAPIInstrumentor.instrument_app(
@@ -476,28 +483,12 @@ def serve(port: int, policy: str, limit: float) -> None:
         access_log=False,
     )
     server = uvicorn.Server(config)
-    parent = os.getppid()
-    started = time.monotonic()
-
-    def watchdog() -> None:
-        # Stop when the benchmark is gone, or after `limit` seconds whatever.
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent or time.monotonic() - started > limit:
-                os._exit(3)
-
-    threading.Thread(target=watchdog, daemon=True).start()
+    # Stop when the benchmark is gone, or after `limit` seconds whatever.
+    exit_with_parent(os.getppid(), lambda: os._exit(3), limit=limit)
     server.run()
 
 
 # -- the client ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Server:
@@ -524,16 +515,7 @@ class Server:
         )
 
     def wait_accepting(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2):
-                    return
-            except OSError:
-                time.sleep(0.005)
-        raise RuntimeError("server did not start")
+        wait_accepting(self.proc, self.port, timeout)
 
     def results(self) -> dict[str, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -543,13 +525,8 @@ class Server:
         return data
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
+        wait_or_kill(self.proc, 10)
 
 
 def get(conn: http.client.HTTPConnection, path: str) -> None:
@@ -600,40 +577,39 @@ def run_sporadic(server: Server, quick: bool) -> None:
     conn.close()
 
 
-def run_steady(server: Server, quick: bool) -> None:
-    def draw(rng: random.Random) -> str:
-        gpu = ms(rng, 5, 20) if rng.random() < 1 / 3 else 0.0
-        return f"/work?cpu={ms(rng, 2, 15)}&gpu={gpu}"
-
-    server.wait_accepting()
-    time.sleep(0.3)
-    clients(server.port, 8, 2.0 if quick else 6.0, draw)
+def draw_steady(rng: random.Random) -> str:
+    gpu = ms(rng, 5, 20) if rng.random() < 1 / 3 else 0.0
+    return f"/work?cpu={ms(rng, 2, 15)}&gpu={gpu}"
 
 
-def run_mixed(server: Server, quick: bool) -> None:
-    def draw(rng: random.Random) -> str:
-        kind = rng.randrange(4)
-        if kind == 0:
-            return f"/work?sleep={ms(rng, 20, 200)}"
-        if kind == 1:
-            return f"/work?cpu={ms(rng, 20, 80)}"
-        if kind == 2:
-            return f"/sync?cpu={ms(rng, 20, 80)}"
-        return f"/work?gpu={ms(rng, 20, 100)}"
-
-    server.wait_accepting()
-    time.sleep(0.3)
-    clients(server.port, 8, 2.0 if quick else 6.0, draw)
+def draw_mixed(rng: random.Random) -> str:
+    kind = rng.randrange(4)
+    if kind == 0:
+        return f"/work?sleep={ms(rng, 20, 200)}"
+    if kind == 1:
+        return f"/work?cpu={ms(rng, 20, 80)}"
+    if kind == 2:
+        return f"/sync?cpu={ms(rng, 20, 80)}"
+    return f"/work?gpu={ms(rng, 20, 100)}"
 
 
-def run_streaming(server: Server, quick: bool) -> None:
-    def draw(rng: random.Random) -> str:
-        chunks = rng.randint(4, 12)
-        return f"/stream?chunks={chunks}&cpu={ms(rng, 0.5, 3)}&gap={ms(rng, 5, 25)}"
+def draw_streaming(rng: random.Random) -> str:
+    chunks = rng.randint(4, 12)
+    return f"/stream?chunks={chunks}&cpu={ms(rng, 0.5, 3)}&gap={ms(rng, 5, 25)}"
 
-    server.wait_accepting()
-    time.sleep(0.3)
-    clients(server.port, 4, 2.0 if quick else 6.0, draw)
+
+def back_to_back(
+    n: int, draw: Callable[[random.Random], str]
+) -> Callable[[Server, bool], None]:
+    """A workload: `n` clients back to back, each request drawn by `draw`,
+    for 6 s (2 s with --quick) once the server is up."""
+
+    def run(server: Server, quick: bool) -> None:
+        server.wait_accepting()
+        time.sleep(0.3)
+        clients(server.port, n, 2.0 if quick else 6.0, draw)
+
+    return run
 
 
 def run_burst(server: Server, quick: bool) -> None:
@@ -669,9 +645,9 @@ def run_burst(server: Server, quick: bool) -> None:
 
 RUNNERS: dict[str, Callable[[Server, bool], None]] = {
     "sporadic": run_sporadic,
-    "steady": run_steady,
-    "mixed": run_mixed,
-    "streaming": run_streaming,
+    "steady": back_to_back(8, draw_steady),
+    "mixed": back_to_back(8, draw_mixed),
+    "streaming": back_to_back(4, draw_streaming),
     "burst": run_burst,
 }
 
@@ -866,89 +842,109 @@ PANELS: list[tuple[str, str, tuple[str, ...]]] = [
 ]
 
 
+Points = tuple[list[float], list[float]]  # true J, reported J
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+MARKERS = ["o", "x", "s", "^"]
+
+
+def panel_points(
+    runs: list[Run], label: str, policy: str, component: str, workloads: Any
+) -> Points:
+    """(true, reported) J of every request with a figure and true J > 0."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for run in runs:
+        if (run.label, run.policy) != (label, policy):
+            continue
+        if run.workload not in workloads:
+            continue
+        for r in run.requests:
+            truth = r["true"][component]
+            value = reported(r, component)
+            if truth > 0 and value is not None:
+                xs.append(truth)
+                ys.append(value)
+    return xs, ys
+
+
+def scatter(ax: Any, points: dict[str, Points], floor: float) -> None:
+    """One series per label; 0 J drawn as ▼ at `floor`."""
+    for k, (label, (xs, ys)) in enumerate(points.items()):
+        pairs = list(zip(xs, ys, strict=True))
+        nonzero = [(x, y) for x, y in pairs if y > 0]
+        zeros = [x for x, y in pairs if y <= 0]
+        ax.scatter(
+            [x for x, _ in nonzero],
+            [y for _, y in nonzero],
+            s=8,
+            alpha=0.4,
+            c=COLOURS[k],
+            marker=MARKERS[k],
+            linewidths=0.7,
+            label=f"{label} ({len(xs)} requests)",
+        )
+        if zeros:
+            ax.scatter(
+                zeros,
+                [floor] * len(zeros),
+                s=26,
+                c=COLOURS[k],
+                marker="v",
+                label=f"{label}: 0 J ({len(zeros)})",
+            )
+
+
+def panel(ax: Any, points: dict[str, Points], title: str) -> None:
+    """Reported against true J, log-log, with the diagonal and ±20%."""
+    from matplotlib.ticker import NullFormatter
+
+    every = [x for xs, _ in points.values() for x in xs]
+    positive = [y for _, ys in points.values() for y in ys if y > 0]
+    if not every:
+        ax.set_visible(False)
+        return
+    low, high = min(every), max(every)
+    floor = min([*positive, low]) / 4
+    scatter(ax, points, floor)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    line = [min(low, floor) / 2, high * 4]
+    ax.plot(line, line, color="black", linewidth=0.8, label="reported = true")
+    ax.fill_between(
+        line,
+        [v * 0.8 for v in line],
+        [v * 1.2 for v in line],
+        color="grey",
+        alpha=0.2,
+        label="±20%",
+    )
+    top = max([*positive, high])
+    ax.set_xlim(low / 1.5, high * 1.5)
+    ax.set_ylim(floor / 1.5, top * 1.5)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("true J per request")
+    ax.set_ylabel("reported J on the span")
+    ax.legend(fontsize=7, loc="upper left")
+
+
 def plot(runs: list[Run], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
 
     labels = list(dict.fromkeys(r.label for r in runs))
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-    markers = ["o", "x", "s", "^"]
     fig, axes = plt.subplots(
         len(POLICIES), len(PANELS), figsize=(17, 8.5), squeeze=False
     )
     for i, policy in enumerate(POLICIES):
         for j, (title, component, workloads) in enumerate(PANELS):
-            ax = axes[i][j]
-            points: dict[str, tuple[list[float], list[float]]] = {}
-            for label in labels:
-                xs: list[float] = []
-                ys: list[float] = []
-                for run in runs:
-                    if (run.label, run.policy) != (label, policy):
-                        continue
-                    if run.workload not in workloads:
-                        continue
-                    for r in run.requests:
-                        truth = r["true"][component]
-                        value = reported(r, component)
-                        if truth > 0 and value is not None:
-                            xs.append(truth)
-                            ys.append(value)
-                points[label] = (xs, ys)
-            every = [x for xs, _ in points.values() for x in xs]
-            positive = [y for _, ys in points.values() for y in ys if y > 0]
-            if not every:
-                ax.set_visible(False)
-                continue
-            low, high = min(every), max(every)
-            floor = min([*positive, low]) / 4
-            for k, label in enumerate(labels):
-                xs, ys = points[label]
-                pairs = list(zip(xs, ys, strict=True))
-                nonzero = [(x, y) for x, y in pairs if y > 0]
-                zeros = [x for x, y in pairs if y <= 0]
-                ax.scatter(
-                    [x for x, _ in nonzero],
-                    [y for _, y in nonzero],
-                    s=8,
-                    alpha=0.4,
-                    c=colours[k],
-                    marker=markers[k],
-                    linewidths=0.7,
-                    label=f"{label} ({len(xs)} requests)",
-                )
-                if zeros:
-                    ax.scatter(
-                        zeros,
-                        [floor] * len(zeros),
-                        s=26,
-                        c=colours[k],
-                        marker="v",
-                        label=f"{label}: 0 J ({len(zeros)})",
-                    )
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            line = [min(low, floor) / 2, high * 4]
-            ax.plot(line, line, color="black", linewidth=0.8, label="reported = true")
-            ax.fill_between(
-                line,
-                [v * 0.8 for v in line],
-                [v * 1.2 for v in line],
-                color="grey",
-                alpha=0.2,
-                label="±20%",
-            )
-            top = max([*positive, high])
-            ax.set_xlim(low / 1.5, high * 1.5)
-            ax.set_ylim(floor / 1.5, top * 1.5)
-            ax.set_title(f"{title}: {policy}", fontsize=10)
-            ax.set_xlabel("true J per request")
-            ax.set_ylabel("reported J on the span")
-            ax.legend(fontsize=7, loc="upper left")
+            points = {
+                label: panel_points(runs, label, policy, component, workloads)
+                for label in labels
+            }
+            panel(axes[i][j], points, f"{title}: {policy}")
     fig.suptitle(
         "Per-request energy against known physics "
         f"(sample_interval {SAMPLE_INTERVAL} s); 0 J drawn as ▼ at the bottom"

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+from harness import exit_with_parent, find_thread, thread_cpu_s
 from netguard import NETWORK
 
 NETWORK.install()  # before CodeCarbon is imported, in the servers too
@@ -57,11 +57,8 @@ from opentelemetry.sdk.trace.export import (  # noqa: E402
 )
 from opentelemetry.trace import SpanKind  # noqa: E402
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+if TYPE_CHECKING:
+    from carbonspan.types import ASGIApp, Message, Receive, Scope, Send
 
 STATS_PATH = "/_bench/stats"
 
@@ -217,34 +214,54 @@ class DiscardMetricExporter(MetricExporter):
         return None
 
 
-def thread_cpu_s(name: str) -> float | None:
-    """CPU seconds of the live thread called `name`, or None."""
-    for thread in threading.enumerate():
-        if thread.name == name and thread.ident is not None:
-            try:
-                return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-            except (AttributeError, OSError):
-                return None
-    return None
-
-
 def _children_cpu_s() -> float:
     """CPU seconds of this process's finished children (c's lscpu runs)."""
     t = os.times()
     return t.children_user + t.children_system
 
 
-def _watch_parent(parent: int) -> None:
-    """Stop this server (as Ctrl-C would) once the benchmark process is gone."""
+def sampler_state(app: FastAPI) -> tuple[bool, dict[str, Any]]:
+    """Whether b's sampler has its first readings, and what it measures."""
+    from carbonspan.instrumentor import runtime_of  # b only: a and c never load it
 
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
+    runtime = runtime_of(app)
+    if runtime is None:
+        return True, {}
+    sampler = runtime.sampler
+    info = {
+        "measurement": dict(sampler.info.measurement),
+        "cpu_model": sampler.info.cpu_model,
+        "interval": sampler.interval,
+        "running": sampler.running,
+    }
+    ready = bool(sampler.info.measurement) and any(runtime.ledger.totals().known)
+    return ready, info
 
-    threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
+
+def add_stats(
+    app: FastAPI,
+    variant: str,
+    tracer_provider: TracerProvider,
+    exporter: CountingSpanExporter,
+) -> None:
+    @app.get(STATS_PATH)
+    async def stats() -> dict[str, Any]:
+        tracer_provider.force_flush()  # the spans so far count as exported
+        ready, info = sampler_state(app) if variant == "b" else (True, {})
+        return {
+            "variant": variant,
+            "pid": os.getpid(),
+            "cpu_s": time.process_time(),
+            "children_cpu_s": _children_cpu_s(),
+            "wall_s": time.perf_counter(),
+            "sampler_cpu_s": thread_cpu_s(find_thread("carbonspan-sampler")),
+            "ready": ready,
+            "sampler": info,
+            "server_spans": exporter.server_spans,
+            "spans_with_energy": exporter.with_energy,
+            "last_energy": exporter.last_energy,
+            "network_blocked": list(NETWORK.blocked),
+        }
 
 
 def create_app() -> FastAPI:
@@ -254,8 +271,10 @@ def create_app() -> FastAPI:
     loops = int(os.environ.get("BENCH_LOOPS", "20000"))
     country = os.environ.get("BENCH_COUNTRY", "FRA")
     parent = os.environ.get("BENCH_PARENT_PID")
-    if parent:
-        _watch_parent(int(parent))
+    if parent:  # once the benchmark is gone, stop as Ctrl-C would
+        exit_with_parent(
+            int(parent), lambda: os.kill(os.getpid(), signal.SIGTERM), every=1.0
+        )
 
     exporter = CountingSpanExporter()
     tracer_provider = TracerProvider()
@@ -269,39 +288,7 @@ def create_app() -> FastAPI:
     )
 
     app = build_app(loops)
-
-    @app.get(STATS_PATH)
-    async def stats() -> dict[str, Any]:
-        tracer_provider.force_flush()  # the spans so far count as exported
-        runtime = getattr(app, "_carbonspan_runtime", None)
-        ready = True
-        info: dict[str, Any] = {}
-        if runtime is not None:
-            sampler = runtime.sampler
-            info = {
-                "measurement": dict(sampler.info.measurement),
-                "cpu_model": sampler.info.cpu_model,
-                "interval": sampler.interval,
-                "running": sampler.running,
-            }
-            ready = bool(sampler.info.measurement) and any(
-                runtime.ledger.totals().known
-            )
-        return {
-            "variant": variant,
-            "pid": os.getpid(),
-            "cpu_s": time.process_time(),
-            "children_cpu_s": _children_cpu_s(),
-            "wall_s": time.perf_counter(),
-            "sampler_cpu_s": thread_cpu_s("carbonspan-sampler"),
-            "ready": ready,
-            "sampler": info,
-            "server_spans": exporter.server_spans,
-            "spans_with_energy": exporter.with_energy,
-            "last_energy": exporter.last_energy,
-            "network_blocked": list(NETWORK.blocked),
-        }
-
+    add_stats(app, variant, tracer_provider, exporter)
     if variant == "c":
         app.add_middleware(PerRequestTrackerMiddleware, **tracker_kwargs(country))
     FastAPIInstrumentor.instrument_app(

@@ -34,11 +34,8 @@ import http.client
 import importlib.util
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -48,6 +45,18 @@ from pathlib import Path
 from typing import Any
 
 import machine
+from harness import (
+    ab_ratios,
+    env_with_path,
+    free_port,
+    latency_stats,
+    print_variants,
+    rotation,
+    terminate,
+    uvicorn_command,
+    verdict,
+    wait_or_kill,
+)
 
 HERE = Path(__file__).resolve().parent
 KEYS = ("a", "b", "c")
@@ -58,13 +67,6 @@ LABELS = {
     "z": "a again (control)",
 }
 STATS = "/_bench/stats"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Connection:
@@ -113,23 +115,23 @@ class Server:
     def start(self) -> None:
         self.port = free_port()
         env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
-            ),
+            **env_with_path(str(HERE)),
             "BENCH_VARIANT": "a" if self.key == "z" else self.key,
             "BENCH_LOOPS": str(self.loops),
             "BENCH_COUNTRY": self.country,
             "BENCH_PARENT_PID": str(os.getpid()),
         }
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
-        command = [
-            sys.executable, "-m", "uvicorn", "bench_app:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-            "--loop", self.loop, "--http", self.http,
-            "--log-level", "warning", "--no-access-log",
-            "--timeout-keep-alive", "120",
-        ]  # fmt: skip
+        command = uvicorn_command(
+            "bench_app:create_app",
+            self.port,
+            "--factory",
+            "--workers",
+            "1",
+            loop=self.loop,
+            http=self.http,
+            keep_alive=120,
+        )
         self.proc = subprocess.Popen(
             command, cwd=HERE, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
@@ -178,36 +180,20 @@ class Server:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        if self.proc is not None:
+            terminate(self.proc)
 
     def stop(self) -> None:
         """Terminate, wait for the server to exit (kill it after 15 s)."""
         self.terminate()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        if self.proc is not None:
+            wait_or_kill(self.proc, 15)
         if self.log is not None:
             self.log.close()
             self.log = None
 
 
-# -- statistics ----------------------------------------------------------------
-
-
-def median_us(values: list[int]) -> float:
-    return statistics.median(values) / 1000.0 if values else float("nan")
-
-
-def pct_us(values: list[int], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0
+# -- the runs ------------------------------------------------------------------
 
 
 def cpu_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
@@ -225,34 +211,24 @@ def cpu_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]
     return out
 
 
-# -- the runs ------------------------------------------------------------------
-
-
-def run_endpoint(
+def alternate(
     path: str,
     servers: dict[str, Server],
     rounds: int,
     every: int,
     max_seconds: float,
-) -> dict[str, Any]:
-    """Alternate single requests between the servers; medians per variant."""
-    a, b = servers["a"], servers["b"]
+) -> int:
+    """Single requests, alternating between the servers (see `rotation`), for
+    `rounds` rounds or `max_seconds`; returns the rounds done."""
+    fast = (servers["a"], servers["b"]) + ((servers["z"],) if "z" in servers else ())
     c = servers.get("c")
-    fast = (a, b) + ((servers["z"],) if "z" in servers else ())
-    before = {k: s.stats() for k, s in servers.items()}
     for s in servers.values():
         s.latencies[path] = []
     perf = time.perf_counter_ns
     deadline = time.monotonic() + max_seconds
     done = 0
     for r in range(rounds):
-        k = r % len(fast)
-        order: tuple[Server, ...] = fast[k:] + fast[:k]
-        if r % 2:
-            order = order[::-1]
-        if c is not None and r % every == 0:
-            order = (c, *order)
-        for s in order:
+        for s in rotation(r, fast, c, every):
             conn = s.conn
             assert conn is not None
             t0 = perf()
@@ -264,76 +240,73 @@ def run_endpoint(
         done = r + 1
         if time.monotonic() > deadline:
             break
-    after = {k: s.stats() for k, s in servers.items()}
+    return done
 
+
+def variant_row(
+    key: str, server: Server, path: str, delta: dict[str, float]
+) -> dict[str, Any]:
+    """One server's latencies, and its CPU per request from its own clock."""
+    n = len(server.latencies[path])
+    request_cpu = delta["cpu_s"] - delta["sampler_cpu_s"]
+    return {
+        "label": LABELS[key],
+        **latency_stats(server.latencies[path]),
+        "server_cpu_us": request_cpu / n * 1e6 if n else float("nan"),
+        "server_cpu_with_sampler_us": delta["cpu_s"] / n * 1e6 if n else 0.0,
+        "sampler_cpu_s": delta["sampler_cpu_s"],
+        "wall_s": delta["wall_s"],
+    }
+
+
+def run_endpoint(
+    path: str,
+    servers: dict[str, Server],
+    rounds: int,
+    every: int,
+    max_seconds: float,
+) -> dict[str, Any]:
+    """Alternate single requests between the servers; medians per variant."""
+    before = {k: s.stats() for k, s in servers.items()}
+    done = alternate(path, servers, rounds, every, max_seconds)
+    after = {k: s.stats() for k, s in servers.items()}
     out: dict[str, Any] = {"path": path, "rounds": done, "variants": {}}
     for key, s in servers.items():
-        lat = s.latencies[path]
-        med = median_us(lat)
         delta = cpu_delta(before[key], after[key])
-        n = len(lat)
-        request_cpu = delta["cpu_s"] - delta["sampler_cpu_s"]
-        out["variants"][key] = {
-            "label": LABELS[key],
-            "n": n,
-            "median_us": med,
-            "p10_us": pct_us(lat, 0.10),
-            "p90_us": pct_us(lat, 0.90),
-            "requests_per_s": 1e6 / med,
-            "server_cpu_us": request_cpu / n * 1e6 if n else float("nan"),
-            "server_cpu_with_sampler_us": delta["cpu_s"] / n * 1e6 if n else 0.0,
-            "sampler_cpu_s": delta["sampler_cpu_s"],
-            "wall_s": delta["wall_s"],
-        }
-    va, vb = out["variants"]["a"], out["variants"]["b"]
-    aw, bw = a.latencies[path], b.latencies[path]
-    half = len(aw) // 2
-    out["b_over_a"] = va["median_us"] / vb["median_us"]
-    out["b_over_a_halves"] = [
-        statistics.median(aw[:half]) / statistics.median(bw[:half]),
-        statistics.median(aw[half:]) / statistics.median(bw[half:]),
-    ]
-    out["b_over_a_paired_median"] = statistics.median(
-        [x / y for x, y in zip(aw, bw, strict=True)]
-    )
-    out["added_us"] = vb["median_us"] - va["median_us"]
-    out["added_us_paired_median"] = (
-        statistics.median([y - x for x, y in zip(aw, bw, strict=True)]) / 1000.0
-    )
+        out["variants"][key] = variant_row(key, s, path, delta)
+    v = out["variants"]
+    va, vb = v["a"], v["b"]
+    out.update(ab_ratios(servers["a"].latencies[path], servers["b"].latencies[path]))
     out["added_server_cpu_us"] = vb["server_cpu_us"] - va["server_cpu_us"]
     out["added_server_cpu_with_sampler_us"] = (
         vb["server_cpu_with_sampler_us"] - va["server_cpu_with_sampler_us"]
     )
     out["b_over_a_server_cpu"] = va["server_cpu_us"] / vb["server_cpu_us"]
-    if "z" in servers:
-        vz = out["variants"]["z"]
-        out["z_over_a"] = va["median_us"] / vz["median_us"]
-        out["z_added_server_cpu_us"] = vz["server_cpu_us"] - va["server_cpu_us"]
-    if c is not None:
-        out["b_over_c"] = out["variants"]["c"]["median_us"] / vb["median_us"]
-        out["b_over_c_server_cpu"] = (
-            out["variants"]["c"]["server_cpu_us"] / vb["server_cpu_us"]
-        )
+    if "z" in v:
+        out["z_over_a"] = va["median_us"] / v["z"]["median_us"]
+        out["z_added_server_cpu_us"] = v["z"]["server_cpu_us"] - va["server_cpu_us"]
+    if "c" in v:
+        out["b_over_c"] = v["c"]["median_us"] / vb["median_us"]
+        out["b_over_c_server_cpu"] = v["c"]["server_cpu_us"] / vb["server_cpu_us"]
     return out
+
+
+COLUMNS = (
+    ("median µs", "median_us", 11, ".1f"),
+    ("p10 µs", "p10_us", 9, ".1f"),
+    ("p90 µs", "p90_us", 9, ".1f"),
+    ("req/s", "requests_per_s", 8, ".0f"),
+    ("server CPU µs/req", "server_cpu_us", 19, ".1f"),
+)
 
 
 def print_endpoint(s: dict[str, Any]) -> None:
     print()
     print(f"== HTTP GET {s['path']}  ({s['rounds']} rounds)")
-    print(
-        f"  {'variant':<34}{'n':>7}{'median µs':>11}{'p10 µs':>9}{'p90 µs':>9}"
-        f"{'req/s':>8}{'server CPU µs/req':>19}"
-    )
-    for key, v in s["variants"].items():
-        print(
-            f"  {key + '  ' + v['label']:<34}{v['n']:>7}{v['median_us']:>11.1f}"
-            f"{v['p10_us']:>9.1f}{v['p90_us']:>9.1f}{v['requests_per_s']:>8.0f}"
-            f"{v['server_cpu_us']:>19.1f}"
-        )
+    print_variants(s["variants"], COLUMNS)
     h1, h2 = s["b_over_a_halves"]
-    verdict = "meets" if s["b_over_a"] >= 0.97 else "MISSES"
     print(
-        f"  b/a req/s: {s['b_over_a']:.4f}  ({verdict} goal >= 0.97; "
+        f"  b/a req/s: {s['b_over_a']:.4f}  ({verdict(s['b_over_a'])} goal >= 0.97; "
         f"halves {h1:.4f} / {h2:.4f}; paired median "
         f"{s['b_over_a_paired_median']:.4f}; by server CPU "
         f"{s['b_over_a_server_cpu']:.4f})"
@@ -356,6 +329,41 @@ def print_endpoint(s: dict[str, Any]) -> None:
     )
 
 
+# -- the throughput check ------------------------------------------------------
+
+
+def burst(pool: list[Connection], seconds: float) -> tuple[float, int]:
+    """Every connection of `pool` in its own thread, sending `/ping` as fast
+    as the server answers for `seconds`: (requests/s, non-200 responses)."""
+    clients = len(pool)
+    counts = [0] * clients
+    bad = [0] * clients
+    start = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+
+    def work(i: int) -> None:
+        start.wait()
+        n = 0
+        while time.perf_counter() < stop_at[0]:
+            status, _ = pool[i].get("/ping")
+            n += 1
+            if status != 200:
+                bad[i] += 1
+        counts[i] = n
+
+    threads = [
+        threading.Thread(target=work, args=(i,), daemon=True) for i in range(clients)
+    ]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    stop_at[0] = t0 + seconds
+    start.wait()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0), sum(bad)
+
+
 def throughput(
     servers: dict[str, Server], clients: int, rounds: int, seconds: float
 ) -> dict[str, Any]:
@@ -371,55 +379,26 @@ def throughput(
             conn.get("/ping")
     rates: dict[str, list[float]] = {k: [] for k in servers}
     errors = dict.fromkeys(servers, 0)
-
-    def burst(key: str) -> float:
-        counts = [0] * clients
-        bad = [0] * clients
-        start = threading.Barrier(clients + 1)
-        stop_at = [0.0]
-
-        def work(i: int) -> None:
-            conn = pools[key][i]
-            start.wait()
-            n = 0
-            while time.perf_counter() < stop_at[0]:
-                status, _ = conn.get("/ping")
-                n += 1
-                if status != 200:
-                    bad[i] += 1
-            counts[i] = n
-
-        threads = [
-            threading.Thread(target=work, args=(i,), daemon=True)
-            for i in range(clients)
-        ]
-        for t in threads:
-            t.start()
-        t0 = time.perf_counter()
-        stop_at[0] = t0 + seconds
-        start.wait()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - t0
-        errors[key] += sum(bad)
-        return sum(counts) / elapsed
-
     try:
         for r in range(rounds):
             order = ["a", "b"] if r % 2 == 0 else ["b", "a"]
             if "c" in servers and r % 4 == 0:  # slow, and not the point here
                 order.insert(0, "c")
             for key in order:
-                rates[key].append(burst(key))
+                rate, bad = burst(pools[key], seconds)
+                rates[key].append(rate)
+                errors[key] += bad
     finally:
         for pool in pools.values():
             for conn in pool:
                 conn.close()
+    out = {"clients": clients, "rounds": rounds, "seconds": seconds, "errors": errors}
+    return {**out, **compare_rates(rates)}
+
+
+def compare_rates(rates: dict[str, list[float]]) -> dict[str, Any]:
+    """Each variant's median, min and max req/s; b/a and b/c."""
     out: dict[str, Any] = {
-        "clients": clients,
-        "rounds": rounds,
-        "seconds": seconds,
-        "errors": errors,
         "variants": {
             k: {
                 "median_rps": statistics.median(v),
@@ -462,6 +441,9 @@ def print_throughput(t: dict[str, Any]) -> None:
         print(f"  non-200 responses: {t['errors']}")
 
 
+# -- one server stack ----------------------------------------------------------
+
+
 def server_stack(loop: str, parser: str) -> str:
     def version(dist: str) -> str:
         try:
@@ -500,10 +482,131 @@ def idle_sampler(server: Server, seconds: float) -> dict[str, float]:
     time.sleep(seconds)
     after = server.stats()
     delta = cpu_delta(before, after)
-    return {
+    idle = {
         "seconds": delta["wall_s"],
         "sampler_cpu_s": delta["sampler_cpu_s"],
         "core_percent": delta["sampler_cpu_s"] / delta["wall_s"] * 100.0,
+    }
+    print(
+        f"  b's sampler thread while idle: {idle['core_percent']:.3f}% of "
+        f"one core over {idle['seconds']:.1f} s (budget 0.5%)"
+    )
+    return idle
+
+
+def start_servers(servers: dict[str, Server], began: float) -> None:
+    """Start every server; return once each answers (b with readings)."""
+    for s in servers.values():
+        s.start()
+    deadline = time.monotonic() + 120
+    ready = {k: s.wait_ready(deadline) for k, s in servers.items()}
+    info = ready["b"]["sampler"]
+    print(
+        f"  servers up after {time.perf_counter() - began:.1f} s on ports "
+        + ", ".join(f"{k} {s.port}" for k, s in servers.items())
+        + f"; b's sampler: measurement {info.get('measurement')}, "
+        f"interval {info.get('interval')} s"
+    )
+
+
+def warm_up(servers: dict[str, Server], warmup: int) -> None:
+    """`warmup` requests per server and path; c's first pays CodeCarbon's cold
+    hardware detection."""
+    for path in ("/ping", "/cpu"):
+        for key, s in servers.items():
+            n = warmup if key != "c" else max(3, warmup // 20)
+            assert s.conn is not None
+            t0 = time.perf_counter()
+            for _ in range(n):
+                status, _ = s.conn.get(path)
+                if status != 200:
+                    raise RuntimeError(f"{key} {path}: status {status}")
+            if key == "c" and path == "/ping":
+                print(
+                    f"  c: warm-up of {n} requests took "
+                    f"{time.perf_counter() - t0:.2f} s (first tracker included)"
+                )
+
+
+def measure(
+    args: Any, servers: dict[str, Server], throughput_check: bool
+) -> dict[str, Any]:
+    """Both endpoints in alternation, then the throughput check."""
+    results: dict[str, Any] = {}
+    endpoints = []
+    for path, rounds in (
+        ("/ping", args.http_requests),
+        ("/cpu", args.http_cpu_requests),
+    ):
+        t = time.perf_counter()
+        summary = run_endpoint(
+            path, servers, rounds, args.obvious_every, args.http_max_seconds
+        )
+        summary["seconds"] = time.perf_counter() - t
+        endpoints.append(summary)
+    for summary in endpoints:
+        print_endpoint(summary)
+    results["endpoints"] = endpoints
+    if args.http_throughput_rounds > 0 and throughput_check:
+        tp = throughput(
+            {k: v for k, v in servers.items() if k != "z"},
+            args.http_clients,
+            args.http_throughput_rounds,
+            args.http_throughput_seconds,
+        )
+        print_throughput(tp)
+        results["throughput"] = tp
+    return results
+
+
+def sampler_and_load(
+    servers: dict[str, Server],
+    first: dict[str, dict[str, Any]],
+    last: dict[str, dict[str, Any]],
+    load0: machine.Snapshot | None,
+) -> dict[str, Any]:
+    """b's sampler thread under traffic, and the rest of the machine's load."""
+    servers_cpu = sum(cpu_delta(first[k], last[k])["cpu_s"] for k in servers)
+    load = machine.others(load0, machine.snapshot(), servers_cpu)
+    whole = cpu_delta(first["b"], last["b"])
+    live = whole["sampler_cpu_s"] / whole["wall_s"] * 100.0
+    print()
+    print(
+        f"  b's live sampler thread: {live:.3f}% of one core over "
+        f"{whole['wall_s']:.0f} s of traffic (budget 0.5%)"
+    )
+    print(f"  {machine.describe(load)}")
+    return {"machine_load": load, "sampler_live_core_percent": live}
+
+
+def checks(
+    servers: dict[str, Server], last: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Spans with energy, outbound attempts, reconnects and errors."""
+    sanity = {
+        k: (last[k]["spans_with_energy"], last[k]["server_spans"]) for k in servers
+    }
+    print(
+        "  sanity: server spans with codecarbon.energy.total: "
+        + ", ".join(f"{k} {w}/{n}" for k, (w, n) in sanity.items())
+        + f"; b's last value {last['b']['last_energy']!r} J"
+    )
+    blocked = {k: last[k]["network_blocked"] for k in servers}
+    if any(blocked.values()):
+        print(f"  servers' outbound attempts BLOCKED: {blocked}")
+    else:
+        print("  servers: no outbound connection or lookup attempted")
+    reconnects = {
+        k: s.conn.reconnects for k, s in servers.items() if s.conn is not None
+    }
+    errors = {k: s.errors for k, s in servers.items()}
+    if any(reconnects.values()) or any(errors.values()):
+        print(f"  reconnects {reconnects}, non-200 responses {errors}")
+    return {
+        "spans_with_energy": sanity,
+        "server_network_blocked": blocked,
+        "reconnects": reconnects,
+        "errors": errors,
     }
 
 
@@ -528,105 +631,16 @@ def run(
     print(f"  {stack}")
     results: dict[str, Any] = {"server_stack": stack, "loop": loop, "http": parser}
     try:
-        for s in servers.values():
-            s.start()
-        deadline = time.monotonic() + 120
-        ready = {k: s.wait_ready(deadline) for k, s in servers.items()}
-        info = ready["b"]["sampler"]
-        print(
-            f"  servers up after {time.perf_counter() - began:.1f} s on ports "
-            + ", ".join(f"{k} {s.port}" for k, s in servers.items())
-            + f"; b's sampler: measurement {info.get('measurement')}, "
-            f"interval {info.get('interval')} s"
-        )
-
-        # Warm-up; c's first request pays CodeCarbon's cold hardware detection.
-        for path in ("/ping", "/cpu"):
-            for key, s in servers.items():
-                n = args.warmup if key != "c" else max(3, args.warmup // 20)
-                assert s.conn is not None
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    status, _ = s.conn.get(path)
-                    if status != 200:
-                        raise RuntimeError(f"{key} {path}: status {status}")
-                if key == "c" and path == "/ping":
-                    print(
-                        f"  c: warm-up of {n} requests took "
-                        f"{time.perf_counter() - t0:.2f} s (first tracker included)"
-                    )
-
+        start_servers(servers, began)
+        warm_up(servers, args.warmup)
         if args.http_idle_seconds > 0:
-            idle = idle_sampler(servers["b"], args.http_idle_seconds)
-            results["sampler_idle"] = idle
-            print(
-                f"  b's sampler thread while idle: {idle['core_percent']:.3f}% of "
-                f"one core over {idle['seconds']:.1f} s (budget 0.5%)"
-            )
+            results["sampler_idle"] = idle_sampler(servers["b"], args.http_idle_seconds)
         first = {k: s.stats() for k, s in servers.items()}
         load0 = machine.snapshot()
-        endpoints = []
-        for path, rounds in (
-            ("/ping", args.http_requests),
-            ("/cpu", args.http_cpu_requests),
-        ):
-            t = time.perf_counter()
-            summary = run_endpoint(
-                path, servers, rounds, args.obvious_every, args.http_max_seconds
-            )
-            summary["seconds"] = time.perf_counter() - t
-            endpoints.append(summary)
-        for summary in endpoints:
-            print_endpoint(summary)
-        results["endpoints"] = endpoints
-
-        if args.http_throughput_rounds > 0 and throughput_check:
-            tp = throughput(
-                {k: v for k, v in servers.items() if k != "z"},
-                args.http_clients,
-                args.http_throughput_rounds,
-                args.http_throughput_seconds,
-            )
-            print_throughput(tp)
-            results["throughput"] = tp
-
+        results.update(measure(args, servers, throughput_check))
         last = {k: s.stats() for k, s in servers.items()}
-        load1 = machine.snapshot()
-        servers_cpu = sum(cpu_delta(first[k], last[k])["cpu_s"] for k in servers)
-        load = machine.others(load0, load1, servers_cpu)
-        results["machine_load"] = load
-        whole = cpu_delta(first["b"], last["b"])
-        live = whole["sampler_cpu_s"] / whole["wall_s"] * 100.0
-        results["sampler_live_core_percent"] = live
-        print()
-        print(
-            f"  b's live sampler thread: {live:.3f}% of one core over "
-            f"{whole['wall_s']:.0f} s of traffic (budget 0.5%)"
-        )
-        print(f"  {machine.describe(load)}")
-        sanity = {
-            k: (last[k]["spans_with_energy"], last[k]["server_spans"]) for k in servers
-        }
-        results["spans_with_energy"] = sanity
-        print(
-            "  sanity: server spans with codecarbon.energy.total: "
-            + ", ".join(f"{k} {w}/{n}" for k, (w, n) in sanity.items())
-            + f"; b's last value {last['b']['last_energy']!r} J"
-        )
-        blocked = {k: last[k]["network_blocked"] for k in servers}
-        results["server_network_blocked"] = blocked
-        if any(blocked.values()):
-            print(f"  servers' outbound attempts BLOCKED: {blocked}")
-        else:
-            print("  servers: no outbound connection or lookup attempted")
-        reconnects = {
-            k: s.conn.reconnects for k, s in servers.items() if s.conn is not None
-        }
-        errors = {k: s.errors for k, s in servers.items()}
-        if any(reconnects.values()) or any(errors.values()):
-            print(f"  reconnects {reconnects}, non-200 responses {errors}")
-        results["reconnects"] = reconnects
-        results["errors"] = errors
+        results.update(sampler_and_load(servers, first, last, load0))
+        results.update(checks(servers, last))
     finally:
         for s in servers.values():  # all at once, then wait for each
             s.terminate()

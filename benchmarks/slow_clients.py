@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,8 +23,15 @@ from pathlib import Path
 import httpx
 
 import netguard  # noqa: F401  (installs the loopback-only guard on import)
+from harness import (
+    env_with_path,
+    free_port,
+    terminate,
+    uvicorn_command,
+    wait_accepting,
+    wait_or_kill,
+)
 
-HERE = Path(__file__).parent
 APP = """
 import asyncio
 from fastapi import FastAPI, Request
@@ -63,13 +69,6 @@ CodeCarbonInstrumentor().instrument_app(
     app, power_source=ConstantPowerSource(cpu=10.0), sample_interval=0.05
 )
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def trickle(port: int, seconds: float) -> None:
@@ -110,28 +109,20 @@ def main() -> int:
     app_dir.mkdir(exist_ok=True)
     (app_dir / "slow_app.py").write_text(APP)
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(app_dir), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "slow_app:app", "--host", "127.0.0.1",
-         "--port", str(port), "--loop", "asyncio", "--http", "h11",
-         "--log-level", "warning", "--timeout-keep-alive", "60"],
-        env=env, cwd=app_dir,
-    )  # fmt: skip
+        uvicorn_command("slow_app:app", port),
+        env=env_with_path(str(app_dir)),
+        cwd=app_dir,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                httpx.get(url + "/docs", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_accepting(server, port, 30)
         time.sleep(0.5)  # the sampler's first readings
         alone = asyncio.run(honest(url))
         beside = asyncio.run(attack(url, port, args.clients, args.seconds))
     finally:
-        server.terminate()
-        server.wait(10)
+        terminate(server)
+        wait_or_kill(server, 10)
     ratio = alone / beside
     print(
         f"honest 0.3 s request, 10 W source: alone {alone:.3f} J; beside "

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from fastapi import FastAPI, HTTPException
@@ -52,11 +52,13 @@ from opentelemetry.trace import SpanKind
 from carbonspan import CodeCarbonInstrumentor
 from carbonspan import attributes as a
 from carbonspan import sampler as carbonspan_sampler
+from carbonspan.instrumentor import runtime_of
 from carbonspan.ledger import RING
 from carbonspan.runtime import Runtime
 from carbonspan.testing import ConstantPowerSource
 
-Message = dict[str, Any]
+if TYPE_CHECKING:
+    from carbonspan.types import Message
 MB = 1024 * 1024
 PATHS = (
     "/fast", "/items/{i}", "/sync", "/stream", "/items/{i}", "/fast",
@@ -244,19 +246,97 @@ def threads() -> dict[str, int]:
     return by_kind
 
 
-def run(
-    requests: int = 200_000,
-    warmup: int = 20_000,
-    *,
-    source: str = "codecarbon",
-    span_creator: str = "contrib",
-    framework: str = "fastapi",
-    interval: float = 0.01,
-    attribution: str = "time_share",
-    batch: int = 8,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Serve `warmup` then `requests` requests; figures before and after."""
+class Soak:
+    """An app under test, the providers it reports to, and what it served.
+
+    (A plain class, not a dataclass: this module must load by file path too,
+    without being in sys.modules.)"""
+
+    def __init__(
+        self,
+        app: Any,
+        served: Any,  # the app, or the minimal span creator around it
+        exporter: CountingExporter,
+        reader: InMemoryMetricReader,
+        tracer_provider: TracerProvider,
+        meter_provider: MeterProvider,
+        runtime: Runtime,
+        batch: int,
+        progress: Callable[[str], None] | None,
+    ) -> None:
+        self.app, self.served, self.runtime = app, served, runtime
+        self.exporter, self.reader = exporter, reader
+        self.tracer_provider, self.meter_provider = tracer_provider, meter_provider
+        self.batch, self.progress = batch, progress
+        self.statuses: dict[int, int] = {}
+        self.marks: dict[str, Any] = {}
+
+    async def serve(self, count: int, offset: int) -> None:
+        """`count` requests from the `offset`-th on, `batch` at a time."""
+        batch = self.batch
+        for start in range(0, count, batch):
+            paths = [
+                PATHS[(offset + start + k) % len(PATHS)].format(i=offset + start + k)
+                for k in range(min(batch, count - start))
+            ]
+            for status in await asyncio.gather(*(one(self.served, p) for p in paths)):
+                self.statuses[status] = self.statuses.get(status, 0) + 1
+            done = offset + start + len(paths)
+            if done % 5000 < batch:
+                self.reader.get_metrics_data()  # the observable callbacks run too
+                if self.progress is not None and done % 50_000 < batch:
+                    self.progress(f"{done} requests, RSS {rss() / MB:.1f} MB")
+
+    async def serve_all(self, requests: int, warmup: int) -> None:
+        """The warm-up, then the requests in tenths, marks taken between.
+        One event loop throughout, as in a server: its worker threads stay."""
+        marks = self.marks
+        marks["start_rss"] = rss()
+        await self.serve(warmup, 0)
+        marks["warm"] = (rss(), threads(), sizes(self.runtime))
+        marks["rss_points"], marks["ring_points"] = [], []
+        began = time.perf_counter()
+        step = max(requests // 10, self.batch)
+        for offset in range(0, requests, step):
+            await self.serve(min(step, requests - offset), warmup + offset)
+            marks["rss_points"].append(rss() / MB)
+            marks["ring_points"].append(sizes(self.runtime)["ring_filled"])
+        marks["elapsed"] = time.perf_counter() - began
+        marks["end_threads"] = threads()
+
+    def conservation(self) -> dict[str, float]:
+        """(attributed + unattributed) / measured, per component."""
+        ledger = self.runtime.ledger
+        totals = ledger.totals()
+        first, last = ledger.first_reading, ledger.last_reading
+        out: dict[str, float] = {}
+        if first is None or last is None:
+            return out
+        for i, component in enumerate(("cpu", "gpu", "ram")):
+            start_j, end_j = getattr(first, component), getattr(last, component)
+            if start_j is None or end_j is None or end_j == start_j:
+                continue
+            got = totals.attributed[i] + totals.unattributed[i]
+            out[component] = got / (end_j - start_j)
+        return out
+
+    def close(self) -> None:
+        CodeCarbonInstrumentor.uninstrument_app(self.app)
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+def instrumented(
+    source: str,
+    span_creator: str,
+    framework: str,
+    interval: float,
+    attribution: str,
+    batch: int,
+    progress: Callable[[str], None] | None,
+) -> Soak:
+    """The app with its span creator and carbonspan, the sampler running and
+    its first reading taken (hardware detection, in the sampler's thread)."""
     exporter = CountingExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -282,65 +362,43 @@ def run(
         sample_interval=interval,
         attribution=attribution,
     )
-    runtime: Runtime = app._carbonspan_runtime  # type: ignore[attr-defined]
+    runtime = runtime_of(app)
+    assert runtime is not None
     runtime.sampler.start()
     deadline = time.monotonic() + 30
     while runtime.ledger.last_reading is None and time.monotonic() < deadline:
-        time.sleep(0.01)  # hardware detection, in the sampler's thread
-    statuses: dict[int, int] = {}
+        time.sleep(0.01)
+    return Soak(
+        app, served, exporter, reader, tracer_provider, meter_provider, runtime,
+        batch, progress,
+    )  # fmt: skip
 
-    async def serve(count: int, offset: int) -> None:
-        for start in range(0, count, batch):
-            paths = [
-                PATHS[(offset + start + k) % len(PATHS)].format(i=offset + start + k)
-                for k in range(min(batch, count - start))
-            ]
-            for status in await asyncio.gather(*(one(served, p) for p in paths)):
-                statuses[status] = statuses.get(status, 0) + 1
-            done = offset + start + len(paths)
-            if done % 5000 < batch:
-                reader.get_metrics_data()  # the observable callbacks run too
-                if progress is not None and done % 50_000 < batch:
-                    progress(f"{done} requests, RSS {rss() / MB:.1f} MB")
 
-    marks: dict[str, Any] = {}
-
-    async def soak() -> None:
-        # One event loop throughout, as in a server: its worker threads stay.
-        marks["start_rss"] = rss()
-        await serve(warmup, 0)
-        marks["warm"] = (rss(), threads(), sizes(runtime))
-        began = time.perf_counter()
-        step = max(requests // 10, batch)
-        for offset in range(0, requests, step):
-            await serve(min(step, requests - offset), warmup + offset)
-            trace_points.append(rss() / MB)
-            ring_points.append(sizes(runtime)["ring_filled"])
-        marks["elapsed"] = time.perf_counter() - began
-        marks["end_threads"] = threads()
-
-    trace_points: list[float] = []
-    ring_points: list[int] = []
+def run(
+    requests: int = 200_000,
+    warmup: int = 20_000,
+    *,
+    source: str = "codecarbon",
+    span_creator: str = "contrib",
+    framework: str = "fastapi",
+    interval: float = 0.01,
+    attribution: str = "time_share",
+    batch: int = 8,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Serve `warmup` then `requests` requests; figures before and after."""
+    soak = instrumented(
+        source, span_creator, framework, interval, attribution, batch, progress
+    )
     try:
-        asyncio.run(soak())
-        start_rss, elapsed = marks["start_rss"], marks["elapsed"]
-        warm_rss, warm_threads, warm_sizes = marks["warm"]
-        runtime.sampler.sample()  # a last reading, every request closed
-        end_rss, end_threads, end_sizes = rss(), marks["end_threads"], sizes(runtime)
-        totals = runtime.ledger.totals()
-        first, last = runtime.ledger.first_reading, runtime.ledger.last_reading
-        conservation: dict[str, float] = {}
-        if first is not None and last is not None:
-            for i, component in enumerate(("cpu", "gpu", "ram")):
-                start_j, end_j = getattr(first, component), getattr(last, component)
-                if start_j is None or end_j is None or end_j == start_j:
-                    continue
-                got = totals.attributed[i] + totals.unattributed[i]
-                conservation[component] = got / (end_j - start_j)
+        asyncio.run(soak.serve_all(requests, warmup))
+        soak.runtime.sampler.sample()  # a last reading, every request closed
+        end_rss, end_sizes = rss(), sizes(soak.runtime)
+        conservation = soak.conservation()
     finally:
-        CodeCarbonInstrumentor.uninstrument_app(app)
-        tracer_provider.shutdown()
-        meter_provider.shutdown()
+        soak.close()
+    marks, exporter = soak.marks, soak.exporter
+    warm_rss, warm_threads, warm_sizes = marks["warm"]
     return {
         "requests": requests,
         "warmup": warmup,
@@ -349,24 +407,62 @@ def run(
         "framework": framework,
         "attribution": attribution,
         "sample_interval": interval,
-        "seconds": elapsed,
-        "requests_per_s": requests / elapsed,
-        "statuses": statuses,
+        "seconds": marks["elapsed"],
+        "requests_per_s": requests / marks["elapsed"],
+        "statuses": soak.statuses,
         "server_spans": exporter.spans,
         "spans_with_energy": exporter.measured,
         "bad_figures": exporter.bad,
         "rss_mb": {
-            "start": start_rss / MB,
+            "start": marks["start_rss"] / MB,
             "after_warmup": warm_rss / MB,
             "end": end_rss / MB,
             "growth_after_warmup": (end_rss - warm_rss) / MB,
-            "every_tenth": trace_points,
+            "every_tenth": marks["rss_points"],
         },
-        "ring_filled_every_tenth": ring_points,
-        "threads": {"after_warmup": warm_threads, "end": end_threads},
+        "ring_filled_every_tenth": marks["ring_points"],
+        "threads": {"after_warmup": warm_threads, "end": marks["end_threads"]},
         "sizes": {"after_warmup": warm_sizes, "end": end_sizes, "ring": RING},
         "conservation": conservation,
     }
+
+
+def report(result: dict[str, Any]) -> bool:
+    """Print the figures; whether memory stayed flat and every figure is sane."""
+    mem, thr, size = result["rss_mb"], result["threads"], result["sizes"]
+    print(
+        f"requests       {result['requests']} in {result['seconds']:.1f} s "
+        f"({result['requests_per_s']:.0f}/s), statuses {result['statuses']}"
+    )
+    print(
+        f"spans          {result['server_spans']} server spans, "
+        f"{result['spans_with_energy']} with energy, {result['bad_figures']} bad"
+    )
+    print(
+        f"RSS            start {mem['start']:.1f} MB, after warm-up "
+        f"{mem['after_warmup']:.1f} MB, end {mem['end']:.1f} MB: "
+        f"{mem['growth_after_warmup']:+.2f} MB after warm-up"
+    )
+    print("RSS by tenth   " + " ".join(f"{v:.1f}" for v in mem["every_tenth"]))
+    print(
+        "ring by tenth  "
+        + " ".join(str(v) for v in result["ring_filled_every_tenth"])
+        + f" of {RING} tick slots filled (each tick adds ~0.31 kB until full)"
+    )
+    print(
+        f"threads        after warm-up {sum(thr['after_warmup'].values())} "
+        f"{thr['after_warmup']}"
+    )
+    print(f"               end {sum(thr['end'].values())} {thr['end']}")
+    print(f"carbonspan     after warm-up {size['after_warmup']}")
+    print(f"               end {size['end']}")
+    print(f"conservation   (attributed + unattributed) / measured: "
+          f"{result['conservation']}")  # fmt: skip
+    return (
+        mem["growth_after_warmup"] < 5.0
+        and size["end"]["in_flight"] == 0
+        and result["bad_figures"] == 0
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,43 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         attribution=args.attribution,
         progress=lambda line: print("  " + line, flush=True),
     )
-    mem, thr, size = result["rss_mb"], result["threads"], result["sizes"]
-    print(
-        f"requests       {result['requests']} in {result['seconds']:.1f} s "
-        f"({result['requests_per_s']:.0f}/s), statuses {result['statuses']}"
-    )
-    print(
-        f"spans          {result['server_spans']} server spans, "
-        f"{result['spans_with_energy']} with energy, {result['bad_figures']} bad"
-    )
-    print(
-        f"RSS            start {mem['start']:.1f} MB, after warm-up "
-        f"{mem['after_warmup']:.1f} MB, end {mem['end']:.1f} MB: "
-        f"{mem['growth_after_warmup']:+.2f} MB after warm-up"
-    )
-    print("RSS by tenth   " + " ".join(f"{v:.1f}" for v in mem["every_tenth"]))
-    print(
-        "ring by tenth  "
-        + " ".join(str(v) for v in result["ring_filled_every_tenth"])
-        + f" of {RING} tick slots filled (each tick adds ~0.31 kB until full)"
-    )
-    print(
-        f"threads        after warm-up {sum(thr['after_warmup'].values())} "
-        f"{thr['after_warmup']}"
-    )
-    print(f"               end {sum(thr['end'].values())} {thr['end']}")
-    print(f"carbonspan     after warm-up {size['after_warmup']}")
-    print(f"               end {size['end']}")
-    print(f"conservation   (attributed + unattributed) / measured: "
-          f"{result['conservation']}")  # fmt: skip
+    ok = report(result)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
-    ok = (
-        mem["growth_after_warmup"] < 5.0
-        and size["end"]["in_flight"] == 0
-        and result["bad_figures"] == 0
-    )
     print("OK" if ok else "NOT OK")
     return 0 if ok else 1
 

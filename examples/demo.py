@@ -42,6 +42,7 @@ try:  # the imports take about 1 s: a Ctrl-C meanwhile leaves quietly too
     from opentelemetry.trace import SpanKind
 
     from carbonspan import CodeCarbonInstrumentor
+    from carbonspan.instrumentor import runtime_of
     from carbonspan.runtime import Runtime
 except KeyboardInterrupt:
     print("\ninterrupted", file=sys.stderr)
@@ -465,7 +466,9 @@ def run(args: argparse.Namespace) -> None:
             )
         except ValueError as exc:  # a bad setting, such as an unknown country
             raise DemoError(str(exc)) from None
-        runtime: Runtime = app._carbonspan_runtime  # type: ignore[attr-defined]
+        runtime = runtime_of(app)
+        if runtime is None:  # not after a successful instrument_app
+            raise DemoError("carbonspan is not measuring the app")
 
         server.start()
         print(f"Serving on {server.url}; detecting hardware (about 2 s)...")
