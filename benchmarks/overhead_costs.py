@@ -9,7 +9,7 @@ in CPU µs per request by part.
    understates its cost on the real request path (warm caches): read those as
    a lower bound.
 3. The sampler thread: it runs during all variants (one process), so its cost
-   does not show up in b/a. `Sampler.sample()` on a fresh sampler is timed
+   does not show up in b/a. `PowerSampler.sample()` on a fresh sampler is timed
    here; the caller folds its share of a core in as a separate figure.
 """
 
@@ -32,8 +32,8 @@ from carbonspan import CodeCarbonMiddleware
 from carbonspan.config import Settings
 from carbonspan.ledger import Ledger
 from carbonspan.runtime import Runtime
-from carbonspan.sampler import Sampler
-from carbonspan.source import CodeCarbonPowerSource, EnergyReading
+from carbonspan.sampler import PowerSampler
+from carbonspan import CodeCarbonPowerSource, EnergyReading
 from harness import http_scope, median_us
 from overhead_ab import COUNTRY, Otel, SyncFloor
 
@@ -419,9 +419,9 @@ def print_pieces(comp: dict[str, float]) -> None:
 
 
 def sampler_cost(samples: int, interval: float) -> dict[str, float]:
-    """CPU time of `Sampler.sample()` (source.read() + ledger.tick()) on a fresh
+    """CPU time of `PowerSampler.sample()` (source.read() + ledger.tick()) on a fresh
     sampler over a fresh CodeCarbonPowerSource, called every 10 ms."""
-    sampler = Sampler(CodeCarbonPowerSource(), interval)
+    sampler = PowerSampler(CodeCarbonPowerSource(), interval)
     t0 = time.perf_counter()
     sampler.sample()  # hardware detection
     detect_s = time.perf_counter() - t0
@@ -446,7 +446,7 @@ def sampler_cost(samples: int, interval: float) -> dict[str, float]:
 
 def print_sampler(sc: dict[str, Any], live_wall_s: float) -> None:
     print(
-        f"  one Sampler.sample() (read + tick): {sc['sample_cpu_median_us']:.0f} µs "
+        f"  one PowerSampler.sample() (read + tick): {sc['sample_cpu_median_us']:.0f} µs "
         f"CPU median, {sc['sample_cpu_mean_us']:.0f} µs mean, "
         f"{sc['sample_wall_median_us']:.0f} µs wall median"
     )

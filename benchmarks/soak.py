@@ -228,9 +228,9 @@ def sizes(runtime: Runtime) -> dict[str, int]:
     ledger, metrics = runtime.ledger, runtime.metrics
     return {
         "in_flight": ledger.in_flight,
-        "ticks": ledger._j + 1,
-        "ring_slots": len(ledger._ring),
-        "ring_filled": sum(entry is not None for entry in ledger._ring),
+        "ticks": ledger._prices.j + 1,
+        "ring_slots": len(ledger._prices.ring),
+        "ring_filled": sum(entry is not None for entry in ledger._prices.ring),
         "open_windows_cpu_time": getattr(ledger.policy, "open_windows", 0),
         "metric_label_sets": len(metrics._attrs),
         "metric_route_sums": len(metrics._route_grams),
