@@ -28,12 +28,11 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.trace import SpanKind, Tracer
 
 import netguard  # noqa: F401  (installs the loopback-only guard on import)
-from carbonspan import CodeCarbonMiddleware
+from carbonspan import CodeCarbonMiddleware, CodeCarbonPowerSource, EnergyReading
 from carbonspan.config import Settings
 from carbonspan.ledger import Ledger
 from carbonspan.runtime import Runtime
 from carbonspan.sampler import PowerSampler
-from carbonspan import CodeCarbonPowerSource, EnergyReading
 from harness import http_scope, median_us
 from overhead_ab import COUNTRY, Otel, SyncFloor
 
@@ -446,7 +445,8 @@ def sampler_cost(samples: int, interval: float) -> dict[str, float]:
 
 def print_sampler(sc: dict[str, Any], live_wall_s: float) -> None:
     print(
-        f"  one PowerSampler.sample() (read + tick): {sc['sample_cpu_median_us']:.0f} µs "
+        "  one PowerSampler.sample() (read + tick): "
+        f"{sc['sample_cpu_median_us']:.0f} µs "
         f"CPU median, {sc['sample_cpu_mean_us']:.0f} µs mean, "
         f"{sc['sample_wall_median_us']:.0f} µs wall median"
     )
