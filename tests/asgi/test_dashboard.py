@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
@@ -18,12 +17,15 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import REGISTRY, generate_latest
 
-from apps import build_app
 from carbonspan import CodeCarbonInstrumentor
+from carbonspan.instrumentor import runtime_of
 from carbonspan.testing import ConstantPowerSource
-from conftest import client, wait_ready
+from support import ROOT
+from support.apps import build_app
+from support.asgi import fetch
+from support.checks import wait_ready
 
-DASHBOARD = Path(__file__).parent.parent / "dashboards" / "carbonspan.json"
+DASHBOARD = ROOT / "dashboards" / "carbonspan.json"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$job": ".*"}
 PROMQL_WORDS = {"by", "without", "le", "sum", "rate", "increase", "topk"}
 
@@ -53,14 +55,10 @@ def exposition() -> str:
         embodied_emissions=900.0,
     )  # fmt: skip
     try:
-        wait_ready(app._carbonspan_runtime)
-
-        async def go() -> None:
-            async with client(app) as c:
-                await c.get("/items/1")
-                await c.get("/later")
-
-        asyncio.run(go())
+        runtime = runtime_of(app)
+        assert runtime is not None
+        wait_ready(runtime)
+        fetch(app, ["/items/1", "/later"])
         return generate_latest(REGISTRY).decode()
     finally:
         CodeCarbonInstrumentor.uninstrument_app(app)

@@ -15,27 +15,23 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from apps import build_app
 from carbonspan import attributes as a
 from carbonspan import middleware
+from carbonspan.instrumentor import runtime_of
 from carbonspan.testing import ConstantPowerSource
-from conftest import Instrumented, Otel, attrs, client, wait_ready
-from test_reliability_support import assert_no_open_window, wait_for
+from support.apps import build_app
+from support.asgi import client, fetch
+from support.checks import assert_no_open_window, wait_for, wait_ready
+from support.fakes import Clock
+from support.otel import Instrumented, Otel, attrs
 
 CPU_W, RAM_W = 10.0, 2.0
 
 
-def fetch(app: Any, paths: list[str]) -> list[int]:
-    async def go() -> list[int]:
-        async with client(app) as c:
-            return [(await c.get(p)).status_code for p in paths]
-
-    return asyncio.run(go())
-
-
 def child_run(app: Any, otel: Otel, forked_at: float) -> dict[str, Any]:
     """In the forked child: what it inherited, then its own measurements."""
-    runtime = app._carbonspan_runtime
+    runtime = runtime_of(app)
+    assert runtime is not None
     ledger = runtime.ledger
     got: dict[str, Any] = {
         "inherited_thread": runtime.sampler.started,
@@ -150,16 +146,6 @@ def _reap(pid: int) -> None:
 # -- the time-of-day clock ---------------------------------------------------------
 
 
-class Monotonic:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Jumpy:
     """time.time / time.time_ns that jump an hour forward, then a day back."""
 
@@ -173,7 +159,7 @@ class Jumpy:
         return type(real)(real + jump * self.unit)
 
 
-def clock_app(clock: Monotonic) -> FastAPI:
+def clock_app(clock: Clock) -> FastAPI:
     app = FastAPI()
     held = asyncio.Event()
 
@@ -196,7 +182,7 @@ def scripted_figures(
     otel: Otel, instrument: Instrumented, monkeypatch: pytest.MonkeyPatch
 ) -> list[dict[str, Any]]:
     """The same requests at the same monotonic instants: their figures."""
-    clock = Monotonic()
+    clock = Clock(5000.0)
     monkeypatch.setattr(middleware, "monotonic", clock)
     source = ConstantPowerSource(cpu=CPU_W, ram=RAM_W, clock=clock)
     app = clock_app(clock)

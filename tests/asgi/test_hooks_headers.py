@@ -1,31 +1,19 @@
-"""measurement_hook, response headers, OTel excluded-URL env, plain ASGI apps."""
+"""measurement_hook, response headers, and the OTel excluded-URL variables."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-import httpx
 import pytest
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
 
-from apps import build_app
-from carbonspan import CodeCarbonMiddleware, Measurement
+from carbonspan import Measurement
 from carbonspan import attributes as a
 from carbonspan.testing import ConstantPowerSource
-from conftest import Instrumented, Otel, attrs, client, wait_ready
-
-
-def get(app: Any, path: str) -> httpx.Response:
-    async def go() -> httpx.Response:
-        async with client(app) as c:
-            return await c.get(path)
-
-    return asyncio.run(go())
+from support.apps import build_app
+from support.asgi import get
+from support.checks import wait_ready
+from support.otel import Instrumented, Otel, attrs
 
 
 def test_hook_sees_the_measurement_before_the_span_ends(
@@ -137,78 +125,17 @@ def test_carbonspan_excludes_win_over_otel_env(
 ) -> None:
     monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "fast")
     app = build_app()
-    instrument(
+    runtime = instrument(
         app, otel, contrib=None, power_source=ConstantPowerSource(cpu=1.0),
         excluded_urls="^/health$",
     )  # fmt: skip
-    wait_ready(app._carbonspan_runtime)
+    wait_ready(runtime)
     for path in ("/health", "/fast"):
         assert get(app, path).status_code == 200
     routes = [
         p.attributes.get(a.HTTP_ROUTE) for p in otel.points("codecarbon.request.energy")
     ]
     assert routes == ["/fast"]
-
-
-def test_plain_starlette_app_inside_the_asgi_middleware(otel: Otel) -> None:
-    async def hello(request: Any) -> PlainTextResponse:
-        await asyncio.sleep(0.05)
-        return PlainTextResponse("hello")
-
-    inner = Starlette(routes=[Route("/hello/{name}", hello)])
-    measured = CodeCarbonMiddleware(
-        inner, power_source=ConstantPowerSource(cpu=6.0), sample_interval=0.02,
-        meter_provider=otel.meter_provider,
-    )  # fmt: skip
-    app = OpenTelemetryMiddleware(
-        measured,
-        tracer_provider=otel.tracer_provider,
-        meter_provider=otel.meter_provider,
-    )
-    try:
-        wait_ready(measured.runtime)
-        assert get(app, "/hello/ada").status_code == 200
-        (span,) = otel.server_spans()
-        got = attrs(span)
-        assert got[a.ENERGY_TOTAL] == pytest.approx(got[a.ENERGY["cpu"]])
-        assert got[a.ENERGY["cpu"]] >= 0.05 * 6.0 * 0.95
-        (point,) = otel.points("codecarbon.request.energy")
-        assert point.attributes[a.HTTP_ROUTE] == "/hello/{name}"
-    finally:
-        measured.runtime.close()
-
-
-def test_lifespan_shutdown_flushes_and_takes_a_last_reading(otel: Otel) -> None:
-    source = ConstantPowerSource(cpu=1.0)
-    app = build_app()
-    measured = CodeCarbonMiddleware(
-        app, power_source=source, sample_interval=30, meter_provider=otel.meter_provider
-    )
-    flushed: list[int] = []
-    otel.meter_provider.force_flush = lambda timeout_millis=0: flushed.append(1) or True  # type: ignore[method-assign]
-
-    async def lifespan() -> list[str]:
-        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
-        sent: list[str] = []
-
-        async def receive() -> dict[str, str]:
-            return next(messages)
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message["type"])
-
-        await measured({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
-                       receive, send)  # fmt: skip
-        return sent
-
-    try:
-        reads_before = source.reads
-        sent = asyncio.run(lifespan())
-        assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-        assert flushed == [1]
-        assert source.reads > reads_before
-    finally:
-        measured.runtime.close()
 
 
 def test_an_async_hook_is_refused_at_instrument_time() -> None:

@@ -1,4 +1,6 @@
-"""instrument() hooks every FastAPI app built afterwards; uninstrument() undoes it."""
+"""How carbonspan is put in an app: instrument() hooks every FastAPI app built
+afterwards, instrument_app() one app, CodeCarbonMiddleware any ASGI app; and
+how it is taken out again."""
 
 from __future__ import annotations
 
@@ -7,21 +9,20 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pytest
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
-from apps import build_app
 from carbonspan import CodeCarbonInstrumentor, CodeCarbonMiddleware
 from carbonspan import attributes as a
+from carbonspan.instrumentor import runtime_of
 from carbonspan.testing import ConstantPowerSource
-from conftest import Otel, attrs, client, wait_ready
-
-
-def fetch(app: Any, path: str) -> int:
-    async def go() -> int:
-        async with client(app) as c:
-            return (await c.get(path)).status_code
-
-    return asyncio.run(go())
+from support.apps import build_app
+from support.asgi import get
+from support.checks import wait_ready
+from support.otel import Otel, attrs
 
 
 def middlewares(app: Any) -> list[str]:
@@ -52,9 +53,11 @@ def test_instrument_covers_apps_built_afterwards(
         contrib.instrument(**contrib_kwargs)
     try:
         app = build_app()
-        assert fetch(app, "/fast") == 200
-        wait_ready(_runtime(app))
-        assert fetch(app, "/sleep?seconds=0.05") == 200
+        assert get(app, "/fast").status_code == 200
+        runtime = runtime_of(app)  # the global instrumentation's
+        assert runtime is not None
+        wait_ready(runtime)
+        assert get(app, "/sleep?seconds=0.05").status_code == 200
         stack = middlewares(app)
         assert stack.count("CodeCarbonMiddleware") == 1
         assert stack.index("OpenTelemetryMiddleware") < stack.index(
@@ -67,17 +70,8 @@ def test_instrument_covers_apps_built_afterwards(
         contrib.uninstrument()
         carbon.uninstrument()
     after = build_app()
-    assert fetch(after, "/fast") == 200
+    assert get(after, "/fast").status_code == 200
     assert "CodeCarbonMiddleware" not in middlewares(after)
-
-
-def _runtime(app: Any) -> Any:
-    node = app.middleware_stack
-    while node is not None:
-        if isinstance(node, CodeCarbonMiddleware):
-            return node.runtime
-        node = getattr(node, "app", None)
-    raise AssertionError("no CodeCarbonMiddleware in the stack")
 
 
 def test_uninstrument_app_takes_the_middleware_out(otel: Otel) -> None:
@@ -87,11 +81,11 @@ def test_uninstrument_app_takes_the_middleware_out(otel: Otel) -> None:
         power_source=ConstantPowerSource(cpu=1.0),
         meter_provider=otel.meter_provider,
     )
-    assert fetch(app, "/fast") == 200
+    assert get(app, "/fast").status_code == 200
     assert "CodeCarbonMiddleware" in middlewares(app)
     CodeCarbonInstrumentor.uninstrument_app(app)
     assert "CodeCarbonMiddleware" not in middlewares(app)
-    assert fetch(app, "/fast") == 200
+    assert get(app, "/fast").status_code == 200
 
 
 def test_uninstrument_under_contrib_patch_passes_through(otel: Otel) -> None:
@@ -103,11 +97,11 @@ def test_uninstrument_under_contrib_patch_passes_through(otel: Otel) -> None:
     )
     FastAPIInstrumentor.instrument_app(app, tracer_provider=otel.tracer_provider)
     try:
-        assert fetch(app, "/fast") == 200
+        assert get(app, "/fast").status_code == 200
         CodeCarbonInstrumentor.uninstrument_app(app)
         assert "CodeCarbonMiddleware" not in middlewares(app)
         assert "OpenTelemetryMiddleware" in middlewares(app)
-        assert fetch(app, "/fast") == 200
+        assert get(app, "/fast").status_code == 200
         assert attrs(otel.server_spans()[-1]) == {}
     finally:
         FastAPIInstrumentor.uninstrument_app(app)
@@ -137,8 +131,10 @@ def test_starlette_experimental_span_creator_is_recognised(otel: Otel) -> None:
         meter_provider=otel.meter_provider,
     )
     try:
-        wait_ready(app._carbonspan_runtime)
-        assert fetch(app, "/sleep?seconds=0.05") == 200
+        runtime = runtime_of(app)
+        assert runtime is not None
+        wait_ready(runtime)
+        assert get(app, "/sleep?seconds=0.05").status_code == 200
         stack = middlewares(app)
         assert stack.index("OpenTelemetryMiddleware") + 1 == stack.index(
             "CodeCarbonMiddleware"
@@ -148,3 +144,31 @@ def test_starlette_experimental_span_creator_is_recognised(otel: Otel) -> None:
         assert attrs(span)[a.ENERGY_TOTAL] > 0
     finally:
         CodeCarbonInstrumentor.uninstrument_app(app)
+
+
+def test_plain_starlette_app_inside_the_asgi_middleware(otel: Otel) -> None:
+    async def hello(request: Any) -> PlainTextResponse:
+        await asyncio.sleep(0.05)
+        return PlainTextResponse("hello")
+
+    inner = Starlette(routes=[Route("/hello/{name}", hello)])
+    measured = CodeCarbonMiddleware(
+        inner, power_source=ConstantPowerSource(cpu=6.0), sample_interval=0.02,
+        meter_provider=otel.meter_provider,
+    )  # fmt: skip
+    app = OpenTelemetryMiddleware(
+        measured,
+        tracer_provider=otel.tracer_provider,
+        meter_provider=otel.meter_provider,
+    )
+    try:
+        wait_ready(measured.runtime)
+        assert get(app, "/hello/ada").status_code == 200
+        (span,) = otel.server_spans()
+        got = attrs(span)
+        assert got[a.ENERGY_TOTAL] == pytest.approx(got[a.ENERGY["cpu"]])
+        assert got[a.ENERGY["cpu"]] >= 0.05 * 6.0 * 0.95
+        (point,) = otel.points("codecarbon.request.energy")
+        assert point.attributes[a.HTTP_ROUTE] == "/hello/{name}"
+    finally:
+        measured.runtime.close()

@@ -1,84 +1,40 @@
 """Request lifecycle edge cases (hardening item 4).
 
 After each case the ledger holds no open window: `runtime.ledger.in_flight`
-and the `codecarbon.requests.in_flight` observable are both 0. In process,
-requests are driven through the ASGI interface so that a test controls every
-message; the last test serves the same cases from a real uvicorn and shuts it
+and the `codecarbon.requests.in_flight` observable are both 0. Requests are
+driven through the ASGI interface so that a test controls every message;
+e2e/test_uvicorn.py serves the same cases from a real uvicorn and shuts it
 down with requests in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import socket
-import sys
-import threading
-import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from fastapi import FastAPI, WebSocket
-from fastapi.responses import FileResponse, Response
+from fastapi import FastAPI
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-from apps import build_app
 from carbonspan import CodeCarbonMiddleware
 from carbonspan import attributes as a
 from carbonspan.runtime import Runtime
 from carbonspan.testing import ConstantPowerSource
-from conftest import Instrumented, Otel, attrs, wait_ready
-from server import Server
-from test_reliability_support import (
-    Exchange,
-    Message,
+from support import lifecycle
+from support.apps import build_app
+from support.asgi import Exchange, Message, call, http_scope
+from support.checks import (
     assert_no_open_window,
     assert_sane,
     async_wait_for,
-    call,
     carbonspan_warnings,
-    http_scope,
     in_flight_metric,
+    wait_ready,
 )
-
-CPU_W = 10.0
-
-
-def lifecycle_app(**fastapi_kwargs: Any) -> FastAPI:
-    """The test app, plus a WebSocket echo, a file and a GET+HEAD route."""
-    app = build_app(**fastapi_kwargs)
-
-    @app.websocket("/ws")
-    async def echo(websocket: WebSocket) -> None:
-        await websocket.accept()
-        async for text in websocket.iter_text():
-            await websocket.send_text(text.upper())
-
-    @app.get("/file")
-    async def file() -> FileResponse:
-        return FileResponse(__file__, media_type="text/plain")
-
-    @app.api_route("/page", methods=["GET", "HEAD"])
-    async def page() -> Response:
-        return Response(b"<p>hello</p>", media_type="text/html")
-
-    @app.get("/slow-cleanup")
-    async def slow_cleanup() -> None:
-        try:
-            await asyncio.sleep(30)
-        finally:
-            await asyncio.sleep(0.05)  # e.g. giving a connection back to a pool
-
-    @app.get("/in-flight")
-    async def in_flight() -> dict[str, int]:
-        runtime: Runtime = app._carbonspan_runtime  # type: ignore[attr-defined]
-        return {"in_flight": runtime.ledger.in_flight - 1}  # less this one
-
-    return app
+from support.lifecycle import CPU_W, lifecycle_app
+from support.otel import Instrumented, Otel, attrs
 
 
 @pytest.fixture
@@ -310,6 +266,39 @@ def test_lifespan_starts_the_sampler_and_flushes_at_shutdown(
     assert_no_open_window(runtime, otel)
 
 
+def test_lifespan_shutdown_flushes_and_takes_a_last_reading(otel: Otel) -> None:
+    source = ConstantPowerSource(cpu=1.0)
+    app = build_app()
+    measured = CodeCarbonMiddleware(
+        app, power_source=source, sample_interval=30, meter_provider=otel.meter_provider
+    )
+    flushed: list[int] = []
+    otel.meter_provider.force_flush = lambda timeout_millis=0: flushed.append(1) or True  # type: ignore[method-assign]
+
+    async def lifespan() -> list[str]:
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+        sent: list[str] = []
+
+        async def receive() -> dict[str, str]:
+            return next(messages)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message["type"])
+
+        await measured({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                       receive, send)  # fmt: skip
+        return sent
+
+    try:
+        reads_before = source.reads
+        sent = asyncio.run(lifespan())
+        assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+        assert flushed == [1]
+        assert source.reads > reads_before
+    finally:
+        measured.runtime.close()
+
+
 def test_shutdown_flush_waits_for_cancelled_requests_to_close(
     otel: Otel, instrument: Instrumented
 ) -> None:
@@ -376,7 +365,7 @@ def test_pathsend_closes_the_window_before_the_file_goes(
     asyncio.run(call(app, "/file", exchange=exchange, extensions=extensions))
     types = [m["type"] for m in exchange.messages]
     assert types == ["http.response.start", "http.response.pathsend"]
-    assert exchange.messages[1]["path"] == __file__
+    assert exchange.messages[1]["path"] == lifecycle.__file__
     # Charged before the server sends the file, and out of n(t) while it does
     # (a file can wait on its reader); the window closes when the app returns.
     assert exchange.open_at == {"http.response.start": 1, "http.response.pathsend": 0}
@@ -453,111 +442,3 @@ def test_head_requests_are_measured_and_labelled(
     }
     assert labels == {("HEAD", 200), ("HEAD", 405)}
     assert_no_open_window(runtime, otel)
-
-
-# -- a real server --------------------------------------------------------------
-
-
-def serve() -> FastAPI:
-    """`uvicorn test_reliability_lifecycle:serve --factory`, for the e2e test."""
-    import os
-    from contextlib import asynccontextmanager
-
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-    from opentelemetry.sdk.trace import TracerProvider
-
-    from carbonspan import CodeCarbonInstrumentor
-
-    @asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        yield
-        runtime: Runtime = app._carbonspan_runtime
-        at_shutdown = runtime.ledger.in_flight
-        began = time.monotonic()
-        while runtime.ledger.in_flight and time.monotonic() - began < 2:
-            await asyncio.sleep(0.001)
-        runtime.sampler.sample()
-        state = {
-            "in_flight": runtime.ledger.in_flight,
-            "errors": runtime.sampler.errors,
-            "at_shutdown": at_shutdown,
-            "waited": time.monotonic() - began,
-        }
-        with open(os.environ["REL_STATE"], "w") as f:
-            json.dump(state, f)
-
-    app = lifecycle_app(lifespan=lifespan)
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=TracerProvider())
-    CodeCarbonInstrumentor().instrument_app(
-        app, power_source=ConstantPowerSource(cpu=CPU_W), sample_interval=0.02
-    )
-    return app
-
-
-@pytest.mark.e2e
-def test_uvicorn_shutdown_with_requests_in_flight(tmp_path: Path) -> None:
-    from websockets.sync.client import connect
-
-    state_path = tmp_path / "state.json"
-    command = [sys.executable, "-m", "uvicorn", "test_reliability_lifecycle:serve",
-               "--factory", "--host", "127.0.0.1", "--port", "{port}",
-               "--log-level", "warning",
-               "--timeout-graceful-shutdown", "1"]  # fmt: skip
-    with Server(command, {"REL_STATE": str(state_path)}) as server:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-
-            def in_flight() -> int:
-                return int(c.get("/in-flight").json()["in_flight"])
-
-            # A WebSocket conversation: served, never counted.
-            ws_url = server.url.replace("http", "ws") + "/ws"
-            with connect(ws_url) as ws:
-                ws.send("ping")
-                assert ws.recv(timeout=10) == "PING"
-                assert in_flight() == 0
-            # HEAD, served by uvicorn without a body.
-            head = c.head("/page")
-            assert (head.status_code, head.content) == (200, b"")
-            # A client that goes away mid-stream.
-            with socket.create_connection(("127.0.0.1", server.port)) as sock:
-                sock.sendall(
-                    b"GET /stream?chunks=1000&pause=0.01 HTTP/1.1\r\nHost: x\r\n\r\n"
-                )
-                assert b"chunk" in sock.recv(4096) + sock.recv(4096)
-            deadline = time.monotonic() + 10
-            while in_flight() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert in_flight() == 0
-
-        # Shutdown with requests in flight: short ones finish within the
-        # grace period, long ones are cancelled when it runs out.
-        results: dict[str, Any] = {}
-
-        def hit(name: str, path: str) -> None:
-            try:
-                results[name] = httpx.get(server.url + path, timeout=30).status_code
-            except httpx.HTTPError as exc:
-                results[name] = type(exc).__name__
-
-        paths = {f"short{i}": "/sleep?seconds=0.4" for i in range(4)}
-        paths |= {f"long{i}": "/sleep?seconds=30" for i in range(3)}
-        paths["sync"] = "/sync-sleep?seconds=0.4"
-        paths["stream"] = "/stream?chunks=3000&pause=0.01"
-        threads = [threading.Thread(target=hit, args=item) for item in paths.items()]
-        for t in threads:
-            t.start()
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            deadline = time.monotonic() + 10
-            while int(c.get("/in-flight").json()["in_flight"]) < len(paths):
-                assert time.monotonic() < deadline, "requests did not arrive"
-                time.sleep(0.01)
-        output = server.stop()
-        for t in threads:
-            t.join(30)
-    assert all(results[f"short{i}"] == 200 for i in range(4)), results
-    assert results["sync"] == 200, results
-    assert all(results[f"long{i}"] != 200 for i in range(3)), results
-    state = json.loads(state_path.read_text())
-    print(state)
-    assert state["in_flight"] == 0 and state["errors"] == 0, output
-    assert "carbonspan: " not in output, output  # nothing of ours failed

@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
-STACK = Path(__file__).parent.parent / "examples" / "observability-stack"
+from carbonspan import CodeCarbonInstrumentor
+from carbonspan.instrumentor import runtime_of
+from carbonspan.testing import ConstantPowerSource
+from support import ROOT
+from support.asgi import get
+
+STACK = ROOT / "examples" / "observability-stack"
 BIN = Path(sys.executable).parent
 
 
@@ -105,12 +111,7 @@ def test_tempo_receives_otlp_and_grafana_knows_every_backend() -> None:
 
 @pytest.mark.parametrize("path", ["/", "/work?rounds=10", "/wait?seconds=0"])
 def test_the_stack_app_serves_and_is_measured(path: str) -> None:
-    import asyncio
     import importlib.util
-
-    from carbonspan import CodeCarbonInstrumentor
-    from carbonspan.testing import ConstantPowerSource
-    from conftest import client
 
     spec = importlib.util.spec_from_file_location(
         "stack_app", STACK / "app" / "main.py"
@@ -123,12 +124,8 @@ def test_the_stack_app_serves_and_is_measured(path: str) -> None:
         app, power_source=ConstantPowerSource(cpu=1)
     )
     try:
-
-        async def go() -> int:
-            async with client(app) as c:
-                return (await c.get(path)).status_code
-
-        assert asyncio.run(go()) == 200
-        assert app._carbonspan_runtime.ledger.in_flight == 0
+        assert get(app, path).status_code == 200
+        runtime = runtime_of(app)
+        assert runtime is not None and runtime.ledger.in_flight == 0
     finally:
         CodeCarbonInstrumentor.uninstrument_app(app)

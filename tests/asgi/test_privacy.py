@@ -13,11 +13,12 @@ import asyncio
 import json
 from typing import Any
 
-from apps import build_app
 from carbonspan import attributes as a
 from carbonspan.testing import ConstantPowerSource
-from conftest import Instrumented, Otel, attrs, wait_ready
-from test_reliability_support import assert_no_open_window, call
+from support.apps import build_app
+from support.asgi import call
+from support.checks import assert_no_open_window, wait_ready
+from support.otel import Instrumented, Otel, attrs
 
 ALLOWED_KEYS = {a.HTTP_ROUTE, a.HTTP_METHOD, a.HTTP_STATUS, a.HW_TYPE, a.ATTRIBUTED}
 CODECARBON_METRICS = (

@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from opentelemetry import metrics, trace
 
-from apps import build_app
 from carbonspan import attributes as a
 from carbonspan.emissions import resolve
 from carbonspan.testing import ConstantPowerSource
-from conftest import Instrumented, Otel, attrs, client, wait_ready
+from support.apps import build_app
+from support.asgi import client, fetch
+from support.checks import wait_ready
+from support.otel import Instrumented, Otel, attrs
 
 CPU_W, RAM_W = 10.0, 2.0
-
-
-def get_all(app: Any, paths: list[str]) -> list[int]:
-    async def go() -> list[int]:
-        async with client(app) as c:
-            responses = await asyncio.gather(*(c.get(p) for p in paths))
-        return [r.status_code for r in responses]
-
-    return asyncio.run(go())
 
 
 @pytest.fixture
@@ -41,7 +33,7 @@ def test_contrib_span_carries_the_contract(
         sample_interval=0.02,
     )  # fmt: skip
     wait_ready(runtime)
-    assert get_all(app, ["/sleep?seconds=0.05"]) == [200]
+    assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
     (span,) = otel.server_spans()
     assert span.instrumentation_scope.name == "opentelemetry.instrumentation.fastapi"
     got = attrs(span)
@@ -81,7 +73,7 @@ def test_native_fastapi_span_carries_the_contract(
         app, otel, contrib=None, power_source=source, sample_interval=0.02
     )
     wait_ready(runtime)
-    assert get_all(app, ["/items/7"]) == [200]
+    assert fetch(app, ["/items/7"]) == [200]
     (span,) = otel.server_spans()
     assert span.instrumentation_scope.name == "fastapi"
     got = attrs(span)
@@ -110,7 +102,7 @@ def test_every_response_kind_is_measured(
     app = build_app()
     runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
     wait_ready(runtime)
-    assert get_all(app, list(CASES)) == list(CASES.values())
+    assert fetch(app, list(CASES), concurrently=True) == list(CASES.values())
     spans = otel.server_spans()
     assert len(spans) == len(CASES)
     for span in spans:
@@ -136,7 +128,7 @@ def test_streaming_is_charged_up_to_the_last_chunk(
     app = build_app()
     runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
     wait_ready(runtime)
-    assert get_all(app, ["/stream?chunks=5&pause=0.04"]) == [200]
+    assert fetch(app, ["/stream?chunks=5&pause=0.04"]) == [200]
     (span,) = otel.server_spans()
     energy = attrs(span)[a.ENERGY["cpu"]]
     # Five pauses of 40 ms happen before the last chunk, all charged.
@@ -151,7 +143,7 @@ def test_concurrent_requests_share_the_power(
     app = build_app()
     runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
     wait_ready(runtime)
-    assert get_all(app, ["/sleep?seconds=0.2"] * 4) == [200] * 4
+    assert fetch(app, ["/sleep?seconds=0.2"] * 4, concurrently=True) == [200] * 4
     spans = otel.server_spans()
     for span in spans:
         got = attrs(span)
@@ -170,7 +162,7 @@ def test_unsampled_and_untraced_requests_hold_windows_and_count_in_metrics(
     app = build_app()
     runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
     wait_ready(runtime)
-    assert get_all(app, ["/sleep?seconds=0.1"] * 6) == [200] * 6
+    assert fetch(app, ["/sleep?seconds=0.1"] * 6, concurrently=True) == [200] * 6
     assert otel.server_spans() == []
     (point,) = otel.points("codecarbon.request.energy")
     assert point.count == 6
@@ -188,7 +180,7 @@ def test_no_tracing_configured_still_measures(
         app, otel, contrib=None, power_source=source, sample_interval=0.02
     )
     wait_ready(runtime)
-    assert get_all(app, ["/fast", "/fast", "/cpu?seconds=0.01"]) == [200] * 3
+    assert fetch(app, ["/fast", "/fast", "/cpu?seconds=0.01"]) == [200] * 3
     points = otel.points("codecarbon.request.energy")
     assert sum(p.count for p in points) == 3
     assert runtime.ledger.in_flight == 0
@@ -207,7 +199,7 @@ def test_excluded_urls_hold_a_window_but_get_nothing(
     )
     wait_ready(runtime)
     before = runtime.ledger.totals()
-    assert get_all(app, ["/sleep?seconds=0.2", "/fast"]) == [200, 200]
+    assert fetch(app, ["/sleep?seconds=0.2", "/fast"]) == [200, 200]
     spans = {s.name: s for s in otel.server_spans()}
     assert attrs(spans["GET /sleep"]) == {}
     assert attrs(spans["GET /fast"])[a.ENERGY_TOTAL] > 0
@@ -226,13 +218,14 @@ def test_instrumenting_twice_does_nothing_the_second_time(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
     from carbonspan import CodeCarbonInstrumentor, CodeCarbonMiddleware
+    from carbonspan.instrumentor import runtime_of
 
     app = build_app()
     runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
     CodeCarbonInstrumentor().instrument_app(app, power_source=source)
-    assert app._carbonspan_runtime is runtime
+    assert runtime_of(app) is runtime
     wait_ready(runtime)
-    assert get_all(app, ["/fast"]) == [200]
+    assert fetch(app, ["/fast"]) == [200]
     node, count = app.middleware_stack, 0
     while node is not None:
         count += isinstance(node, CodeCarbonMiddleware)
@@ -251,8 +244,9 @@ def test_two_apps_on_one_meter_provider_report_together(
     ]
     assert runtimes[0].sampler is runtimes[1].sampler  # one source: one sampler
     wait_ready(runtimes[0])
-    assert get_all(apps[0], ["/sleep?seconds=0.05"] * 2) == [200, 200]
-    assert get_all(apps[1], ["/sleep?seconds=0.05"] * 3) == [200, 200, 200]
+    two, three = ["/sleep?seconds=0.05"] * 2, ["/sleep?seconds=0.05"] * 3
+    assert fetch(apps[0], two, concurrently=True) == [200, 200]
+    assert fetch(apps[1], three, concurrently=True) == [200, 200, 200]
     (energy,) = otel.points("codecarbon.request.energy")
     assert energy.count == 5
     (grams,) = otel.points("codecarbon.request.emissions")

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from apps import build_app
-from backends import BoaviztAPI
 from carbonspan import attributes as a
 from carbonspan import embodied
 from carbonspan.embodied import Boavizta
 from carbonspan.testing import ConstantPowerSource
-from conftest import Instrumented, Otel, attrs, client, wait_ready
+from support.apps import build_app
+from support.asgi import fetch
+from support.backends import BoaviztAPI
+from support.checks import wait_ready
+from support.otel import Instrumented, Otel, attrs
 
 pytestmark = pytest.mark.backends
 
@@ -63,12 +64,7 @@ def test_spans_carry_sci_with_boavizta_embodied_emissions(
         time.sleep(0.05)
     known = runtime.books.embodied.value
     assert known is not None and known.source == "boavizta"
-
-    async def go() -> list[int]:
-        async with client(app) as c:
-            return [(await c.get("/sleep?seconds=0.1")).status_code for _ in range(3)]
-
-    assert asyncio.run(go()) == [200, 200, 200]
+    assert fetch(app, ["/sleep?seconds=0.1"] * 3) == [200, 200, 200]
     spans = [attrs(s) for s in otel.server_spans()]
     assert len(spans) == 3
     for got in spans:

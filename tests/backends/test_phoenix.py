@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends import Phoenix
 from carbonspan import attributes as a
-from server import Server, uvicorn
+from support.backends import Phoenix
+from support.server import Server, uvicorn
 
 pytestmark = pytest.mark.backends
 
@@ -24,7 +24,7 @@ def test_attributes_arrive_in_phoenix_with_their_values_and_types(
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": phoenix.otlp,
             "PHOENIX_PROJECT": "carbonspan-e2e",
         }
-        with Server(uvicorn("phoenix_app:app"), env) as app:
+        with Server(uvicorn("support.phoenix_app:app"), env) as app:
             with httpx.Client(base_url=app.url, timeout=30) as c:
                 time.sleep(1.0)  # the sampler's first readings
                 for path in ("/sleep?seconds=0.2", "/cpu?seconds=0.05", "/items/7"):

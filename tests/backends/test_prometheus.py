@@ -8,18 +8,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends import Prometheus
-from server import Server, free_port, uvicorn
+from support.backends import Prometheus
+from support.server import Server, free_port, send_all, uvicorn
 
 pytestmark = pytest.mark.backends
 
 LOAD = ["/sleep?seconds=0.2"] * 8 + ["/fast"] * 12 + ["/cpu?seconds=0.02"] * 4
-
-
-async def send_all(url: str, paths: list[str]) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-        responses = await asyncio.gather(*(c.get(p) for p in paths))
-    assert {r.status_code for r in responses} == {200}
 
 
 def by(result: list[dict[str, object]], label: str) -> dict[str, float]:
@@ -30,10 +24,10 @@ def test_prometheus_sees_routes_components_and_the_balance(tmp_path: Path) -> No
     metrics_port = free_port()
     env = {"PROM_APP_METRICS_PORT": str(metrics_port)}
     with (
-        Server(uvicorn("prom_app:app"), env) as app,
+        Server(uvicorn("support.prom_app:app"), env) as app,
         Prometheus(tmp_path, [f"127.0.0.1:{metrics_port}"]) as prom,
     ):
-        asyncio.run(send_all(app.url, LOAD))
+        assert set(asyncio.run(send_all(app.url, LOAD))) == {200}
         measured = httpx.post(app.url + "/_freeze").json()
         # Counters hold still now: wait until a scrape has the final values.
         energy = "sum by (hw_type) (codecarbon_energy_joules_total)"

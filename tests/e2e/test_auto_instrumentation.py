@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from carbonspan import attributes as a
-from otlp import Receiver
-from server import TESTS, Server
+from support import TESTS
+from support.otlp import Receiver
+from support.server import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -22,8 +23,9 @@ BIN = Path(sys.executable).parent
 
 def command() -> list[str]:
     return [
-        str(BIN / "opentelemetry-instrument"), str(BIN / "uvicorn"), "auto_app:app",
-        "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning",
+        str(BIN / "opentelemetry-instrument"), str(BIN / "uvicorn"),
+        "support.auto_app:app", "--host", "127.0.0.1", "--port", "{port}",
+        "--log-level", "warning",
     ]  # fmt: skip
 
 

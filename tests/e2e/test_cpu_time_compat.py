@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server import Server
+from support.server import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -35,10 +35,10 @@ SERVERS = {
 
 def command(server: str, loop: str) -> list[str]:
     if server == "uvicorn":
-        return [sys.executable, "-m", "uvicorn", "cputime_server:app",
+        return [sys.executable, "-m", "uvicorn", "support.cputime_server:app",
                 "--host", "127.0.0.1", "--port", "{port}", "--loop", loop,
                 "--http", "h11", "--log-level", "warning"]  # fmt: skip
-    return [sys.executable, "-m", "hypercorn", "cputime_server:app",
+    return [sys.executable, "-m", "hypercorn", "support.cputime_server:app",
             "--bind", "127.0.0.1:{port}", "--worker-class", loop]  # fmt: skip
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from support import ROOT
+
 pytestmark = pytest.mark.e2e
 
-DEMO = Path(__file__).parent.parent / "examples" / "demo.py"
+DEMO = ROOT / "examples" / "demo.py"
 
 
 def test_demo_prints_each_request_and_balanced_totals() -> None:

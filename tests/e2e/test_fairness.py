@@ -1,6 +1,6 @@
 """Fair figures when requests wait on their clients, hang, upgrade or leave work.
 
-A real uvicorn serves tests/fairness_server.py, whose power source draws a
+A real uvicorn serves tests/support/fairness_server.py, whose power source draws a
 constant 10 W: a request alone in flight for t seconds physically owns 10 W x t.
 """
 
@@ -18,7 +18,7 @@ import pytest
 from websockets.sync.client import connect
 
 from carbonspan import attributes as a
-from server import Server, uvicorn
+from support.server import Server, uvicorn
 
 pytestmark = pytest.mark.e2e
 WATTS = 10.0
@@ -30,7 +30,7 @@ UPGRADE = (
 
 @pytest.fixture
 def served() -> Iterator[Server]:
-    with Server(uvicorn("fairness_server:app"), {}) as server:
+    with Server(uvicorn("support.fairness_server:app"), {}) as server:
         yield server
 
 
@@ -194,22 +194,17 @@ def test_websocket_sessions_are_charged_for_their_work_not_their_waits(
 
 
 def test_the_duration_header_is_whole_milliseconds() -> None:
-    from apps import build_app
     from carbonspan import CodeCarbonInstrumentor
     from carbonspan.testing import ConstantPowerSource
-    from conftest import client
+    from support.apps import build_app
+    from support.asgi import get
 
     app = build_app()
     CodeCarbonInstrumentor().instrument_app(
         app, power_source=ConstantPowerSource(cpu=WATTS), response_headers=True
     )
     try:
-
-        async def go() -> httpx.Response:
-            async with client(app) as c:
-                return await c.get("/sleep?seconds=0.0123")
-
-        response = asyncio.run(go())
+        response = get(app, "/sleep?seconds=0.0123")
     finally:
         CodeCarbonInstrumentor.uninstrument_app(app)
     duration = response.headers["x-codecarbon-duration"]

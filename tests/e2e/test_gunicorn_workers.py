@@ -13,8 +13,9 @@ import pytest
 from carbonspan import CodeCarbonPowerSource
 from carbonspan import attributes as a
 from carbonspan.sampler import Sampler
-from otlp import Receiver
-from server import Server
+from support.checks import wait_for
+from support.otlp import Receiver
+from support.server import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -22,8 +23,9 @@ BIN = Path(sys.executable).parent
 
 
 def gunicorn(preload: bool) -> list[str]:
-    cmd = [str(BIN / "gunicorn"), "-c", "gunicorn_conf.py", "-b", "127.0.0.1:{port}",
-           "--log-level", "warning", "gunicorn_app:app"]  # fmt: skip
+    cmd = [str(BIN / "gunicorn"), "-c", "support/gunicorn_conf.py",
+           "-b", "127.0.0.1:{port}", "--log-level", "warning",
+           "support.gunicorn_app:app"]  # fmt: skip
     return [*cmd, "--preload"] if preload else cmd
 
 
@@ -43,13 +45,6 @@ def cpu_by_worker(receiver: Receiver, since_ns: int = 0) -> dict[str, float]:
     for (worker, _), (_, value) in latest.items():
         out[worker] = out.get(worker, 0.0) + value
     return out
-
-
-def wait_for(condition: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 async def load(url: str, seconds: float) -> int:
@@ -86,13 +81,17 @@ def test_two_workers_add_up_to_the_machine(preload: bool) -> None:
                     c.get("/fast")
                     return len(cpu_by_worker(receiver)) == 2
 
-                wait_for(both_workers)
+                wait_for(both_workers, timeout=30.0, interval=0.1)
             time.sleep(1.0)
             # The machine, read at the workers' own cadence: CodeCarbon's load
             # model is not linear, so a single long window would read less.
             machine = Sampler(CodeCarbonPowerSource("machine"), 0.1)
             machine.start()
-            wait_for(lambda: machine.ledger.last_reading is not None)
+            wait_for(
+                lambda: machine.ledger.last_reading is not None,
+                timeout=30.0,
+                interval=0.1,
+            )
             before = cpu_by_worker(receiver)
             start = machine.ledger.totals().measured[0]
             requests = asyncio.run(load(server.url, 10.0))
@@ -100,7 +99,11 @@ def test_two_workers_add_up_to_the_machine(preload: bool) -> None:
             machine.stop()
             ended = time.time_ns()
             # Both workers' first export after the load: counters up to now.
-            wait_for(lambda: len(cpu_by_worker(receiver, ended)) == 2)
+            wait_for(
+                lambda: len(cpu_by_worker(receiver, ended)) == 2,
+                timeout=30.0,
+                interval=0.1,
+            )
             after = cpu_by_worker(receiver, ended)
             server.stop()
         spans = receiver.server_spans()

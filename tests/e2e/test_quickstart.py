@@ -27,11 +27,11 @@ import httpx
 import pytest
 from packaging.requirements import Requirement
 
-from server import free_port
+from support import ROOT
+from support.server import free_port
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).parent.parent
 QUICKSTART = ROOT / "docs" / "quickstart.md"
 BIN = Path(sys.executable).parent
 PORTS = {"8000": free_port(), "9464": free_port()}

@@ -1,25 +1,48 @@
-"""Helpers shared by the tests/test_reliability_*.py modules (no tests here).
+"""Driving an app in process, through its ASGI interface.
 
-Requests are driven straight through the ASGI interface where a test needs
-control over the messages (disconnects, cancellation, extensions); a real
-uvicorn serves them where a test is about a server.
+`client`, `get` and `fetch` send requests with httpx's ASGI transport, as most
+tests do. `call` sends one request message by message, where a test needs
+control over them (disconnects, cancellation, extensions).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import math
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
+import httpx
 
-from carbonspan import attributes as a
-from carbonspan.runtime import Runtime
-from conftest import Otel
+
+def client(app: Any) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+def get(app: Any, path: str) -> httpx.Response:
+    """One GET request, answered."""
+
+    async def go() -> httpx.Response:
+        async with client(app) as c:
+            return await c.get(path)
+
+    return asyncio.run(go())
+
+
+def fetch(app: Any, paths: list[str], *, concurrently: bool = False) -> list[int]:
+    """The status of a GET to each path: one after the other, or all at once."""
+
+    async def go() -> list[int]:
+        async with client(app) as c:
+            if concurrently:
+                responses = await asyncio.gather(*(c.get(p) for p in paths))
+            else:
+                responses = [await c.get(p) for p in paths]
+        return [r.status_code for r in responses]
+
+    return asyncio.run(go())
+
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -113,52 +136,3 @@ async def call(
         http_scope(path, **scope_kwargs), receive or request_once(), exchange.send
     )
     return exchange
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
-
-
-async def async_wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.002)
-
-
-def energy_values(attributes: dict[str, Any]) -> list[float]:
-    """Every codecarbon.energy.* / power.* / emissions figure of a span."""
-    keys = [a.ENERGY_TOTAL, a.EMISSIONS, *a.ENERGY.values(), *a.POWER.values()]
-    return [attributes[k] for k in keys if k in attributes]
-
-
-def assert_sane(attributes: dict[str, Any]) -> None:
-    """No figure on a span is ever NaN, infinite or negative."""
-    for value in energy_values(attributes):
-        assert isinstance(value, float), attributes
-        assert math.isfinite(value) and value >= 0.0, attributes
-
-
-def in_flight_metric(otel: Otel) -> float:
-    """The codecarbon.requests.in_flight observation, collected now."""
-    points = otel.points("codecarbon.requests.in_flight")
-    assert len(points) == 1, points
-    return float(points[0].value)
-
-
-def assert_no_open_window(runtime: Runtime, otel: Otel) -> None:
-    assert runtime.ledger.in_flight == 0
-    assert in_flight_metric(otel) == 0
-
-
-def carbonspan_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [
-        r
-        for r in caplog.records
-        if r.name.startswith("carbonspan") and r.levelno >= logging.WARNING
-    ]

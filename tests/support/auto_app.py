@@ -1,5 +1,5 @@
 """An app with no carbonspan code at all, for `opentelemetry-instrument`."""
 
-from apps import build_app
+from support.apps import build_app
 
 app = build_app()

@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 
-from server import Server
+from support import ROOT
+from support.server import Server
 
 
 class Prometheus(Server):
@@ -83,7 +84,7 @@ class Phoenix(Server):
 
 #: BoaviztAPI pins an older FastAPI than ours: it gets its own virtualenv.
 BOAVIZTA_VERSION = "2.5.0"
-BOAVIZTA_VENV = Path(__file__).parent.parent / ".venv-boavizta"
+BOAVIZTA_VENV = ROOT / ".venv-boavizta"
 
 
 def boavizta_venv() -> Path:

@@ -27,9 +27,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import SpanKind
 
-from apps import burn
 from carbonspan import CodeCarbonInstrumentor
+from carbonspan.instrumentor import runtime_of
 from carbonspan.testing import ConstantPowerSource
+from support.apps import burn
 
 app = FastAPI()
 seen: dict[str, Any] = {"chunks": 0, "cancelled_children": 0, "stream_closed": 0}
@@ -100,7 +101,8 @@ def burn_sync(seconds: float = 0.05) -> dict[str, int]:
 
 @app.get("/state")
 async def state() -> dict[str, Any]:
-    runtime = app._carbonspan_runtime  # type: ignore[attr-defined]
+    runtime = runtime_of(app)
+    assert runtime is not None
     spans = [
         dict(s.attributes or {})
         for s in exporter.get_finished_spans()

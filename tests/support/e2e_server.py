@@ -21,9 +21,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
-from apps import build_app
 from carbonspan import CodeCarbonInstrumentor
+from carbonspan.instrumentor import runtime_of
 from carbonspan.testing import ConstantPowerSource
+from support.apps import build_app
 
 MODE = os.environ.get("E2E_MODE", "contrib")
 spans_file = open(os.environ["E2E_SPANS"], "a", buffering=1)  # noqa: SIM115
@@ -41,7 +42,8 @@ source = ConstantPowerSource(cpu=10.0, ram=2.0)
 
 @asynccontextmanager
 async def lifespan(app: object) -> AsyncIterator[None]:
-    runtime = app._carbonspan_runtime  # type: ignore[attr-defined]
+    runtime = runtime_of(app)
+    assert runtime is not None
     deadline = time.monotonic() + 10
     while source.reads < 3 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)

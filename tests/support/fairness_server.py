@@ -24,9 +24,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import SpanKind
 
-from apps import burn
 from carbonspan import CodeCarbonInstrumentor
+from carbonspan.instrumentor import runtime_of
 from carbonspan.testing import ConstantPowerSource
+from support.apps import burn
 
 WATTS = 10.0
 app = FastAPI()
@@ -106,7 +107,8 @@ def _points() -> dict[str, list[dict[str, Any]]]:
 
 @app.get("/state")
 async def state() -> dict[str, Any]:
-    runtime = app._carbonspan_runtime  # type: ignore[attr-defined]
+    runtime = runtime_of(app)
+    assert runtime is not None
     runtime.sampler.sample()  # a reading now: the open energy is up to date
     spans = [
         {"name": s.name, "attributes": dict(s.attributes or {})}

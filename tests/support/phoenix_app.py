@@ -14,8 +14,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from apps import build_app
 from carbonspan import CodeCarbonInstrumentor
+from support.apps import build_app
 
 resource = Resource.create(
     {

@@ -11,9 +11,10 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import start_http_server
 
-from apps import build_app
 from carbonspan import CodeCarbonInstrumentor
+from carbonspan.instrumentor import runtime_of
 from carbonspan.testing import ConstantPowerSource
+from support.apps import build_app
 
 start_http_server(int(os.environ["PROM_APP_METRICS_PORT"]), addr="127.0.0.1")
 meter_provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
@@ -26,7 +27,8 @@ CodeCarbonInstrumentor().instrument_app(
     sample_interval=0.05,
     country_iso_code="FRA",
 )
-runtime = app._carbonspan_runtime
+runtime = runtime_of(app)
+assert runtime is not None
 
 
 @app.post("/_freeze")

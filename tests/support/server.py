@@ -1,7 +1,13 @@
-"""Run a real uvicorn server in a subprocess for end-to-end tests."""
+"""Run a real server in a subprocess for end-to-end tests, and talk to it.
+
+The subprocess runs in tests/ with tests/ first on its PYTHONPATH, so it loads
+the apps in this package as `support.<module>`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import socket
@@ -10,10 +16,11 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
-TESTS = Path(__file__).parent
+from support import TESTS
 
 
 def free_port() -> int:
@@ -94,6 +101,19 @@ class Server:
         self.stop()
 
 
-def uvicorn(module: str = "e2e_server:app") -> list[str]:
+def uvicorn(module: str = "support.e2e_server:app") -> list[str]:
     return [sys.executable, "-m", "uvicorn", module, "--host", "127.0.0.1",
             "--port", "{port}", "--log-level", "warning"]  # fmt: skip
+
+
+async def send_all(url: str, paths: list[str]) -> list[int]:
+    """A GET to each path of the server at `url`, all at once: the statuses."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        responses = await asyncio.gather(*(c.get(p) for p in paths))
+    return [r.status_code for r in responses]
+
+
+def server_spans_in(path: Path) -> list[dict[str, Any]]:
+    """The server spans a ConsoleSpanExporter wrote to `path`, a JSON line each."""
+    spans = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return [s for s in spans if s["kind"] == "SpanKind.SERVER"]

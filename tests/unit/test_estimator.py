@@ -12,12 +12,11 @@ import statistics
 
 import pytest
 
-from carbonspan import policies
+from carbonspan import EnergyReading, policies
 from carbonspan.cputime import CpuClock
 from carbonspan.estimator import PowerModel
 from carbonspan.ledger import Ledger
 from carbonspan.policies import CpuTime, TimeShare
-from carbonspan.source import EnergyReading
 from carbonspan.testing import ConstantPowerSource
 
 IDLE_W, BUSY_W = 2.0, 30.0

@@ -3,7 +3,6 @@ their answers (or their failures) do to spans and metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import urllib.error
@@ -12,16 +11,18 @@ from typing import Any
 
 import pytest
 
-from apps import build_app
 from carbonspan import attributes as a
 from carbonspan import embodied
 from carbonspan.embodied import Boavizta, EmbodiedSource
 from carbonspan.emissions import resolve
 from carbonspan.intensity import ElectricityMapsIntensity
 from carbonspan.testing import ConstantPowerSource
-from conftest import Instrumented, Otel, attrs, client, wait_ready
-from fake_apis import BOAVIZTA_M5_LARGE, Canned, ElectricityMaps
-from server import free_port
+from support.apps import build_app
+from support.asgi import fetch
+from support.checks import wait_ready
+from support.fake_apis import BOAVIZTA_M5_LARGE, Canned, ElectricityMaps
+from support.otel import Instrumented, Otel, attrs
+from support.server import free_port
 
 TOKEN = "secret-token"
 
@@ -31,14 +32,6 @@ def no_cached_answers() -> Iterator[None]:
     embodied._cache.clear()
     yield
     embodied._cache.clear()
-
-
-def get(app: Any, path: str, times: int = 1) -> list[int]:
-    async def go() -> list[int]:
-        async with client(app) as c:
-            return [(await c.get(path)).status_code for _ in range(times)]
-
-    return asyncio.run(go())
 
 
 # --- Electricity Maps --------------------------------------------------------------
@@ -71,7 +64,7 @@ def test_electricity_maps_refusals_raise() -> None:
 def wait_for_spans(otel: Otel, app: Any, done: Any, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert get(app, "/sleep?seconds=0.01") == [200]
+        assert fetch(app, ["/sleep?seconds=0.01"]) == [200]
         if done([attrs(s) for s in otel.server_spans()]):
             return
     raise AssertionError("the spans never showed what was expected")
@@ -144,7 +137,7 @@ def test_electricity_maps_refusing_the_token_never_hurts_a_request(
             wait_ready(runtime)
             deadline = time.monotonic() + 10
             while runtime.grid.failures < 3 and time.monotonic() < deadline:
-                assert get(app, "/fast", 3) == [200, 200, 200]
+                assert fetch(app, ["/fast"] * 3) == [200, 200, 200]
     assert runtime.grid.failures >= 3
     assert len([r for r in caplog.records if "401" in r.getMessage()]) == 1
     spans = [attrs(s) for s in otel.server_spans()]
@@ -221,7 +214,7 @@ def test_boavizta_unreachable_means_no_embodied_figures_and_a_single_warning(
         deadline = time.monotonic() + 10
         while runtime.books.embodied.failures < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert get(app, "/sleep?seconds=0.02", 3) == [200, 200, 200]
+        assert fetch(app, ["/sleep?seconds=0.02"] * 3) == [200, 200, 200]
         # Asked again every 5 minutes, silently: one warning.
         source = runtime.books.embodied
         source._due = 0.0
@@ -251,8 +244,8 @@ def test_boavizta_answer_reaches_spans_and_metrics(
         deadline = time.monotonic() + 10
         while runtime.books.factors.embodied is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert get(app, "/items/3", 4) == [200] * 4
-        assert get(app, "/sleep?seconds=0.05") == [200]
+        assert fetch(app, ["/items/3"] * 4) == [200] * 4
+        assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
         wait_ready(runtime)  # a tick after the last close: the books have it
     rate = 24000 / (52560 * 3600)  # g/s
     spans = [attrs(s) for s in otel.server_spans()]

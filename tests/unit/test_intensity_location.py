@@ -1,5 +1,6 @@
-"""What a user is told about their settings: misspelt variables, the carbon
-intensity in use and why, regions, and values outside their range."""
+"""Where the carbon intensity comes from: the carbon_intensity setting, the
+country (and its region), the cloud region, or the world average; the one line
+that tells the user which, and why; and what the span says."""
 
 from __future__ import annotations
 
@@ -7,82 +8,44 @@ import logging
 
 import pytest
 
-from apps import build_app
-from carbonspan import CodeCarbonInstrumentor, config
+from carbonspan import CodeCarbonInstrumentor
 from carbonspan import attributes as a
 from carbonspan.config import Settings
-from carbonspan.emissions import regions, resolve, world_average
+from carbonspan.emissions import cloud_regions, regions, resolve, world_average
+from carbonspan.instrumentor import runtime_of
 from carbonspan.testing import ConstantPowerSource
-from conftest import Instrumented, Otel, attrs, client, wait_ready
+from support.apps import build_app
+from support.asgi import get
+from support.checks import log_messages, wait_ready
+from support.otel import Instrumented, Otel, attrs
+
+pytestmark = pytest.mark.usefixtures("fresh_warnings")
 
 
-@pytest.fixture(autouse=True)
-def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unknown variables are warned about once per process: start afresh."""
-    monkeypatch.setattr(config, "_warned_env", set())
+def test_intensity_resolution_order() -> None:
+    from codecarbon.core.emissions import Emissions
+    from codecarbon.core.units import Energy
+    from codecarbon.external.geography import GeoMetadata
+    from codecarbon.input import DataSource
 
+    config = resolve(carbon_intensity=42.0, country_iso_code="FRA")
+    assert (config.g_per_kwh, config.source) == (42.0, "config")
 
-def messages(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == logger]
+    region, factor = next(iter(cloud_regions("gcp").items()))
+    cloud = resolve(cloud_provider="gcp", cloud_region=region, country_iso_code="FRA")
+    assert (cloud.g_per_kwh, cloud.source) == (factor, "cloud")
 
-
-@pytest.mark.parametrize(
-    ("var", "closest"),
-    [
-        ("CARBONSPAN_CONTRY_ISO_CODE", "did you mean CARBONSPAN_COUNTRY_ISO_CODE?"),
-        ("CARBONSPAN_INTERVAL", "did you mean CARBONSPAN_SAMPLE_INTERVAL?"),
-        ("CARBONSPAN_EXCLUDE_URLS", "did you mean CARBONSPAN_EXCLUDED_URLS?"),
-        ("CARBONSPAN_scope", "did you mean CARBONSPAN_SCOPE?"),
-        (
-            "CARBONSPAN_POWER_SOURCE",
-            "power_source is a Python object, given as a keyword argument only",
-        ),
-        ("CARBONSPAN_XYZZY", "no setting has that name"),
-    ],
-)
-def test_unknown_variable_is_warned_about_once_with_the_closest_name(
-    var: str, closest: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    env = {var: "FRA", "CARBONSPAN_SCOPE": "machine", "OTHER_VAR": "1"}
-    with caplog.at_level(logging.WARNING, logger="carbonspan.config"):
-        first = Settings.load({}, environ=env)
-        Settings.load({}, environ=env)  # a second instrumentation: no repeat
-    assert first.scope == "machine" and first.country_iso_code is None
-    (message,) = messages(caplog, "carbonspan.config")
-    assert message == (
-        f"carbonspan: {var} is not a carbonspan setting and is ignored; {closest}"
+    country = resolve(country_iso_code="POL")
+    kg = Emissions(DataSource()).get_private_infra_emissions(
+        Energy.from_energy(kWh=1.0), GeoMetadata(country_iso_code="POL")
     )
-    assert caplog.records[0].levelno == logging.WARNING
+    assert country.source == "country"
+    assert country.g_per_kwh == pytest.approx(kg * 1000)
+    assert country.g_per_kwh > resolve(country_iso_code="FRA").g_per_kwh
 
-
-def test_known_variables_raise_no_warning(caplog: pytest.LogCaptureFixture) -> None:
-    env = {
-        config.ENV_PREFIX + name.upper(): "" for name in config._PARSERS
-    }  # every known name, blank (unset)
-    with caplog.at_level(logging.DEBUG, logger="carbonspan.config"):
-        Settings.load({}, environ=env)
-    assert messages(caplog, "carbonspan.config") == []
-
-
-def test_misspelt_country_under_instrument_app_says_so(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setenv("CARBONSPAN_CONTRY_ISO_CODE", "FRA")
-    app = build_app()
-    with caplog.at_level(logging.INFO, logger="carbonspan"):
-        CodeCarbonInstrumentor().instrument_app(
-            app, power_source=ConstantPowerSource(cpu=1.0)
-        )
-    try:
-        assert app._carbonspan_runtime.intensity.source == "default"
-        (warning,) = messages(caplog, "carbonspan.config")
-        assert "CARBONSPAN_COUNTRY_ISO_CODE?" in warning
-        # ... and the intensity line says the world average is in use, and why.
-        (info,) = messages(caplog, "carbonspan.emissions")
-        assert info.startswith(f"carbonspan: carbon intensity {world_average():g} ")
-        assert "world average: no carbon_intensity or country_iso_code is set" in info
-    finally:
-        CodeCarbonInstrumentor.uninstrument_app(app)
+    default = resolve()
+    assert (default.g_per_kwh, default.source) == (world_average(), "default")
+    assert default.grams(3.6e6) == pytest.approx(world_average())
 
 
 @pytest.mark.parametrize(
@@ -117,30 +80,32 @@ def test_one_info_line_says_which_intensity_and_why(
         runtime = instrument(
             build_app(), otel, power_source=ConstantPowerSource(cpu=1.0), **settings
         )
-    (line,) = messages(caplog, "carbonspan.emissions")
+    (line,) = log_messages(caplog, "carbonspan.emissions")
     g = runtime.intensity.g_per_kwh
     assert line.startswith(f"carbonspan: carbon intensity {g:.6g} g CO2eq/kWh, ")
     assert line.endswith(expected)
     assert caplog.records[-1].levelno == logging.INFO
 
 
+# -- regions ------------------------------------------------------------------
+
+
+def test_us_region_uses_regional_data() -> None:
+    california = resolve(country_iso_code="USA", region="california")
+    wyoming = resolve(country_iso_code="USA", region="wyoming")
+    assert california.g_per_kwh != wyoming.g_per_kwh
+
+
 def test_region_is_on_the_span_as_codecarbon_knows_it(
     otel: Otel, instrument: Instrumented
 ) -> None:
-    import asyncio
-
     app = build_app()
     runtime = instrument(
         app, otel, power_source=ConstantPowerSource(cpu=10.0),
         country_iso_code="usa", region=" California ",
     )  # fmt: skip
     wait_ready(runtime)
-
-    async def get() -> int:
-        async with client(app) as c:
-            return (await c.get("/sleep?seconds=0.02")).status_code
-
-    assert asyncio.run(get()) == 200
+    assert get(app, "/sleep?seconds=0.02").status_code == 200
     (span,) = otel.server_spans()
     got = attrs(span)
     california = resolve(country_iso_code="USA", region="california")
@@ -152,19 +117,12 @@ def test_region_is_on_the_span_as_codecarbon_knows_it(
 def test_no_region_attribute_without_a_region(
     otel: Otel, instrument: Instrumented
 ) -> None:
-    import asyncio
-
     app = build_app()
     runtime = instrument(
         app, otel, power_source=ConstantPowerSource(cpu=10.0), country_iso_code="USA"
     )
     wait_ready(runtime)
-
-    async def get() -> int:
-        async with client(app) as c:
-            return (await c.get("/fast")).status_code
-
-    assert asyncio.run(get()) == 200
+    assert get(app, "/fast").status_code == 200
     (span,) = otel.server_spans()
     assert a.REGION not in attrs(span) and attrs(span)[a.COUNTRY] == "USA"
 
@@ -197,30 +155,28 @@ def test_unknown_region_keyword_is_a_one_line_value_error(
 
 
 def test_unknown_region_from_env_is_one_logged_line_and_the_country_is_kept(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    instrument: Instrumented,
 ) -> None:
     monkeypatch.setenv("CARBONSPAN_COUNTRY_ISO_CODE", "USA")
     monkeypatch.setenv("CARBONSPAN_REGION", "atlantis")
-    app = build_app()
     with caplog.at_level(logging.DEBUG):
-        CodeCarbonInstrumentor().instrument_app(
-            app, power_source=ConstantPowerSource(cpu=1.0)
+        runtime = instrument(
+            build_app(), None, power_source=ConstantPowerSource(cpu=1.0)
         )
-    try:
-        intensity = app._carbonspan_runtime.intensity
-        assert (intensity.country_iso_code, intensity.region) == ("USA", None)
-        assert intensity.g_per_kwh == resolve(country_iso_code="USA").g_per_kwh
-        loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
-        assert len(loud) == 1, [r.getMessage() for r in loud]
-        assert loud[0].name == "carbonspan.config" and loud[0].exc_info is None
-        message = loud[0].getMessage()
-        assert message.startswith(
-            "carbonspan: ignoring CARBONSPAN_REGION='atlantis' (with "
-            "CARBONSPAN_COUNTRY_ISO_CODE set to 'USA'): region: 'atlantis' is not "
-            "a USA region CodeCarbon knows"
-        )
-    finally:
-        CodeCarbonInstrumentor.uninstrument_app(app)
+    intensity = runtime.intensity
+    assert (intensity.country_iso_code, intensity.region) == ("USA", None)
+    assert intensity.g_per_kwh == resolve(country_iso_code="USA").g_per_kwh
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 1, [r.getMessage() for r in loud]
+    assert loud[0].name == "carbonspan.config" and loud[0].exc_info is None
+    message = loud[0].getMessage()
+    assert message.startswith(
+        "carbonspan: ignoring CARBONSPAN_REGION='atlantis' (with "
+        "CARBONSPAN_COUNTRY_ISO_CODE set to 'USA'): region: 'atlantis' is not "
+        "a USA region CodeCarbon knows"
+    )
 
 
 def test_resolve_never_hands_codecarbon_an_unknown_region(
@@ -233,42 +189,6 @@ def test_resolve_never_hands_codecarbon_an_unknown_region(
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
-@pytest.mark.parametrize(
-    ("var", "raw", "says"),
-    [
-        ("CARBONSPAN_RESPONSE_HEADERS", "maybe",
-         "response_headers: 'maybe' is not accepted; use True, False or a list of "
-         "energy, emissions, duration"),
-        ("CARBONSPAN_SAMPLE_INTERVAL", "1e-9",
-         "sample_interval: expected seconds in [0.01, 60], got '1e-9'"),
-        ("CARBONSPAN_SAMPLE_INTERVAL", "1_0",
-         "sample_interval: expected a number, got '1_0'"),
-        ("CARBONSPAN_CARBON_INTENSITY", "1e308",
-         "carbon_intensity: expected g CO2eq/kWh in [0, 2000], got '1e308'"),
-        ("CARBONSPAN_CARBON_INTENSITY", "4_75",
-         "carbon_intensity: expected a number, got '4_75'"),
-    ],
-)  # fmt: skip
-def test_bad_env_values_are_quoted_as_given(
-    var: str, raw: str, says: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
-        s = Settings.load({}, environ={var: raw})
-    name = var.removeprefix("CARBONSPAN_").lower()
-    assert getattr(s, name) == getattr(Settings(), name)
-    (message,) = messages(caplog, "carbonspan.config")
-    assert message == f"carbonspan: ignoring {var}={raw!r}: {says}; using the default"
-
-
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [("sample_interval", 0.01), ("sample_interval", 60), ("carbon_intensity", 0),
-     ("carbon_intensity", 2000), ("carbon_intensity", "1306.025")],
-)  # fmt: skip
-def test_range_bounds_are_accepted(name: str, value: object) -> None:
-    assert getattr(Settings.load({name: value}, environ={}), name) == float(value)  # type: ignore[arg-type]
-
-
 def test_a_short_list_of_regions_is_given_whole() -> None:
     with pytest.raises(ValueError) as info:
         Settings.load({"country_iso_code": "SWE", "region": "SE9"}, environ={})
@@ -278,3 +198,83 @@ def test_a_short_list_of_regions_is_given_whole() -> None:
     )
     s = Settings.load({"country_iso_code": "swe", "region": "se3"}, environ={})
     assert resolve(country_iso_code=s.country_iso_code, region=s.region).region == "SE3"
+
+
+# -- cloud regions ------------------------------------------------------------
+
+
+def test_cloud_region_needs_a_known_provider_region() -> None:
+    with pytest.raises(ValueError, match="cloud_region: needs cloud_provider"):
+        Settings.load({"cloud_region": "europe-west1"}, environ={})
+    with pytest.raises(ValueError, match="cloud_region: 'mars-1' is not a gcp region"):
+        Settings.load({"cloud_provider": "gcp", "cloud_region": "mars-1"}, environ={})
+    # CodeCarbon has no factors for AWS: any region name is taken, and the
+    # factor comes from the country (or the world average).
+    s = Settings.load(
+        {"cloud_provider": "aws", "cloud_region": "eu-west-3"}, environ={}
+    )
+    assert (s.cloud_provider, s.cloud_region) == ("aws", "eu-west-3")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "env", "from_env"),
+    [
+        ({"cloud_region": "nowhere"}, {"CARBONSPAN_CLOUD_PROVIDER": "gcp"},
+         "cloud_provider came from CARBONSPAN_CLOUD_PROVIDER='gcp'"),
+        ({"cloud_provider": "gcp"}, {"CARBONSPAN_CLOUD_REGION": "nowhere"},
+         "cloud_region came from CARBONSPAN_CLOUD_REGION='nowhere'"),
+    ],
+)  # fmt: skip
+def test_a_cloud_keyword_raises_even_with_its_partner_from_the_env(
+    kwargs: dict[str, str],
+    env: dict[str, str],
+    from_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    app = build_app()
+    with pytest.raises(ValueError) as info:
+        CodeCarbonInstrumentor().instrument_app(app, **kwargs)
+    message = str(info.value)
+    assert message.startswith("cloud_region: 'nowhere' is not a gcp region")
+    assert message.endswith(from_env)
+    assert runtime_of(app) is None
+
+
+def test_bad_cloud_region_from_env_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {"CARBONSPAN_CLOUD_PROVIDER": "gcp", "CARBONSPAN_CLOUD_REGION": "mars-1"}
+    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
+        s = Settings.load({}, environ=env)
+    assert s.cloud_provider is None and s.cloud_region is None
+    (record,) = caplog.records
+    assert record.getMessage().startswith(
+        "carbonspan: ignoring CARBONSPAN_CLOUD_PROVIDER='gcp' and "
+        "CARBONSPAN_CLOUD_REGION='mars-1': cloud_region: 'mars-1' is not a gcp region"
+    )
+
+
+def test_env_cloud_error_names_only_the_variables_set(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
+        s = Settings.load({}, environ={"CARBONSPAN_CLOUD_REGION": "europe-west1"})
+    assert s.cloud_region is None
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "CARBONSPAN_CLOUD_REGION='europe-west1'" in message
+    assert "needs cloud_provider" in message
+    assert "CARBONSPAN_CLOUD_PROVIDER" not in message
+
+
+def test_gcp_region_gives_the_cloud_factor_and_its_country() -> None:
+    region, factor = next(iter(cloud_regions("gcp").items()))
+    intensity = resolve(cloud_provider="gcp", cloud_region=region)
+    assert (intensity.g_per_kwh, intensity.source) == (factor, "cloud")
+    assert intensity.country_iso_code is not None
+    aws = resolve(
+        cloud_provider="aws", cloud_region="eu-west-3", country_iso_code="FRA"
+    )
+    assert aws.source == "country" and aws.cloud_provider == "aws"

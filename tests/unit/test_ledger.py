@@ -8,14 +8,7 @@ from hypothesis import strategies as st
 
 from carbonspan.ledger import Ledger
 from carbonspan.testing import ConstantPowerSource, ScriptedPowerSource
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from support.fakes import Clock
 
 
 def measured(ledger: Ledger, component: str = "cpu") -> float:

@@ -26,24 +26,17 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
-from apps import build_app
 from carbonspan import CodeCarbonInstrumentor
 from carbonspan import attributes as a
 from carbonspan.emissions import resolve
 from carbonspan.runtime import Runtime
 from carbonspan.testing import ConstantPowerSource
-from conftest import Instrumented, Otel, attrs, client, wait_ready
+from support.apps import build_app
+from support.asgi import client, fetch
+from support.checks import wait_ready
+from support.otel import Instrumented, Otel, attrs
 
 ENERGY = "codecarbon.request.energy"
-
-
-def get_all(app: Any, paths: list[str]) -> list[int]:
-    async def go() -> list[int]:
-        async with client(app) as c:
-            responses = await asyncio.gather(*(c.get(p) for p in paths))
-        return [r.status_code for r in responses]
-
-    return asyncio.run(go())
 
 
 class KeepingExporter(MetricExporter):
@@ -101,7 +94,7 @@ def test_the_request_path_only_queues_and_a_collection_records(
 ) -> None:
     app, runtime = ready(instrument, otel, source)
     hold_draining(runtime)
-    assert get_all(app, ["/fast", "/items/3", "/fast"]) == [200] * 3
+    assert fetch(app, ["/fast", "/items/3", "/fast"]) == [200] * 3
     assert len(runtime.metrics._pending) == 3  # nothing recorded yet
     points = otel.points(ENERGY)  # a collection right after the requests
     assert sum(p.count for p in points) == 3
@@ -117,7 +110,7 @@ def test_the_emissions_counter_sees_the_same_collection(
 ) -> None:
     app, runtime = ready(instrument, otel, source, country_iso_code="FRA")
     hold_draining(runtime)
-    assert get_all(app, ["/fast"] * 4) == [200] * 4
+    assert fetch(app, ["/fast"] * 4, concurrently=True) == [200] * 4
     data = otel.reader.get_metrics_data()
     assert data is not None
     found = {
@@ -149,7 +142,7 @@ def test_the_sampler_thread_records_after_its_tick(
 
     histogram.record = spy  # type: ignore[method-assign]
     try:
-        assert get_all(app, ["/fast"] * 5) == [200] * 5
+        assert fetch(app, ["/fast"] * 5, concurrently=True) == [200] * 5
         deadline = time.monotonic() + 10
         while runtime.metrics._pending and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -165,7 +158,7 @@ def test_exemplars_link_to_the_request_span_not_the_collector(
 ) -> None:
     app, runtime = ready(instrument, otel, source)
     hold_draining(runtime)
-    assert get_all(app, ["/fast"]) == [200]
+    assert fetch(app, ["/fast"]) == [200]
     (span,) = otel.server_spans()
     # Collected (and so drained) while another span is current on this thread.
     tracer = otel.tracer_provider.get_tracer("test")
@@ -199,7 +192,7 @@ def test_exemplars_from_the_sampler_thread_link_to_each_request(
     )
     app, runtime = ready(instrument, otel, source)
     paths = ["/sleep?seconds=0.001", "/sleep?seconds=0.03", "/sleep?seconds=0.3"]
-    assert get_all(app, paths) == [200] * 3
+    assert fetch(app, paths, concurrently=True) == [200] * 3
     deadline = time.monotonic() + 10
     while runtime.metrics._pending and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -225,7 +218,7 @@ def test_a_full_buffer_drops_counts_and_never_blocks(
     hold_draining(runtime)
     runtime.metrics.buffer_size = 2
     with caplog.at_level(logging.WARNING, logger="carbonspan.metrics"):
-        assert get_all(app, ["/fast"] * 5) == [200] * 5
+        assert fetch(app, ["/fast"] * 5, concurrently=True) == [200] * 5
     assert runtime.metrics.dropped == 3
     assert len(otel.server_spans()) == 5  # the spans are complete all the same
     assert all(a.ENERGY_TOTAL in attrs(s) for s in otel.server_spans())
@@ -240,7 +233,7 @@ def test_nothing_is_dropped_by_default_under_a_burst(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
     app, _runtime = ready(instrument, otel, source)
-    assert get_all(app, ["/fast"] * 300) == [200] * 300
+    assert fetch(app, ["/fast"] * 300, concurrently=True) == [200] * 300
     points = otel.points(ENERGY)
     assert sum(p.count for p in points) == 300
     spans = otel.server_spans()
@@ -259,7 +252,7 @@ def test_drained_when_the_meter_provider_shuts_down(
     otel = Otel(reader=reader)  # type: ignore[arg-type]
     app, runtime = ready(instrument, otel, source)
     hold_draining(runtime)
-    assert get_all(app, ["/fast"] * 3) == [200] * 3
+    assert fetch(app, ["/fast"] * 3, concurrently=True) == [200] * 3
     assert len(runtime.metrics._pending) == 3
     otel.meter_provider.shutdown()  # its last export collects, and so drains
     assert exporter.counts(ENERGY) == [3]
@@ -313,7 +306,7 @@ def test_drained_at_uninstrument(
 ) -> None:
     app, runtime = ready(instrument, otel, source)
     hold_draining(runtime)
-    assert get_all(app, ["/fast"] * 2) == [200] * 2
+    assert fetch(app, ["/fast"] * 2, concurrently=True) == [200] * 2
     metrics = runtime.metrics
     CodeCarbonInstrumentor.uninstrument_app(app)
     instrument.carbon.remove(app)
@@ -330,7 +323,7 @@ def test_a_forked_child_starts_empty_and_the_parent_keeps_its_queue(
     app, runtime = ready(instrument, otel, source)
     hold_draining(runtime)
     runtime.metrics.buffer_size = 2
-    assert get_all(app, ["/fast"] * 3) == [200] * 3
+    assert fetch(app, ["/fast"] * 3, concurrently=True) == [200] * 3
     assert runtime.metrics.dropped == 1
     read, write = os.pipe()
     pid = os.fork()
@@ -354,7 +347,7 @@ def test_nothing_recorded_for_excluded_or_unmeasured_requests(
 ) -> None:
     app, runtime = ready(instrument, otel, source, excluded_urls="/items")
     hold_draining(runtime)
-    assert get_all(app, ["/items/1", "/fast"]) == [200, 200]
+    assert fetch(app, ["/items/1", "/fast"]) == [200, 200]
     assert len(runtime.metrics._pending) == 1
     (point,) = otel.points(ENERGY)
     assert point.attributes[a.HTTP_ROUTE] == "/fast"
@@ -368,7 +361,7 @@ def test_unsampled_requests_are_recorded_without_exemplars(
     otel = Otel(sampler=ALWAYS_OFF)
     app, runtime = ready(instrument, otel, source)
     hold_draining(runtime)
-    assert get_all(app, ["/fast"] * 2) == [200] * 2
+    assert fetch(app, ["/fast"] * 2, concurrently=True) == [200] * 2
     (point,) = otel.points(ENERGY)
     assert point.count == 2
     assert point.exemplars == []
@@ -389,7 +382,7 @@ def test_no_tracing_at_all_still_records(instrument: Instrumented) -> None:
     wait_ready(runtime)
     hold_draining(runtime)
     assert trace.get_current_span() is trace.INVALID_SPAN
-    assert get_all(app, ["/fast"]) == [200]
+    assert fetch(app, ["/fast"]) == [200]
     (point,) = otel.points(ENERGY)
     assert point.count == 1 and point.exemplars == []
     otel.meter_provider.shutdown()

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.resources import Resource, get_aggregated_resources
 
-from apps import build_app
+from carbonspan import Measurement
 from carbonspan import attributes as a
-from carbonspan.ledger import Measurement
 from carbonspan.resource import CodeCarbonResourceDetector
 from carbonspan.testing import ConstantPowerSource
-from conftest import Instrumented, Otel, attrs, client, wait_ready
+from support.apps import build_app
+from support.asgi import get
+from support.checks import wait_ready
+from support.otel import Instrumented, Otel, attrs
 
 PER_REQUEST = {
     a.ENERGY_TOTAL,
@@ -36,14 +37,6 @@ STATIC = {
 }
 
 
-def get(app: Any, path: str = "/fast") -> int:
-    async def go() -> int:
-        async with client(app) as c:
-            return (await c.get(path)).status_code
-
-    return asyncio.run(go())
-
-
 def served_span(
     instrument: Instrumented, resource: Resource | None, **settings: Any
 ) -> tuple[dict[str, Any], Otel]:
@@ -58,7 +51,7 @@ def served_span(
     settings.setdefault("power_source", ConstantPowerSource(cpu=10.0, ram=2.0))
     runtime = instrument(app, otel, sample_interval=0.02, **settings)
     wait_ready(runtime)
-    assert get(app) == 200
+    assert get(app, "/fast").status_code == 200
     (span,) = otel.server_spans()
     return attrs(span), otel
 

@@ -1,39 +1,36 @@
-"""Power source faults and failed hardware detection (hardening items 1 and 2).
+"""Power source faults: the sampler absorbs them, requests never see them
+(hardening item 1).
 
 Every fault goes through a real sampler thread, a real ledger and a real
 FastAPI app with the contrib span creator and the OTel SDK; only the power
-source is fake (it is hardware), or CodeCarbon's and psutil's hardware probes
-are made to fail.
+source is fake (it is hardware).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from types import SimpleNamespace
-from typing import Any
 
-import psutil
 import pytest
 
-from apps import build_app
-from carbonspan import CodeCarbonPowerSource, sampler
+from carbonspan import EnergyReading, HardwareInfo, sampler
 from carbonspan import attributes as a
-from carbonspan.runtime import Runtime
-from carbonspan.source import EnergyReading
 from carbonspan.testing import ConstantPowerSource
-from conftest import Instrumented, Otel, attrs, client, wait_ready
-from test_reliability_support import (
+from support.apps import build_app
+from support.asgi import fetch
+from support.checks import (
     assert_no_open_window,
     assert_sane,
     carbonspan_warnings,
+    conserved,
     wait_for,
+    wait_ready,
 )
+from support.fakes import BlockingSource, BrokenSource
+from support.otel import Instrumented, Otel, attrs
 
 CPU_W, RAM_W = 10.0, 2.0
 LOAD = (
@@ -145,33 +142,6 @@ FAULTS: dict[str, tuple[Fault | Callable[[], Fault], str, bool]] = {
 }
 
 
-def fetch(app: Any, paths: list[str]) -> list[int]:
-    async def go() -> list[int]:
-        async with client(app) as c:
-            responses = await asyncio.gather(*(c.get(p) for p in paths))
-        return [r.status_code for r in responses]
-
-    return asyncio.run(go())
-
-
-def conserved(runtime: Runtime, spans_j: dict[str, float], rel: float = 0.01) -> None:
-    """Span joules + unattributed == the source's own last - first reading."""
-    ledger = runtime.ledger
-    first, last = ledger.first_reading, ledger.last_reading
-    assert first is not None and last is not None
-    totals = ledger.totals()
-    for i, component in enumerate(("cpu", "gpu", "ram")):
-        if component not in spans_j:
-            continue
-        measured = getattr(last, component) - getattr(first, component)
-        after = totals.after_response[i]
-        assert spans_j[component] + after == pytest.approx(
-            totals.attributed[i], rel=1e-9
-        )
-        got = spans_j[component] + after + totals.unattributed[i]
-        assert got == pytest.approx(measured, rel=rel), component
-
-
 @pytest.mark.parametrize("name", list(FAULTS))
 def test_power_source_fault_is_absorbed_by_the_sampler(
     name: str,
@@ -189,7 +159,7 @@ def test_power_source_fault_is_absorbed_by_the_sampler(
         source.fault = fault  # type: ignore[assignment]
         # Three rounds of traffic while the meter misbehaves, over many reads.
         for _ in range(3):
-            assert fetch(app, LOAD) == [200] * len(LOAD)
+            assert fetch(app, LOAD, concurrently=True) == [200] * len(LOAD)
         wait_for(lambda: source.faulty >= 24)
         during = len(otel.server_spans())
         # The meter recovers: the sampler's next readings are used again.
@@ -250,23 +220,6 @@ def test_fault_kinds_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> N
     assert any("time=nan" in line for line in lines)
 
 
-class BlockingSource(ConstantPowerSource):
-    """Blocks inside read() for up to 5 s once `block` is set."""
-
-    def __init__(self) -> None:
-        super().__init__(cpu=CPU_W, ram=RAM_W)
-        self.block = False
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def read(self) -> EnergyReading:
-        if self.block:
-            self.block = False
-            self.entered.set()
-            self.release.wait(5.0)
-        return super().read()
-
-
 def test_a_source_blocked_for_seconds_holds_up_no_request(
     otel: Otel,
     instrument: Instrumented,
@@ -274,7 +227,7 @@ def test_a_source_blocked_for_seconds_holds_up_no_request(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sampler, "SLOW_READ", 0.3)  # the test need not wait 1 s
-    source = BlockingSource()
+    source = BlockingSource(CPU_W, RAM_W, block=False, once=True, timeout=5.0)
     app = build_app()
     runtime = instrument(app, otel, power_source=source, sample_interval=0.01)
     wait_ready(runtime, readings=3)
@@ -286,7 +239,7 @@ def test_a_source_blocked_for_seconds_holds_up_no_request(
         try:
             # The sampler thread is stuck in read(); requests finish anyway.
             for _ in range(2):
-                assert fetch(app, LOAD) == [200] * len(LOAD)
+                assert fetch(app, LOAD, concurrently=True) == [200] * len(LOAD)
             assert not source.release.is_set() and source.reads == reads
             # Long enough to count as a slow read (not a check of time).
             wait_for(lambda: time.monotonic() - blocked_at > 0.35)
@@ -311,183 +264,56 @@ def test_a_source_blocked_for_seconds_holds_up_no_request(
     assert_no_open_window(runtime, otel)
 
 
-# -- hardware detection ----------------------------------------------------
+# -- a source that raises or blocks, and its description ---------------------
 
 
-def boom(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError("detection exploded")
-
-
-def codecarbon_cpu_raises(mp: pytest.MonkeyPatch) -> None:
-    from codecarbon.core import cpu as cc_cpu
-    from codecarbon.external import hardware
-
-    mp.setattr(cc_cpu, "is_rapl_available", boom)
-    mp.setattr(hardware.CPU, "from_utils", boom)
-
-
-def psutil_cpu_count_missing(mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(psutil, "cpu_count", lambda *args, **kwargs: None)
-
-
-def psutil_cpu_times_missing(mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(psutil, "cpu_times", boom)
-
-
-def psutil_memory_missing(mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(psutil, "virtual_memory", boom)
-
-
-DETECTION = {
-    # name: (break it, codecarbon.measurement.cpu expected, CPU constant?)
-    "codecarbon-cpu-raises": (codecarbon_cpu_raises, "tdp", True),
-    "psutil-no-cpu-count": (psutil_cpu_count_missing, "tdp", True),
-    "psutil-no-cpu-times": (psutil_cpu_times_missing, "tdp", True),
-    # The process's memory share cannot be read: RAM counts 0 J, CPU goes on.
-    "psutil-no-memory": (psutil_memory_missing, "cpu_load", False),
-}
-
-
-def wait_reads(runtime: Runtime, n: int) -> None:
-    """Start the sampler and wait for `n` new readings in the ledger."""
-    runtime.sampler.start()
-    seen: list[object] = [runtime.ledger.last_reading]
-
-    def more() -> bool:
-        reading = runtime.ledger.last_reading
-        if reading is not None and reading is not seen[-1]:
-            seen.append(reading)
-        return len(seen) > n
-
-    wait_for(more, timeout=30)
-
-
-@pytest.mark.parametrize("name", list(DETECTION))
-def test_failed_hardware_detection_falls_back_and_says_so(
-    name: str,
-    otel: Otel,
-    instrument: Instrumented,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+def test_a_raising_source_is_logged_once_and_requests_go_on(
+    otel: Otel, instrument: Instrumented, caplog: pytest.LogCaptureFixture
 ) -> None:
-    breaks, method, constant = DETECTION[name]
-    breaks(monkeypatch)
+    source = BrokenSource()
     app = build_app()
-    # The default source (CodeCarbon's hardware): the whole machine, where the
-    # fallback's constant power shows on every request, or this process.
-    scope = "machine" if constant else "process"
-    with caplog.at_level(logging.WARNING, logger="carbonspan"):
-        runtime = instrument(app, otel, scope=scope, sample_interval=0.02)
-        wait_reads(runtime, 3)
-        assert fetch(app, ["/cpu?seconds=0.05"]) == [200]
-        assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
-    assert runtime.sampler.errors == 0  # no reading failed
-    spans = otel.server_spans()
-    assert len(spans) == 2
-    for span in spans:
-        got = attrs(span)
-        assert_sane(got)
-        assert got[a.MEASUREMENT["cpu"]] == method
-        assert got[a.MEASUREMENT["ram"]] == "model"
-    assert attrs(spans[0])[a.ENERGY["cpu"]] > 0  # the request that used the CPU
-    if constant:
-        # The fallback is a constant power, whatever the requests do (a
-        # request's own figure may lag a tick delayed by the busy thread).
-        source = runtime.sampler.source
-        assert isinstance(source, CodeCarbonPowerSource)
-        watts = {attrs(s)[a.POWER["cpu"]] for s in spans}
-        expected = getattr(source._cpu, "watts", None)  # carbonspan's fallback
-        if expected is None:  # CodeCarbon's own constant mode
-            expected = _codecarbon_constant_watts(source)
-        for w in watts:
-            assert w == pytest.approx(expected, rel=0.25)
-        assert any("CPU" in r.getMessage() for r in carbonspan_warnings(caplog))
-    assert_no_open_window(runtime, otel)
+    with caplog.at_level(logging.WARNING, logger="carbonspan.sampler"):
+        runtime = instrument(app, otel, power_source=source, sample_interval=0.01)
+        assert (
+            fetch(app, ["/fast", "/sleep?seconds=0.1", "/cpu?seconds=0.02"])
+            == [200] * 3
+        )
+    assert source.failures >= 5
+    failures = [r for r in caplog.records if "power source" in r.getMessage()]
+    assert len(failures) == 1
+    # No reading: spans carry no energy attributes, and no span is broken.
+    assert [attrs(s) for s in otel.server_spans()] == [{}, {}, {}]
+    # When the source recovers, figures return.
+    source.broken = False
+    wait_ready(runtime)
+    otel.exporter.clear()
+    assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
+    (span,) = otel.server_spans()
+    assert attrs(span)[a.ENERGY_TOTAL] > 0
 
 
-def _codecarbon_constant_watts(source: CodeCarbonPowerSource) -> float:
-    from codecarbon.external.hardware import CONSUMPTION_PERCENTAGE_CONSTANT
-
-    return float(source._cpu._tdp) * CONSUMPTION_PERCENTAGE_CONSTANT
-
-
-class FakeNvml:
-    """The pynvml calls carbonspan makes, one GPU, 50 mJ per read."""
-
-    def __init__(self) -> None:
-        self.broken = False
-        self.mj = 0
-
-    def nvmlInit(self) -> None:
-        pass
-
-    def nvmlDeviceGetCount(self) -> int:
-        return 1
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
-        return i
-
-    def nvmlDeviceGetName(self, handle: int) -> str:
-        return "NVIDIA Fake"
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> int:
-        if self.broken:
-            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
-        self.mj += 50
-        return self.mj
-
-    def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
-        if self.broken:
-            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
-        return 10_000
-
-    def nvmlDeviceGetProcessUtilization(self, handle: int, since: int) -> list[Any]:
-        return [SimpleNamespace(pid=0, smUtil=0, timeStamp=since)]
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
-        return []
-
-
-class BrokenNvml(FakeNvml):
-    def nvmlInit(self) -> None:
-        raise RuntimeError("Driver/library version mismatch")
-
-
-@pytest.mark.parametrize("nvml", ["absent", "broken-at-init", "lost-at-runtime"])
-def test_nvml_absent_or_broken_leaves_cpu_and_ram_measured(
-    nvml: str,
-    otel: Otel,
-    instrument: Instrumented,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+def test_a_blocking_source_does_not_hold_up_requests(
+    otel: Otel, instrument: Instrumented
 ) -> None:
-    from codecarbon.core import gpu_nvidia
-
-    fake = BrokenNvml() if nvml == "broken-at-init" else FakeNvml()
-    monkeypatch.setattr(gpu_nvidia, "PYNVML_AVAILABLE", nvml != "absent")
-    monkeypatch.setattr(gpu_nvidia, "is_nvidia_system", lambda: nvml != "absent")
-    monkeypatch.setattr(gpu_nvidia, "pynvml", fake)
+    source = BlockingSource()
     app = build_app()
-    with caplog.at_level(logging.WARNING, logger="carbonspan"):
-        runtime = instrument(app, otel, scope="machine", sample_interval=0.02)
-        wait_reads(runtime, 3)
-        if nvml == "lost-at-runtime":
-            assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
-            fake.broken = True
-            wait_reads(runtime, 3)
-        assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
-    assert runtime.sampler.errors == 0
-    spans = otel.server_spans()
-    last = attrs(spans[-1])
-    assert_sane(last)
-    assert last[a.ENERGY["cpu"]] > 0 and last[a.ENERGY["ram"]] > 0
-    warnings = [r.getMessage() for r in carbonspan_warnings(caplog)]
-    if nvml == "lost-at-runtime":
-        first = attrs(spans[0])
-        assert first[a.MEASUREMENT["gpu"]] == "nvml" and first[a.ENERGY["gpu"]] > 0
-        assert last[a.ENERGY["gpu"]] == 0.0  # no more GPU joules, no failure
-        assert len(warnings) == 1 and "gpu" in warnings[0]
-    else:
-        assert a.MEASUREMENT["gpu"] not in last and a.ENERGY["gpu"] not in last
-        assert len(warnings) == (1 if nvml == "broken-at-init" else 0)
-    assert_no_open_window(runtime, otel)
+    instrument(app, otel, power_source=source, sample_interval=0.01)
+    assert fetch(app, ["/fast"]) == [200]  # the first request starts the sampler
+    assert source.entered.wait(5)
+    try:
+        # The sampler thread is stuck inside read(); requests finish anyway.
+        assert fetch(app, ["/fast"] * 20) == [200] * 20
+        assert not source.release.is_set()
+        assert len(otel.server_spans()) == 21
+    finally:
+        source.release.set()
+
+
+def test_describe_failure_counts_as_a_failed_read() -> None:
+    class NoDescribe(ConstantPowerSource):
+        def describe(self) -> HardwareInfo:
+            raise RuntimeError("no info")
+
+    s = sampler.Sampler(NoDescribe(cpu=1.0), 0.01)
+    assert s.sample() is False
+    assert s.errors == 1

@@ -21,14 +21,7 @@ from carbonspan.embodied import HOURS_PER_YEAR
 from carbonspan.ledger import Window
 from carbonspan.runtime import Runtime
 from carbonspan.testing import ConstantPowerSource
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from support.fakes import Clock
 
 
 class SharedSource(ConstantPowerSource):

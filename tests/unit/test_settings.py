@@ -1,15 +1,31 @@
-"""Settings: bad keyword values raise ValueError; bad env values are logged."""
+"""Settings: keyword values are checked, and a bad one raises a ValueError that
+names the setting; `CARBONSPAN_*` variables are read, and a bad one is logged
+(the default is used), a misspelt one warned about with the closest name. The
+same for the grid intensity and embodied emissions settings.
+
+Fuzzed over every setting: test_settings_fuzz.py. Where the carbon intensity
+comes from (country, region, cloud): test_intensity_location.py.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
-from carbonspan import CodeCarbonInstrumentor
+from carbonspan import CodeCarbonInstrumentor, config
 from carbonspan.config import Settings
-from carbonspan.emissions import cloud_regions, resolve, world_average
+from carbonspan.emissions import world_average
+from carbonspan.instrumentor import runtime_of
+from carbonspan.intensity import ELECTRICITYMAPS_URL, REFRESH
 from carbonspan.testing import ConstantPowerSource
+from support.apps import build_app
+from support.checks import log_messages
+from support.otel import Instrumented
+
+pytestmark = pytest.mark.usefixtures("fresh_warnings")
+
 
 BAD_KWARGS = [
     ("scope", "galaxy", "process, machine"),
@@ -48,14 +64,12 @@ def test_bad_keyword_raises_naming_the_setting(
 def test_instrument_app_raises_before_touching_the_app(
     name: str, value: object, accepted: str
 ) -> None:
-    from apps import build_app
-
     app = build_app()
     original = app.build_middleware_stack
     with pytest.raises(ValueError, match=name):
         CodeCarbonInstrumentor().instrument_app(app, **{name: value})
     assert app.build_middleware_stack == original
-    assert not hasattr(app, "_carbonspan_runtime")
+    assert runtime_of(app) is None
 
 
 def test_instrument_raises_and_stays_uninstrumented() -> None:
@@ -70,83 +84,16 @@ def test_unknown_setting_is_refused() -> None:
         Settings.load({"contry_iso_code": "FRA"}, environ={})
 
 
-def test_cloud_region_needs_a_known_provider_region() -> None:
-    with pytest.raises(ValueError, match="cloud_region: needs cloud_provider"):
-        Settings.load({"cloud_region": "europe-west1"}, environ={})
-    with pytest.raises(ValueError, match="cloud_region: 'mars-1' is not a gcp region"):
-        Settings.load({"cloud_provider": "gcp", "cloud_region": "mars-1"}, environ={})
-    # CodeCarbon has no factors for AWS: any region name is taken, and the
-    # factor comes from the country (or the world average).
-    s = Settings.load(
-        {"cloud_provider": "aws", "cloud_region": "eu-west-3"}, environ={}
-    )
-    assert (s.cloud_provider, s.cloud_region) == ("aws", "eu-west-3")
-
-
 @pytest.mark.parametrize(
-    ("kwargs", "env", "from_env"),
-    [
-        ({"cloud_region": "nowhere"}, {"CARBONSPAN_CLOUD_PROVIDER": "gcp"},
-         "cloud_provider came from CARBONSPAN_CLOUD_PROVIDER='gcp'"),
-        ({"cloud_provider": "gcp"}, {"CARBONSPAN_CLOUD_REGION": "nowhere"},
-         "cloud_region came from CARBONSPAN_CLOUD_REGION='nowhere'"),
-    ],
+    ("name", "value"),
+    [("sample_interval", 0.01), ("sample_interval", 60), ("carbon_intensity", 0),
+     ("carbon_intensity", 2000), ("carbon_intensity", "1306.025")],
 )  # fmt: skip
-def test_a_cloud_keyword_raises_even_with_its_partner_from_the_env(
-    kwargs: dict[str, str],
-    env: dict[str, str],
-    from_env: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from apps import build_app
-
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    app = build_app()
-    with pytest.raises(ValueError) as info:
-        CodeCarbonInstrumentor().instrument_app(app, **kwargs)
-    message = str(info.value)
-    assert message.startswith("cloud_region: 'nowhere' is not a gcp region")
-    assert message.endswith(from_env)
-    assert not hasattr(app, "_carbonspan_runtime")
+def test_range_bounds_are_accepted(name: str, value: object) -> None:
+    assert getattr(Settings.load({name: value}, environ={}), name) == float(value)  # type: ignore[arg-type]
 
 
-def test_bad_cloud_region_from_env_is_logged_not_raised(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    env = {"CARBONSPAN_CLOUD_PROVIDER": "gcp", "CARBONSPAN_CLOUD_REGION": "mars-1"}
-    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
-        s = Settings.load({}, environ=env)
-    assert s.cloud_provider is None and s.cloud_region is None
-    (record,) = caplog.records
-    assert record.getMessage().startswith(
-        "carbonspan: ignoring CARBONSPAN_CLOUD_PROVIDER='gcp' and "
-        "CARBONSPAN_CLOUD_REGION='mars-1': cloud_region: 'mars-1' is not a gcp region"
-    )
-
-
-def test_env_cloud_error_names_only_the_variables_set(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
-        s = Settings.load({}, environ={"CARBONSPAN_CLOUD_REGION": "europe-west1"})
-    assert s.cloud_region is None
-    (record,) = caplog.records
-    message = record.getMessage()
-    assert "CARBONSPAN_CLOUD_REGION='europe-west1'" in message
-    assert "needs cloud_provider" in message
-    assert "CARBONSPAN_CLOUD_PROVIDER" not in message
-
-
-def test_gcp_region_gives_the_cloud_factor_and_its_country() -> None:
-    region, factor = next(iter(cloud_regions("gcp").items()))
-    intensity = resolve(cloud_provider="gcp", cloud_region=region)
-    assert (intensity.g_per_kwh, intensity.source) == (factor, "cloud")
-    assert intensity.country_iso_code is not None
-    aws = resolve(
-        cloud_provider="aws", cloud_region="eu-west-3", country_iso_code="FRA"
-    )
-    assert aws.source == "country" and aws.cloud_provider == "aws"
+# -- the environment ----------------------------------------------------------
 
 
 def test_env_is_read_and_kwargs_win() -> None:
@@ -179,51 +126,213 @@ def test_bad_env_is_logged_and_the_default_used(
     assert "CARBONSPAN_SAMPLE_INTERVAL" in messages
 
 
-def test_bad_env_does_not_stop_instrument_app(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("var", "raw", "says"),
+    [
+        ("CARBONSPAN_RESPONSE_HEADERS", "maybe",
+         "response_headers: 'maybe' is not accepted; use True, False or a list of "
+         "energy, emissions, duration"),
+        ("CARBONSPAN_SAMPLE_INTERVAL", "1e-9",
+         "sample_interval: expected seconds in [0.01, 60], got '1e-9'"),
+        ("CARBONSPAN_SAMPLE_INTERVAL", "1_0",
+         "sample_interval: expected a number, got '1_0'"),
+        ("CARBONSPAN_CARBON_INTENSITY", "1e308",
+         "carbon_intensity: expected g CO2eq/kWh in [0, 2000], got '1e308'"),
+        ("CARBONSPAN_CARBON_INTENSITY", "4_75",
+         "carbon_intensity: expected a number, got '4_75'"),
+    ],
+)  # fmt: skip
+def test_bad_env_values_are_quoted_as_given(
+    var: str, raw: str, says: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from apps import build_app
+    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
+        s = Settings.load({}, environ={var: raw})
+    name = var.removeprefix("CARBONSPAN_").lower()
+    assert getattr(s, name) == getattr(Settings(), name)
+    (message,) = log_messages(caplog, "carbonspan.config")
+    assert message == f"carbonspan: ignoring {var}={raw!r}: {says}; using the default"
 
+
+def test_bad_env_does_not_stop_instrument_app(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    instrument: Instrumented,
+) -> None:
     monkeypatch.setenv("CARBONSPAN_COUNTRY_ISO_CODE", "ATLANTIS")
-    app = build_app()
     with caplog.at_level(logging.ERROR):
-        CodeCarbonInstrumentor().instrument_app(
-            app, power_source=ConstantPowerSource(cpu=1)
-        )
-    try:
-        assert app._carbonspan_runtime.intensity.source == "default"
-        assert "CARBONSPAN_COUNTRY_ISO_CODE" in caplog.text
-    finally:
-        CodeCarbonInstrumentor.uninstrument_app(app)
+        runtime = instrument(build_app(), None, power_source=ConstantPowerSource(cpu=1))
+    assert runtime.intensity.source == "default"
+    assert "CARBONSPAN_COUNTRY_ISO_CODE" in caplog.text
 
 
-def test_intensity_resolution_order() -> None:
-    from codecarbon.core.emissions import Emissions
-    from codecarbon.core.units import Energy
-    from codecarbon.external.geography import GeoMetadata
-    from codecarbon.input import DataSource
-
-    config = resolve(carbon_intensity=42.0, country_iso_code="FRA")
-    assert (config.g_per_kwh, config.source) == (42.0, "config")
-
-    region, factor = next(iter(cloud_regions("gcp").items()))
-    cloud = resolve(cloud_provider="gcp", cloud_region=region, country_iso_code="FRA")
-    assert (cloud.g_per_kwh, cloud.source) == (factor, "cloud")
-
-    country = resolve(country_iso_code="POL")
-    kg = Emissions(DataSource()).get_private_infra_emissions(
-        Energy.from_energy(kWh=1.0), GeoMetadata(country_iso_code="POL")
+@pytest.mark.parametrize(
+    ("var", "closest"),
+    [
+        ("CARBONSPAN_CONTRY_ISO_CODE", "did you mean CARBONSPAN_COUNTRY_ISO_CODE?"),
+        ("CARBONSPAN_INTERVAL", "did you mean CARBONSPAN_SAMPLE_INTERVAL?"),
+        ("CARBONSPAN_EXCLUDE_URLS", "did you mean CARBONSPAN_EXCLUDED_URLS?"),
+        ("CARBONSPAN_scope", "did you mean CARBONSPAN_SCOPE?"),
+        (
+            "CARBONSPAN_POWER_SOURCE",
+            "power_source is a Python object, given as a keyword argument only",
+        ),
+        ("CARBONSPAN_XYZZY", "no setting has that name"),
+    ],
+)
+def test_unknown_variable_is_warned_about_once_with_the_closest_name(
+    var: str, closest: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = {var: "FRA", "CARBONSPAN_SCOPE": "machine", "OTHER_VAR": "1"}
+    with caplog.at_level(logging.WARNING, logger="carbonspan.config"):
+        first = Settings.load({}, environ=env)
+        Settings.load({}, environ=env)  # a second instrumentation: no repeat
+    assert first.scope == "machine" and first.country_iso_code is None
+    (message,) = log_messages(caplog, "carbonspan.config")
+    assert message == (
+        f"carbonspan: {var} is not a carbonspan setting and is ignored; {closest}"
     )
-    assert country.source == "country"
-    assert country.g_per_kwh == pytest.approx(kg * 1000)
-    assert country.g_per_kwh > resolve(country_iso_code="FRA").g_per_kwh
-
-    default = resolve()
-    assert (default.g_per_kwh, default.source) == (world_average(), "default")
-    assert default.grams(3.6e6) == pytest.approx(world_average())
+    assert caplog.records[0].levelno == logging.WARNING
 
 
-def test_us_region_uses_regional_data() -> None:
-    california = resolve(country_iso_code="USA", region="california")
-    wyoming = resolve(country_iso_code="USA", region="wyoming")
-    assert california.g_per_kwh != wyoming.g_per_kwh
+def test_known_variables_raise_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    env = {
+        config.ENV_PREFIX + name.upper(): "" for name in config._PARSERS
+    }  # every known name, blank (unset)
+    with caplog.at_level(logging.DEBUG, logger="carbonspan.config"):
+        Settings.load({}, environ=env)
+    assert log_messages(caplog, "carbonspan.config") == []
+
+
+def test_misspelt_country_under_instrument_app_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    instrument: Instrumented,
+) -> None:
+    monkeypatch.setenv("CARBONSPAN_CONTRY_ISO_CODE", "FRA")
+    with caplog.at_level(logging.INFO, logger="carbonspan"):
+        runtime = instrument(
+            build_app(), None, power_source=ConstantPowerSource(cpu=1.0)
+        )
+    assert runtime.intensity.source == "default"
+    (warning,) = log_messages(caplog, "carbonspan.config")
+    assert "CARBONSPAN_COUNTRY_ISO_CODE?" in warning
+    # ... and the intensity line says the world average is in use, and why.
+    (info,) = log_messages(caplog, "carbonspan.emissions")
+    assert info.startswith(f"carbonspan: carbon intensity {world_average():g} ")
+    assert "world average: no carbon_intensity or country_iso_code is set" in info
+
+
+# -- the grid intensity and embodied emissions settings ---------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"intensity_provider": "wattTime"}, "intensity_provider: 'wattTime' is"),
+        ({"intensity_provider": 42}, "use one of static, electricitymaps"),
+        ({"intensity_refresh": 0}, "intensity_refresh: expected seconds"),
+        ({"intensity_refresh": 86401}, "intensity_refresh: expected seconds"),
+        ({"electricitymaps_url": "api.example"}, "electricitymaps_url: expected"),
+        ({"embodied_emissions": -3}, "embodied_emissions: expected kg CO2eq > 0"),
+        ({"embodied_emissions": "lots"}, "embodied_emissions: expected a number"),
+        ({"hardware_lifetime": 0}, "hardware_lifetime: expected years in (0, 100]"),
+        ({"boavizta_url": "ftp://x"}, "boavizta_url: expected an http"),
+        ({"cloud_instance": " "}, "cloud_instance: expected a non-empty string"),
+        (
+            {"intensity_provider": "electricitymaps"},
+            "intensity_provider: 'electricitymaps' needs electricitymaps_zone",
+        ),
+        (
+            {"intensity_provider": "electricitymaps", "electricitymaps_zone": "FR"},
+            "CARBONSPAN_ELECTRICITYMAPS_TOKEN",
+        ),
+        ({"boavizta_url": "http://127.0.0.1:5000"}, "boavizta_url: needs"),
+        (
+            {"boavizta_url": "http://127.0.0.1:5000", "cloud_provider": "aws"},
+            "needs cloud_provider and cloud_instance",
+        ),
+        (
+            {"boavizta_url": "http://b:5000", "embodied_emissions": 900},
+            "boavizta_url: give embodied_emissions or boavizta_url, not both",
+        ),
+    ],
+)
+def test_bad_keywords_raise_naming_the_setting(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        Settings.load(kwargs, environ={})
+    assert message in str(info.value)
+
+
+def test_good_keywords_and_environment() -> None:
+    s = Settings.load(
+        {"embodied_emissions": "1200", "hardware_lifetime": 5},
+        environ={
+            "CARBONSPAN_INTENSITY_PROVIDER": " ElectricityMaps ",
+            "CARBONSPAN_ELECTRICITYMAPS_ZONE": "US-CAL-CISO",
+            "CARBONSPAN_ELECTRICITYMAPS_TOKEN": "tok",
+            "CARBONSPAN_INTENSITY_REFRESH": "300",
+        },
+    )
+    assert s.intensity_provider == "electricitymaps"
+    assert s.electricitymaps_zone == "US-CAL-CISO"
+    assert s.electricitymaps_token == "tok"
+    assert s.intensity_refresh == 300.0
+    assert s.electricitymaps_url == ELECTRICITYMAPS_URL
+    assert (s.embodied_emissions, s.hardware_lifetime) == (1200.0, 5.0)
+    assert "tok" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable", "field", "default"),
+    [
+        (
+            {"CARBONSPAN_INTENSITY_PROVIDER": "electricitymaps"},
+            "CARBONSPAN_INTENSITY_PROVIDER",
+            "intensity_provider",
+            "static",
+        ),
+        (
+            {"CARBONSPAN_INTENSITY_REFRESH": "-1"},
+            "CARBONSPAN_INTENSITY_REFRESH",
+            "intensity_refresh",
+            REFRESH,
+        ),
+        (
+            {"CARBONSPAN_BOAVIZTA_URL": "http://b:5000"},
+            "CARBONSPAN_BOAVIZTA_URL",
+            "boavizta_url",
+            None,
+        ),
+        (
+            {
+                "CARBONSPAN_BOAVIZTA_URL": "http://b:5000",
+                "CARBONSPAN_BOAVIZTA_ARCHETYPE": "platform_compute_medium",
+                "CARBONSPAN_EMBODIED_EMISSIONS": "900",
+            },
+            "CARBONSPAN_BOAVIZTA_URL",
+            "boavizta_url",
+            None,
+        ),
+        (
+            {"CARBONSPAN_HARDWARE_LIFETIME": "forever"},
+            "CARBONSPAN_HARDWARE_LIFETIME",
+            "hardware_lifetime",
+            None,
+        ),
+    ],
+)
+def test_bad_environment_is_logged_and_the_default_used(
+    environ: dict[str, str],
+    variable: str,
+    field: str,
+    default: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
+        s = Settings.load({}, environ=environ)
+    assert getattr(s, field) == default
+    (record,) = caplog.records
+    assert f"{variable}=" in record.getMessage()
+    assert "using the default" in record.getMessage()

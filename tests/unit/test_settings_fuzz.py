@@ -28,7 +28,7 @@ from carbonspan import config
 from carbonspan.config import ENV_PREFIX, OBJECT_SETTINGS, Settings
 from carbonspan.runtime import Runtime
 from carbonspan.testing import ConstantPowerSource
-from server import TESTS
+from support import TESTS
 
 NAMES = sorted(f.name for f in fields(Settings))
 TEXT_NAMES = sorted(config._PARSERS)

@@ -1,76 +1,35 @@
-"""CodeCarbonPowerSource: real CPU and RAM models, NVML faked at the pynvml edge."""
+"""CodeCarbonPowerSource: real CPU and RAM models, NVML faked at the pynvml edge;
+and what requests see when hardware detection fails (hardening item 2)."""
 
 from __future__ import annotations
 
-import os
+import logging
 import socket
 import time
-from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
 
-from apps import burn
 from carbonspan import CodeCarbonPowerSource, PowerSource
+from carbonspan import attributes as a
+from carbonspan.runtime import Runtime
 from carbonspan.testing import ConstantPowerSource, ScriptedPowerSource
-
-
-class FakeNvml:
-    """The pynvml calls carbonspan makes, for two GPUs."""
-
-    def __init__(
-        self, *, energy_counter: bool = True, per_process: bool = True
-    ) -> None:
-        self.energy_counter = energy_counter
-        self.per_process = per_process
-        self.mj = [0, 0]
-        self.other_pid = os.getpid() + 1
-
-    def nvmlInit(self) -> None:
-        pass
-
-    def nvmlDeviceGetCount(self) -> int:
-        return 2
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
-        return i
-
-    def nvmlDeviceGetName(self, handle: int) -> bytes:
-        return b"NVIDIA H100 80GB HBM3"
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> int:
-        if not self.energy_counter:
-            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
-        self.mj[handle] += 5000  # 5 J per read on each device
-        return self.mj[handle]
-
-    def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
-        return 100_000  # mW
-
-    def nvmlDeviceGetProcessUtilization(self, handle: int, since: int) -> list[Any]:
-        if not self.per_process:
-            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
-        return [
-            SimpleNamespace(pid=os.getpid(), smUtil=30, timeStamp=since + 1),
-            SimpleNamespace(pid=self.other_pid, smUtil=10, timeStamp=since + 1),
-        ]
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
-        return [
-            SimpleNamespace(pid=os.getpid(), usedGpuMemory=1 << 30),
-            SimpleNamespace(pid=self.other_pid, usedGpuMemory=3 << 30),
-        ]
+from support.apps import build_app, burn
+from support.asgi import fetch
+from support.checks import (
+    assert_no_open_window,
+    assert_sane,
+    carbonspan_warnings,
+    wait_for,
+)
+from support.fakes import FakeNvml, install_nvml
+from support.otel import Instrumented, Otel, attrs
 
 
 @pytest.fixture
 def nvml(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
-    from codecarbon.core import gpu_nvidia
-
-    fake = FakeNvml()
-    monkeypatch.setattr(gpu_nvidia, "PYNVML_AVAILABLE", True)
-    monkeypatch.setattr(gpu_nvidia, "is_nvidia_system", lambda: True)
-    monkeypatch.setattr(gpu_nvidia, "pynvml", fake)
-    return fake
+    return install_nvml(monkeypatch, FakeNvml())
 
 
 def test_gpu_energy_counter_scaled_by_the_process_share(nvml: FakeNvml) -> None:
@@ -107,15 +66,7 @@ def test_gpu_falls_back_on_power_and_memory_share(nvml: FakeNvml) -> None:
 
 
 def test_broken_nvml_leaves_gpu_unmeasured(monkeypatch: pytest.MonkeyPatch) -> None:
-    from codecarbon.core import gpu_nvidia
-
-    class Broken(FakeNvml):
-        def nvmlInit(self) -> None:
-            raise RuntimeError("driver/library version mismatch")
-
-    monkeypatch.setattr(gpu_nvidia, "PYNVML_AVAILABLE", True)
-    monkeypatch.setattr(gpu_nvidia, "is_nvidia_system", lambda: True)
-    monkeypatch.setattr(gpu_nvidia, "pynvml", Broken())
+    install_nvml(monkeypatch, FakeNvml(init_error="driver/library version mismatch"))
     source = CodeCarbonPowerSource()
     assert source.read().gpu is None
     assert "gpu" not in source.describe().measurement
@@ -174,3 +125,142 @@ def test_testing_sources_follow_the_protocol_exactly() -> None:
     # Watts are a function of the seconds since creation: integral of 10 t dt
     # over the 2 s since then is 5 * 2**2 = 20 J.
     assert ramp.read().cpu == pytest.approx(20.0)
+
+
+# -- hardware detection ----------------------------------------------------
+
+
+def boom(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("detection exploded")
+
+
+def codecarbon_cpu_raises(mp: pytest.MonkeyPatch) -> None:
+    from codecarbon.core import cpu as cc_cpu
+    from codecarbon.external import hardware
+
+    mp.setattr(cc_cpu, "is_rapl_available", boom)
+    mp.setattr(hardware.CPU, "from_utils", boom)
+
+
+def psutil_cpu_count_missing(mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(psutil, "cpu_count", lambda *args, **kwargs: None)
+
+
+def psutil_cpu_times_missing(mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(psutil, "cpu_times", boom)
+
+
+def psutil_memory_missing(mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(psutil, "virtual_memory", boom)
+
+
+DETECTION = {
+    # name: (break it, codecarbon.measurement.cpu expected, CPU constant?)
+    "codecarbon-cpu-raises": (codecarbon_cpu_raises, "tdp", True),
+    "psutil-no-cpu-count": (psutil_cpu_count_missing, "tdp", True),
+    "psutil-no-cpu-times": (psutil_cpu_times_missing, "tdp", True),
+    # The process's memory share cannot be read: RAM counts 0 J, CPU goes on.
+    "psutil-no-memory": (psutil_memory_missing, "cpu_load", False),
+}
+
+
+def wait_reads(runtime: Runtime, n: int) -> None:
+    """Start the sampler and wait for `n` new readings in the ledger."""
+    runtime.sampler.start()
+    seen: list[object] = [runtime.ledger.last_reading]
+
+    def more() -> bool:
+        reading = runtime.ledger.last_reading
+        if reading is not None and reading is not seen[-1]:
+            seen.append(reading)
+        return len(seen) > n
+
+    wait_for(more, timeout=30)
+
+
+@pytest.mark.parametrize("name", list(DETECTION))
+def test_failed_hardware_detection_falls_back_and_says_so(
+    name: str,
+    otel: Otel,
+    instrument: Instrumented,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    breaks, method, constant = DETECTION[name]
+    breaks(monkeypatch)
+    app = build_app()
+    # The default source (CodeCarbon's hardware): the whole machine, where the
+    # fallback's constant power shows on every request, or this process.
+    scope = "machine" if constant else "process"
+    with caplog.at_level(logging.WARNING, logger="carbonspan"):
+        runtime = instrument(app, otel, scope=scope, sample_interval=0.02)
+        wait_reads(runtime, 3)
+        assert fetch(app, ["/cpu?seconds=0.05"]) == [200]
+        assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
+    assert runtime.sampler.errors == 0  # no reading failed
+    spans = otel.server_spans()
+    assert len(spans) == 2
+    for span in spans:
+        got = attrs(span)
+        assert_sane(got)
+        assert got[a.MEASUREMENT["cpu"]] == method
+        assert got[a.MEASUREMENT["ram"]] == "model"
+    assert attrs(spans[0])[a.ENERGY["cpu"]] > 0  # the request that used the CPU
+    if constant:
+        # The fallback is a constant power, whatever the requests do (a
+        # request's own figure may lag a tick delayed by the busy thread).
+        source = runtime.sampler.source
+        assert isinstance(source, CodeCarbonPowerSource)
+        watts = {attrs(s)[a.POWER["cpu"]] for s in spans}
+        expected = getattr(source._cpu, "watts", None)  # carbonspan's fallback
+        if expected is None:  # CodeCarbon's own constant mode
+            expected = _codecarbon_constant_watts(source)
+        for w in watts:
+            assert w == pytest.approx(expected, rel=0.25)
+        assert any("CPU" in r.getMessage() for r in carbonspan_warnings(caplog))
+    assert_no_open_window(runtime, otel)
+
+
+def _codecarbon_constant_watts(source: CodeCarbonPowerSource) -> float:
+    from codecarbon.external.hardware import CONSUMPTION_PERCENTAGE_CONSTANT
+
+    return float(source._cpu._tdp) * CONSUMPTION_PERCENTAGE_CONSTANT
+
+
+@pytest.mark.parametrize("nvml", ["absent", "broken-at-init", "lost-at-runtime"])
+def test_nvml_absent_or_broken_leaves_cpu_and_ram_measured(
+    nvml: str,
+    otel: Otel,
+    instrument: Instrumented,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if nvml == "broken-at-init":
+        fake = FakeNvml.idle(init_error="Driver/library version mismatch")
+    else:
+        fake = FakeNvml.idle()
+    install_nvml(monkeypatch, fake, available=nvml != "absent")
+    app = build_app()
+    with caplog.at_level(logging.WARNING, logger="carbonspan"):
+        runtime = instrument(app, otel, scope="machine", sample_interval=0.02)
+        wait_reads(runtime, 3)
+        if nvml == "lost-at-runtime":
+            assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
+            fake.broken = True
+            wait_reads(runtime, 3)
+        assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
+    assert runtime.sampler.errors == 0
+    spans = otel.server_spans()
+    last = attrs(spans[-1])
+    assert_sane(last)
+    assert last[a.ENERGY["cpu"]] > 0 and last[a.ENERGY["ram"]] > 0
+    warnings = [r.getMessage() for r in carbonspan_warnings(caplog)]
+    if nvml == "lost-at-runtime":
+        first = attrs(spans[0])
+        assert first[a.MEASUREMENT["gpu"]] == "nvml" and first[a.ENERGY["gpu"]] > 0
+        assert last[a.ENERGY["gpu"]] == 0.0  # no more GPU joules, no failure
+        assert len(warnings) == 1 and "gpu" in warnings[0]
+    else:
+        assert a.MEASUREMENT["gpu"] not in last and a.ENERGY["gpu"] not in last
+        assert len(warnings) == (1 if nvml == "broken-at-init" else 0)
+    assert_no_open_window(runtime, otel)

@@ -1,0 +1,30 @@
+"""What the tests share: fakes, apps, servers, drivers and checks (no tests here).
+
+`tests/` is on sys.path (pyproject's pytest `pythonpath`, and the PYTHONPATH
+`support.server.Server` gives its subprocesses), so this is `support`.
+
+    support.apps           the test FastAPI app (`build_app`) and `burn`
+    support.otel           `Otel` (SDK providers, in-memory exporters),
+                           `Instrumented`, `wait_ready`, `attrs`
+    support.asgi           the ASGI driver: `client`, `get`, `fetch`, and
+                           `call` for message-level control
+    support.checks         assertions and waits shared by many tests
+    support.fakes          fake hardware: `FakeNvml`, `BlockingSource`, ...
+    support.fake_apis      local stand-ins for Electricity Maps and BoaviztAPI
+    support.server         `Server` (a command in a subprocess), `free_port`
+    support.otlp           an OTLP/HTTP receiver
+    support.backends       Prometheus, Phoenix and BoaviztAPI servers
+    support.benchmarks     the benchmark modules the tests run
+    support.*_app, support.*_server, support.gunicorn_conf
+                           apps that real servers load in subprocesses
+
+This module imports nothing but pathlib: a subprocess that must not load the
+OpenTelemetry SDK (asgi/test_no_sdk.py) imports `support.apps` through it.
+"""
+
+from pathlib import Path
+
+#: tests/, put on PYTHONPATH (and used as the working directory) for servers.
+TESTS = Path(__file__).resolve().parent.parent
+#: The repository: docs, examples, dashboards, benchmarks.
+ROOT = TESTS.parent
