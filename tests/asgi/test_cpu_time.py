@@ -17,8 +17,8 @@ from carbonspan.ledger import Ledger
 from carbonspan.testing import ConstantPowerSource, ScriptedPowerSource
 from support.apps import burn
 from support.asgi import fetch
-from support.checks import conserved, wait_ready
-from support.otel import Instrumented, Otel, attrs
+from support.checks import conserved
+from support.otel import Instrumented, Otel, attrs, wait_ready
 
 CPU_W = 20.0
 

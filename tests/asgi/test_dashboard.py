@@ -23,7 +23,7 @@ from carbonspan.testing import ConstantPowerSource
 from support import ROOT
 from support.apps import build_app
 from support.asgi import fetch
-from support.checks import wait_ready
+from support.otel import wait_ready
 
 DASHBOARD = ROOT / "dashboards" / "carbonspan.json"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$job": ".*"}

@@ -19,11 +19,10 @@ from carbonspan import attributes as a
 from carbonspan import middleware
 from carbonspan.instrumentor import runtime_of
 from carbonspan.testing import ConstantPowerSource
-from support.apps import build_app
 from support.asgi import client, fetch
-from support.checks import assert_no_open_window, wait_for, wait_ready
+from support.checks import assert_no_open_window, wait_for
 from support.fakes import Clock
-from support.otel import Instrumented, Otel, attrs
+from support.otel import Instrumented, Otel, attrs, ready_app
 
 CPU_W, RAM_W = 10.0, 2.0
 
@@ -59,9 +58,9 @@ def test_fork_child_measures_on_its_own_and_parent_is_unaffected(
     otel: Otel, instrument: Instrumented
 ) -> None:
     source = ConstantPowerSource(cpu=CPU_W, ram=RAM_W)
-    app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.01)
-    wait_ready(runtime)
+    app, runtime = ready_app(
+        instrument, otel, power_source=source, sample_interval=0.01
+    )
     assert fetch(app, ["/sleep?seconds=0.02"]) == [200]
     parent_first = runtime.ledger.first_reading
     read_end, write_end = os.pipe()

@@ -12,8 +12,7 @@ from carbonspan import attributes as a
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import get
-from support.checks import wait_ready
-from support.otel import Instrumented, Otel, attrs
+from support.otel import Instrumented, Otel, attrs, ready_app
 
 
 def test_hook_sees_the_measurement_before_the_span_ends(
@@ -25,12 +24,13 @@ def test_hook_sees_the_measurement_before_the_span_ends(
         seen.append((span.is_recording(), scope["path"], measurement))
         span.set_attribute("app.energy_mj", (measurement.total or 0) * 1000)
 
-    app = build_app()
-    runtime = instrument(
-        app, otel, power_source=ConstantPowerSource(cpu=8.0), measurement_hook=hook,
+    app, _ = ready_app(
+        instrument,
+        otel,
+        power_source=ConstantPowerSource(cpu=8.0),
+        measurement_hook=hook,
         sample_interval=0.02,
-    )  # fmt: skip
-    wait_ready(runtime)
+    )
     assert get(app, "/sleep?seconds=0.05").status_code == 200
     ((recording, path, measurement),) = seen
     assert recording and path == "/sleep"
@@ -66,12 +66,14 @@ def test_headers_are_off_by_default(otel: Otel, instrument: Instrumented) -> Non
 
 
 def test_x_codecarbon_headers(otel: Otel, instrument: Instrumented) -> None:
-    app = build_app()
-    runtime = instrument(
-        app, otel, power_source=ConstantPowerSource(cpu=100.0), response_headers=True,
-        carbon_intensity=100.0, sample_interval=0.02,
-    )  # fmt: skip
-    wait_ready(runtime)
+    app, _ = ready_app(
+        instrument,
+        otel,
+        power_source=ConstantPowerSource(cpu=100.0),
+        response_headers=True,
+        carbon_intensity=100.0,
+        sample_interval=0.02,
+    )
     response = get(app, "/sleep?seconds=0.1")
     energy = float(response.headers["x-codecarbon-energy"])
     # The response starts after the 0.1 s sleep at 100 W: about 10 J so far.
@@ -84,14 +86,14 @@ def test_x_codecarbon_headers(otel: Otel, instrument: Instrumented) -> None:
 
 
 def test_server_timing_with_chosen_fields(otel: Otel, instrument: Instrumented) -> None:
-    app = build_app()
-    runtime = instrument(
-        app, otel, power_source=ConstantPowerSource(cpu=10.0),
+    app, _ = ready_app(
+        instrument,
+        otel,
+        power_source=ConstantPowerSource(cpu=10.0),
         response_headers=["energy", "duration"],
         response_headers_format="server-timing",
         sample_interval=0.02,
-    )  # fmt: skip
-    wait_ready(runtime)
+    )
     response = get(app, "/sleep?seconds=0.05")
     assert "x-codecarbon-energy" not in response.headers
     timing = response.headers["server-timing"]
@@ -106,12 +108,13 @@ def test_otel_excluded_urls_env_is_honoured(
     otel: Otel, instrument: Instrumented, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "health,items/\\d+")
-    app = build_app()
-    runtime = instrument(
-        app, otel, contrib=None, power_source=ConstantPowerSource(cpu=1.0),
+    app, _ = ready_app(
+        instrument,
+        otel,
+        contrib=None,
+        power_source=ConstantPowerSource(cpu=1.0),
         sample_interval=0.02,
-    )  # fmt: skip
-    wait_ready(runtime)
+    )
     for path in ("/health", "/items/3", "/fast"):
         assert get(app, path).status_code == 200
     routes = [
@@ -124,12 +127,13 @@ def test_carbonspan_excludes_win_over_otel_env(
     otel: Otel, instrument: Instrumented, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "fast")
-    app = build_app()
-    runtime = instrument(
-        app, otel, contrib=None, power_source=ConstantPowerSource(cpu=1.0),
+    app, _ = ready_app(
+        instrument,
+        otel,
+        contrib=None,
+        power_source=ConstantPowerSource(cpu=1.0),
         excluded_urls="^/health$",
-    )  # fmt: skip
-    wait_ready(runtime)
+    )
     for path in ("/health", "/fast"):
         assert get(app, path).status_code == 200
     routes = [

@@ -21,8 +21,7 @@ from carbonspan.instrumentor import runtime_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import get
-from support.checks import wait_ready
-from support.otel import Otel, attrs
+from support.otel import Otel, attrs, wait_ready
 
 
 def middlewares(app: Any) -> list[str]:

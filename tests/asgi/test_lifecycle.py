@@ -31,10 +31,9 @@ from support.checks import (
     async_wait_for,
     carbonspan_warnings,
     in_flight_metric,
-    wait_ready,
 )
 from support.lifecycle import CPU_W, lifecycle_app
-from support.otel import Instrumented, Otel, attrs
+from support.otel import Instrumented, Otel, attrs, wait_ready
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from carbonspan import attributes as a
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import call
-from support.checks import assert_no_open_window, wait_ready
-from support.otel import Instrumented, Otel, attrs
+from support.checks import assert_no_open_window
+from support.otel import Instrumented, Otel, attrs, ready_app, wait_ready
 
 ALLOWED_KEYS = {a.HTTP_ROUTE, a.HTTP_METHOD, a.HTTP_STATUS, a.HW_TYPE, a.ATTRIBUTED}
 CODECARBON_METRICS = (
@@ -53,15 +53,13 @@ def requests() -> list[dict[str, Any]]:
 def test_10000_raw_paths_leave_a_handful_of_label_sets(
     otel: Otel, instrument: Instrumented
 ) -> None:
-    app = build_app()
-    runtime = instrument(
-        app,
+    app, runtime = ready_app(
+        instrument,
         otel,
         contrib=None,  # carbonspan's own metrics alone, at 10,000 requests
         power_source=ConstantPowerSource(cpu=10.0, ram=2.0),
         sample_interval=0.01,
     )
-    wait_ready(runtime)
     reqs = requests()
     assert len({r["path"] for r in reqs}) == 10_000
 

@@ -12,8 +12,7 @@ from carbonspan.emissions import resolve
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import client, fetch
-from support.checks import wait_ready
-from support.otel import Instrumented, Otel, attrs
+from support.otel import Instrumented, Otel, attrs, ready_app, wait_ready
 
 CPU_W, RAM_W = 10.0, 2.0
 
@@ -27,12 +26,14 @@ def source() -> ConstantPowerSource:
 def test_contrib_span_carries_the_contract(
     order: str, otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app = build_app()
-    runtime = instrument(
-        app, otel, contrib=order, power_source=source, country_iso_code="FRA",
+    app, _ = ready_app(
+        instrument,
+        otel,
+        contrib=order,
+        power_source=source,
+        country_iso_code="FRA",
         sample_interval=0.02,
-    )  # fmt: skip
-    wait_ready(runtime)
+    )
     assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
     (span,) = otel.server_spans()
     assert span.instrumentation_scope.name == "opentelemetry.instrumentation.fastapi"
@@ -68,11 +69,9 @@ def test_native_fastapi_span_carries_the_contract(
     # FastAPI's own telemetry needs the global providers to be real ones.
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", otel.tracer_provider)
     monkeypatch.setattr(metrics._internal, "_METER_PROVIDER", otel.meter_provider)
-    app = build_app()
-    runtime = instrument(
-        app, otel, contrib=None, power_source=source, sample_interval=0.02
+    app, _ = ready_app(
+        instrument, otel, contrib=None, power_source=source, sample_interval=0.02
     )
-    wait_ready(runtime)
     assert fetch(app, ["/items/7"]) == [200]
     (span,) = otel.server_spans()
     assert span.instrumentation_scope.name == "fastapi"
@@ -99,9 +98,9 @@ CASES = {
 def test_every_response_kind_is_measured(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
-    wait_ready(runtime)
+    app, runtime = ready_app(
+        instrument, otel, power_source=source, sample_interval=0.02
+    )
     assert fetch(app, list(CASES), concurrently=True) == list(CASES.values())
     spans = otel.server_spans()
     assert len(spans) == len(CASES)
@@ -125,9 +124,7 @@ def test_every_response_kind_is_measured(
 def test_streaming_is_charged_up_to_the_last_chunk(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
-    wait_ready(runtime)
+    app, _ = ready_app(instrument, otel, power_source=source, sample_interval=0.02)
     assert fetch(app, ["/stream?chunks=5&pause=0.04"]) == [200]
     (span,) = otel.server_spans()
     energy = attrs(span)[a.ENERGY["cpu"]]
@@ -140,9 +137,7 @@ def test_streaming_is_charged_up_to_the_last_chunk(
 def test_concurrent_requests_share_the_power(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
-    wait_ready(runtime)
+    app, _ = ready_app(instrument, otel, power_source=source, sample_interval=0.02)
     assert fetch(app, ["/sleep?seconds=0.2"] * 4, concurrently=True) == [200] * 4
     spans = otel.server_spans()
     for span in spans:
@@ -159,9 +154,7 @@ def test_unsampled_and_untraced_requests_hold_windows_and_count_in_metrics(
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
     otel = Otel(sampler=ALWAYS_OFF)
-    app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
-    wait_ready(runtime)
+    app, _ = ready_app(instrument, otel, power_source=source, sample_interval=0.02)
     assert fetch(app, ["/sleep?seconds=0.1"] * 6, concurrently=True) == [200] * 6
     assert otel.server_spans() == []
     (point,) = otel.points("codecarbon.request.energy")
@@ -189,15 +182,13 @@ def test_no_tracing_configured_still_measures(
 def test_excluded_urls_hold_a_window_but_get_nothing(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app = build_app()
-    runtime = instrument(
-        app,
+    app, runtime = ready_app(
+        instrument,
         otel,
         power_source=source,
         sample_interval=0.02,
         excluded_urls="^/health$,/sleep",
     )
-    wait_ready(runtime)
     before = runtime.ledger.totals()
     assert fetch(app, ["/sleep?seconds=0.2", "/fast"]) == [200, 200]
     spans = {s.name: s for s in otel.server_spans()}
@@ -263,9 +254,7 @@ def test_two_apps_on_one_meter_provider_report_together(
 def test_in_flight_is_observable_and_returns_to_zero(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
-    wait_ready(runtime)
+    app, _ = ready_app(instrument, otel, power_source=source, sample_interval=0.02)
     seen: list[int] = []
 
     async def go() -> None:

@@ -11,11 +11,9 @@ from carbonspan import attributes as a
 from carbonspan import embodied
 from carbonspan.embodied import Boavizta
 from carbonspan.testing import ConstantPowerSource
-from support.apps import build_app
 from support.asgi import fetch
 from support.backends import BoaviztAPI
-from support.checks import wait_ready
-from support.otel import Instrumented, Otel, attrs
+from support.otel import Instrumented, Otel, attrs, ready_app
 
 pytestmark = pytest.mark.backends
 
@@ -52,13 +50,17 @@ def test_cloud_instance_and_server_archetype(boavizta: BoaviztAPI) -> None:
 def test_spans_carry_sci_with_boavizta_embodied_emissions(
     boavizta: BoaviztAPI, otel: Otel, instrument: Instrumented
 ) -> None:
-    app = build_app()
-    runtime = instrument(
-        app, otel, power_source=ConstantPowerSource(cpu=8.0, ram=2.0),
-        carbon_intensity=56.0, boavizta_url=boavizta.url, cloud_provider="aws",
-        cloud_instance="m5.large", scope="machine", sample_interval=0.02,
-    )  # fmt: skip
-    wait_ready(runtime)
+    app, runtime = ready_app(
+        instrument,
+        otel,
+        power_source=ConstantPowerSource(cpu=8.0, ram=2.0),
+        carbon_intensity=56.0,
+        boavizta_url=boavizta.url,
+        cloud_provider="aws",
+        cloud_instance="m5.large",
+        scope="machine",
+        sample_interval=0.02,
+    )
     deadline = time.monotonic() + 60
     while runtime.books.factors.embodied is None and time.monotonic() < deadline:
         time.sleep(0.05)

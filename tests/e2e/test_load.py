@@ -24,9 +24,8 @@ from support.checks import (
     carbonspan_warnings,
     conserved,
     wait_for,
-    wait_ready,
 )
-from support.otel import Instrumented, Otel, attrs
+from support.otel import Instrumented, Otel, attrs, ready_app
 
 # 500 requests: async and sync handlers, streams, failures, unknown routes.
 MIX = (
@@ -94,9 +93,9 @@ def test_500_concurrent_requests_while_other_apps_are_instrumented(
 ) -> None:
     assert len(MIX) == 500
     source = ConstantPowerSource(cpu=10.0, ram=2.0)
-    app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.01)
-    wait_ready(runtime)
+    app, runtime = ready_app(
+        instrument, otel, power_source=source, sample_interval=0.01
+    )
     other_otel = Otel()
     churners = [
         Churn(n, otel, other_otel, ConstantPowerSource(ram=1.0)) for n in range(3)

@@ -16,19 +16,6 @@ from carbonspan.runtime import Runtime
 from support.otel import Otel
 
 
-def wait_ready(runtime: Runtime, readings: int = 2, timeout: float = 10.0) -> None:
-    """Start the sampler as a server's startup would, and wait for readings."""
-    runtime.sampler.start()
-    source = runtime.sampler.source
-    start = getattr(source, "reads", 0)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if getattr(source, "reads", 0) - start >= readings:
-            return
-        time.sleep(0.005)
-    raise AssertionError("the sampler took no readings")
-
-
 def wait_for(
     condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.005
 ) -> None:

@@ -3,14 +3,18 @@
 `Otel` is a real tracer and meter provider with in-memory exporters;
 `Instrumented` instruments apps (with the contrib span creator before or after
 carbonspan, or none) and undoes it all at teardown. The `otel` and
-`instrument` fixtures in tests/conftest.py hand them out.
+`instrument` fixtures in tests/conftest.py hand them out. `wait_ready` starts
+an instrumentation's sampler and waits for readings; `ready_app` gives the
+test app instrumented and ready.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -25,6 +29,7 @@ from opentelemetry.trace import SpanKind
 from carbonspan import CodeCarbonInstrumentor
 from carbonspan.instrumentor import runtime_of
 from carbonspan.runtime import Runtime
+from support.apps import build_app
 
 
 @dataclass
@@ -103,3 +108,27 @@ class Instrumented:
 
 def attrs(span: ReadableSpan, prefix: str = "codecarbon.") -> dict[str, Any]:
     return {k: v for k, v in (span.attributes or {}).items() if k.startswith(prefix)}
+
+
+def wait_ready(runtime: Runtime, readings: int = 2, timeout: float = 10.0) -> None:
+    """Start the sampler as a server's startup would, and wait for readings."""
+    runtime.sampler.start()
+    source = runtime.sampler.source
+    start = getattr(source, "reads", 0)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if getattr(source, "reads", 0) - start >= readings:
+            return
+        time.sleep(0.005)
+    raise AssertionError("the sampler took no readings")
+
+
+def ready_app(
+    instrument: Instrumented, otel: Otel | None, **settings: Any
+) -> tuple[FastAPI, Runtime]:
+    """The test app (support.apps), instrumented with `settings` under `otel`,
+    its sampler started and read twice: requests have figures from the first."""
+    app = build_app()
+    runtime = instrument(app, otel, **settings)
+    wait_ready(runtime)
+    return app, runtime

@@ -19,9 +19,8 @@ from carbonspan.intensity import ElectricityMapsIntensity
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import fetch
-from support.checks import wait_ready
 from support.fake_apis import BOAVIZTA_M5_LARGE, Canned, ElectricityMaps
-from support.otel import Instrumented, Otel, attrs
+from support.otel import Instrumented, Otel, attrs, ready_app, wait_ready
 from support.server import free_port
 
 TOKEN = "secret-token"
@@ -234,13 +233,16 @@ def test_boavizta_answer_reaches_spans_and_metrics(
     otel: Otel, instrument: Instrumented
 ) -> None:
     with Canned(200, BOAVIZTA_M5_LARGE) as api:
-        app = build_app()
-        runtime = instrument(
-            app, otel, power_source=ConstantPowerSource(cpu=10.0),
-            carbon_intensity=100.0, boavizta_url=api.url, cloud_provider="aws",
-            cloud_instance="m5.large", sample_interval=0.02,
-        )  # fmt: skip
-        wait_ready(runtime)
+        app, runtime = ready_app(
+            instrument,
+            otel,
+            power_source=ConstantPowerSource(cpu=10.0),
+            carbon_intensity=100.0,
+            boavizta_url=api.url,
+            cloud_provider="aws",
+            cloud_instance="m5.large",
+            sample_interval=0.02,
+        )
         deadline = time.monotonic() + 10
         while runtime.books.factors.embodied is None and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -16,8 +16,8 @@ from carbonspan.instrumentor import runtime_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import get
-from support.checks import log_messages, wait_ready
-from support.otel import Instrumented, Otel, attrs
+from support.checks import log_messages
+from support.otel import Instrumented, Otel, attrs, ready_app
 
 pytestmark = pytest.mark.usefixtures("fresh_warnings")
 
@@ -99,12 +99,13 @@ def test_us_region_uses_regional_data() -> None:
 def test_region_is_on_the_span_as_codecarbon_knows_it(
     otel: Otel, instrument: Instrumented
 ) -> None:
-    app = build_app()
-    runtime = instrument(
-        app, otel, power_source=ConstantPowerSource(cpu=10.0),
-        country_iso_code="usa", region=" California ",
-    )  # fmt: skip
-    wait_ready(runtime)
+    app, _ = ready_app(
+        instrument,
+        otel,
+        power_source=ConstantPowerSource(cpu=10.0),
+        country_iso_code="usa",
+        region=" California ",
+    )
     assert get(app, "/sleep?seconds=0.02").status_code == 200
     (span,) = otel.server_spans()
     got = attrs(span)
@@ -117,11 +118,12 @@ def test_region_is_on_the_span_as_codecarbon_knows_it(
 def test_no_region_attribute_without_a_region(
     otel: Otel, instrument: Instrumented
 ) -> None:
-    app = build_app()
-    runtime = instrument(
-        app, otel, power_source=ConstantPowerSource(cpu=10.0), country_iso_code="USA"
+    app, _ = ready_app(
+        instrument,
+        otel,
+        power_source=ConstantPowerSource(cpu=10.0),
+        country_iso_code="USA",
     )
-    wait_ready(runtime)
     assert get(app, "/fast").status_code == 200
     (span,) = otel.server_spans()
     assert a.REGION not in attrs(span) and attrs(span)[a.COUNTRY] == "USA"

@@ -31,10 +31,8 @@ from carbonspan import attributes as a
 from carbonspan.emissions import resolve
 from carbonspan.runtime import Runtime
 from carbonspan.testing import ConstantPowerSource
-from support.apps import build_app
 from support.asgi import client, fetch
-from support.checks import wait_ready
-from support.otel import Instrumented, Otel, attrs
+from support.otel import Instrumented, Otel, attrs, ready_app
 
 ENERGY = "codecarbon.request.energy"
 
@@ -83,9 +81,9 @@ def source() -> ConstantPowerSource:
 def ready(
     instrument: Instrumented, otel: Otel, source: ConstantPowerSource, **kw: Any
 ) -> tuple[Any, Runtime]:
-    app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.02, **kw)
-    wait_ready(runtime)
+    app, runtime = ready_app(
+        instrument, otel, power_source=source, sample_interval=0.02, **kw
+    )
     return app, runtime
 
 
@@ -371,15 +369,13 @@ def test_unsampled_requests_are_recorded_without_exemplars(
 
 def test_no_tracing_at_all_still_records(instrument: Instrumented) -> None:
     otel = Otel()
-    app = build_app()
-    runtime = instrument(
-        app,
+    app, runtime = ready_app(
+        instrument,
         None,
         power_source=ConstantPowerSource(cpu=5.0),
         sample_interval=0.02,
         meter_provider=otel.meter_provider,
     )
-    wait_ready(runtime)
     hold_draining(runtime)
     assert trace.get_current_span() is trace.INVALID_SPAN
     assert fetch(app, ["/fast"]) == [200]

@@ -13,8 +13,7 @@ from carbonspan.resource import CodeCarbonResourceDetector
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import get
-from support.checks import wait_ready
-from support.otel import Instrumented, Otel, attrs
+from support.otel import Instrumented, Otel, attrs, ready_app, wait_ready
 
 PER_REQUEST = {
     a.ENERGY_TOTAL,
@@ -118,9 +117,7 @@ def test_a_request_whose_policy_differs_says_so_on_its_span(
     source = ConstantPowerSource(cpu=10.0, ram=2.0)
     resource = CodeCarbonResourceDetector(power_source=source).detect()
     otel = Otel()
-    app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
-    wait_ready(runtime)
+    _, runtime = ready_app(instrument, otel, power_source=source, sample_interval=0.02)
     span = type("SpanLike", (), {"resource": resource})()
     measured = Measurement(0.01, 0.1, None, 0.02, 1.0, "time_share")
     assert a.ATTRIBUTION not in (runtime.span_attributes(measured, span) or {})

@@ -27,10 +27,9 @@ from support.checks import (
     carbonspan_warnings,
     conserved,
     wait_for,
-    wait_ready,
 )
 from support.fakes import BlockingSource, BrokenSource
-from support.otel import Instrumented, Otel, attrs
+from support.otel import Instrumented, Otel, attrs, wait_ready
 
 CPU_W, RAM_W = 10.0, 2.0
 LOAD = (
