@@ -24,7 +24,7 @@ from carbonspan.runtime import Runtime
 from carbonspan.testing import ConstantPowerSource
 from support import lifecycle
 from support.apps import build_app
-from support.asgi import Exchange, Message, call, http_scope
+from support.asgi import Exchange, Lifespan, Message, call, http_scope
 from support.checks import (
     assert_no_open_window,
     assert_sane,
@@ -218,17 +218,12 @@ def test_lifespan_starts_the_sampler_and_flushes_at_shutdown(
     source = ConstantPowerSource(cpu=CPU_W)
     app = lifecycle_app(lifespan=lifespan)
     runtime = instrument(app, otel, power_source=source, sample_interval=60)
-    incoming: asyncio.Queue[Message] = asyncio.Queue()
-    sent: list[str] = []
+    server = Lifespan(app)
+    sent = server.sent
     reads: dict[str, int] = {}
 
-    async def send(message: Message) -> None:
-        sent.append(message["type"])
-
     async def go() -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-        await incoming.put({"type": "lifespan.startup"})
-        server = asyncio.create_task(app(scope, incoming.get, send))
+        task = await server.start()
         await async_wait_for(lambda: bool(sent))
         reads["startup"] = source.reads
         if sent == ["lifespan.startup.complete"]:
@@ -239,10 +234,10 @@ def test_lifespan_starts_the_sampler_and_flushes_at_shutdown(
             assert runtime.sampler.sample()  # a second reading: power is known
             reads["running"] = source.reads
             assert (await call(app, "/fast")).status == 200
-            await incoming.put({"type": "lifespan.shutdown"})
+            await server.shutdown()
             await async_wait_for(lambda: len(sent) == 2)
         try:
-            await server
+            await task
         except RuntimeError as exc:
             assert failure is not None and str(exc) in (
                 "no database",
@@ -314,21 +309,16 @@ def test_shutdown_flush_waits_for_cancelled_requests_to_close(
         flush(*args)
 
     runtime.flush = spy  # type: ignore[method-assign]
-    incoming: asyncio.Queue[Message] = asyncio.Queue()
-    sent: list[str] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message["type"])
+    server = Lifespan(app)
+    sent = server.sent
 
     async def go() -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-        await incoming.put({"type": "lifespan.startup"})
-        lifespan = asyncio.create_task(app(scope, incoming.get, send))
+        lifespan = await server.start()
         await async_wait_for(lambda: sent == ["lifespan.startup.complete"])
         request = asyncio.create_task(call(app, "/slow-cleanup"))
         await async_wait_for(lambda: runtime.ledger.in_flight == 1)
         request.cancel()
-        await incoming.put({"type": "lifespan.shutdown"})
+        await server.shutdown()
         await lifespan
         with pytest.raises(asyncio.CancelledError):
             await request

@@ -51,16 +51,10 @@ def test_spans_carry_sci_with_boavizta_embodied_emissions(
     boavizta: BoaviztAPI, otel: Otel, instrument: Instrumented
 ) -> None:
     app, runtime = ready_app(
-        instrument,
-        otel,
-        power_source=ConstantPowerSource(cpu=8.0, ram=2.0),
-        carbon_intensity=56.0,
-        boavizta_url=boavizta.url,
-        cloud_provider="aws",
-        cloud_instance="m5.large",
-        scope="machine",
-        sample_interval=0.02,
-    )
+        instrument, otel, power_source=ConstantPowerSource(cpu=8.0, ram=2.0),
+        carbon_intensity=56.0, boavizta_url=boavizta.url, cloud_provider="aws",
+        cloud_instance="m5.large", scope="machine", sample_interval=0.02,
+    )  # fmt: skip
     deadline = time.monotonic() + 60
     while runtime.books.factors.embodied is None and time.monotonic() < deadline:
         time.sleep(0.05)

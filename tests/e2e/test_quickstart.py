@@ -28,7 +28,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from support import ROOT
-from support.server import free_port
+from support.server import free_port, stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -200,13 +200,7 @@ class Served:
         raise AssertionError(f"timed out; console:\n{self.output()[-3000:]}")
 
     def stop(self, sig: int = signal.SIGINT) -> int:  # Ctrl+C
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, sig)
         self.out.close()
         return self.proc.returncode
 

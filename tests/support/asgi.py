@@ -136,3 +136,28 @@ async def call(
         http_scope(path, **scope_kwargs), receive or request_once(), exchange.send
     )
     return exchange
+
+
+class Lifespan:
+    """The server's side of the ASGI lifespan protocol, step by step.
+
+    `start()` sends lifespan.startup and runs the app's lifespan in a task;
+    `shutdown()` sends lifespan.shutdown; `sent` lists the types of the
+    messages the app answered with.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.incoming: asyncio.Queue[Message] = asyncio.Queue()
+        self.sent: list[str] = []
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message["type"])
+
+    async def start(self) -> asyncio.Task[None]:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        await self.incoming.put({"type": "lifespan.startup"})
+        return asyncio.create_task(self.app(scope, self.incoming.get, self.send))
+
+    async def shutdown(self) -> None:
+        await self.incoming.put({"type": "lifespan.shutdown"})

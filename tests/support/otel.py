@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import SpanKind
 
 from carbonspan import CodeCarbonInstrumentor
+from carbonspan import attributes as a
 from carbonspan.instrumentor import runtime_of
 from carbonspan.runtime import Runtime
 from support.apps import build_app
@@ -50,6 +51,11 @@ class Otel:
         return [
             s for s in self.exporter.get_finished_spans() if s.kind == SpanKind.SERVER
         ]
+
+    def routes(self) -> list[Any]:
+        """The http.route of each codecarbon.request.energy point (None: none)."""
+        points = self.points("codecarbon.request.energy")
+        return [p.attributes.get(a.HTTP_ROUTE) for p in points]
 
     def points(self, name: str) -> list[Any]:
         data = self.reader.get_metrics_data()

@@ -80,13 +80,8 @@ class Server:
         raise RuntimeError(f"{self.command[0]} did not start:\n{self.output}")
 
     def stop(self, sig: int = signal.SIGTERM) -> str:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, sig)
         if self.proc is not None and self.proc.stdout and not self.proc.stdout.closed:
             self.output += self.proc.stdout.read()
             self.proc.stdout.close()
@@ -99,6 +94,17 @@ class Server:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int) -> None:
+    """Send `sig` to a process still running; kill it if 30 s later it runs on."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def uvicorn(module: str = "support.e2e_server:app") -> list[str]:

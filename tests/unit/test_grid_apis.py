@@ -234,15 +234,10 @@ def test_boavizta_answer_reaches_spans_and_metrics(
 ) -> None:
     with Canned(200, BOAVIZTA_M5_LARGE) as api:
         app, runtime = ready_app(
-            instrument,
-            otel,
-            power_source=ConstantPowerSource(cpu=10.0),
-            carbon_intensity=100.0,
-            boavizta_url=api.url,
-            cloud_provider="aws",
-            cloud_instance="m5.large",
-            sample_interval=0.02,
-        )
+            instrument, otel, power_source=ConstantPowerSource(cpu=10.0),
+            carbon_intensity=100.0, boavizta_url=api.url, cloud_provider="aws",
+            cloud_instance="m5.large", sample_interval=0.02,
+        )  # fmt: skip
         deadline = time.monotonic() + 10
         while runtime.books.factors.embodied is None and time.monotonic() < deadline:
             time.sleep(0.01)

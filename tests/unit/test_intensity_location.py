@@ -100,12 +100,9 @@ def test_region_is_on_the_span_as_codecarbon_knows_it(
     otel: Otel, instrument: Instrumented
 ) -> None:
     app, _ = ready_app(
-        instrument,
-        otel,
-        power_source=ConstantPowerSource(cpu=10.0),
-        country_iso_code="usa",
-        region=" California ",
-    )
+        instrument, otel, power_source=ConstantPowerSource(cpu=10.0),
+        country_iso_code="usa", region=" California ",
+    )  # fmt: skip
     assert get(app, "/sleep?seconds=0.02").status_code == 200
     (span,) = otel.server_spans()
     got = attrs(span)
@@ -119,11 +116,9 @@ def test_no_region_attribute_without_a_region(
     otel: Otel, instrument: Instrumented
 ) -> None:
     app, _ = ready_app(
-        instrument,
-        otel,
-        power_source=ConstantPowerSource(cpu=10.0),
+        instrument, otel, power_source=ConstantPowerSource(cpu=10.0),
         country_iso_code="USA",
-    )
+    )  # fmt: skip
     assert get(app, "/fast").status_code == 200
     (span,) = otel.server_spans()
     assert a.REGION not in attrs(span) and attrs(span)[a.COUNTRY] == "USA"

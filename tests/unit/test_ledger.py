@@ -11,6 +11,33 @@ from carbonspan.testing import ConstantPowerSource, ScriptedPowerSource
 from support.fakes import Clock
 
 
+class Dialled:
+    """A ledger that has read twice, `first` seconds apart, a source whose CPU
+    draws `watts` (the test turns it: `d.watts = ...`), on a hand-moved clock."""
+
+    def __init__(self, watts: float, first: float) -> None:
+        self.watts = watts
+        self.clock = Clock()
+        self.source = ScriptedPowerSource(
+            cpu=lambda _t: self.watts, resolution=1.0, clock=self.clock
+        )
+        self.ledger = Ledger()
+        self.ledger.tick(self.source.read())
+        self.clock.now += first
+        self.ledger.tick(self.source.read())
+
+    def tick(self) -> None:
+        self.ledger.tick(self.source.read())
+
+
+def balanced(ledger: Ledger) -> None:
+    """Attributed + unattributed CPU joules are what the source measured."""
+    totals = ledger.totals()
+    assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(
+        measured(ledger)
+    )
+
+
 def measured(ledger: Ledger, component: str = "cpu") -> float:
     """Joules between the first and last reading, from the source's own numbers."""
     first, last = ledger.first_reading, ledger.last_reading
@@ -53,85 +80,56 @@ def test_overlapping_requests_split_the_power() -> None:
 
 
 def test_power_change_is_corrected_at_the_tick_onto_open_windows() -> None:
-    clock = Clock()
-    watts = {"w": 10.0}
-    source = ScriptedPowerSource(cpu=lambda _t: watts["w"], resolution=1.0, clock=clock)
-    ledger = Ledger()
-    ledger.tick(source.read())
-    clock.now += 1.0
-    ledger.tick(source.read())  # the ledger now believes 10 W
+    d = Dialled(10.0, first=1.0)  # the ledger now believes 10 W
+    clock, ledger = d.clock, d.ledger
     w = ledger.open(clock.now)
-    watts["w"] = 30.0  # the source jumps; the ledger learns it at the next tick
+    d.watts = 30.0  # the source jumps; the ledger learns it at the next tick
     clock.now += 1.0
-    ledger.tick(source.read())
+    d.tick()
     m = ledger.close(w, clock.now)
     assert m.cpu == pytest.approx(30.0)
 
 
 def test_power_drop_is_taken_back_from_windows_still_open() -> None:
-    clock = Clock()
-    watts = {"w": 10.0}
-    source = ScriptedPowerSource(cpu=lambda _t: watts["w"], resolution=1.0, clock=clock)
-    ledger = Ledger()
-    ledger.tick(source.read())
-    clock.now += 0.1
-    ledger.tick(source.read())  # believes 10 W
-    watts["w"] = 0.0
+    d = Dialled(10.0, first=0.1)  # believes 10 W
+    clock, ledger = d.clock, d.ledger
+    d.watts = 0.0
     w = ledger.open(clock.now + 0.05)  # runs entirely at 0 W
     clock.now += 0.1
-    ledger.tick(source.read())  # learns 0 W while the window is open
+    d.tick()  # learns 0 W while the window is open
     m = ledger.close(w, clock.now + 0.2)
     assert m.cpu == 0.0
-    totals = ledger.totals()
-    assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(
-        measured(ledger)
-    )
+    balanced(ledger)
 
 
 def test_power_drop_after_a_window_closed_stays_its_residual() -> None:
-    clock = Clock()
-    watts = {"w": 30.0}
-    source = ScriptedPowerSource(cpu=lambda _t: watts["w"], resolution=1.0, clock=clock)
-    ledger = Ledger()
-    ledger.tick(source.read())
-    clock.now += 1.0
-    ledger.tick(source.read())  # believes 30 W
+    d = Dialled(30.0, first=1.0)  # believes 30 W
+    clock, ledger = d.clock, d.ledger
     w = ledger.open(clock.now)
-    watts["w"] = 10.0
+    d.watts = 10.0
     clock.now += 0.5
     m = ledger.close(w, clock.now)  # closes before the tick: 30 W it is
     assert m.cpu == pytest.approx(15.0)
     clock.now += 0.5
-    ledger.tick(source.read())
-    totals = ledger.totals()
+    d.tick()
     # The correction lands in the unattributed account; the sum is exact.
-    assert totals.attributed[0] == pytest.approx(15.0)
-    assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(
-        measured(ledger)
-    )
+    assert ledger.totals().attributed[0] == pytest.approx(15.0)
+    balanced(ledger)
 
 
 def test_a_window_never_reports_less_than_zero() -> None:
-    clock = Clock()
-    watts = {"w": 100.0}
-    source = ScriptedPowerSource(cpu=lambda _t: watts["w"], resolution=1.0, clock=clock)
-    ledger = Ledger()
-    ledger.tick(source.read())
-    clock.now += 1.0
-    ledger.tick(source.read())  # believes 100 W
+    d = Dialled(100.0, first=1.0)  # believes 100 W
+    clock, ledger = d.clock, d.ledger
     early = ledger.open(clock.now)
-    watts["w"] = 0.0
+    d.watts = 0.0
     clock.now += 0.9
     late = ledger.open(clock.now)  # opens just before a large correction
     clock.now += 0.1
-    ledger.tick(source.read())
+    d.tick()
     m_late = ledger.close(late, clock.now + 0.1)
     m_early = ledger.close(early, clock.now + 0.1)
     assert m_late.cpu == 0.0 and m_early.cpu == 0.0
-    totals = ledger.totals()
-    assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(
-        measured(ledger)
-    )
+    balanced(ledger)
 
 
 def test_components_not_measured_stay_none_and_nan_is_ignored() -> None:

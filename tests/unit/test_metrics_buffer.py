@@ -68,6 +68,14 @@ class KeepingExporter(MetricExporter):
         ]
 
 
+def exporting() -> tuple[Otel, KeepingExporter]:
+    """The SDK with a periodic reader that exports (to a KeepingExporter) only
+    when collected: at shutdown or a flush, not in the test's lifetime."""
+    exporter = KeepingExporter()
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    return Otel(reader=reader), exporter  # type: ignore[arg-type]
+
+
 def hold_draining(runtime: Runtime) -> None:
     """Only collections, flushes and closes drain from now on, not the sampler."""
     runtime.sampler.after_tick.clear()
@@ -245,9 +253,7 @@ def test_nothing_is_dropped_by_default_under_a_burst(
 def test_drained_when_the_meter_provider_shuts_down(
     instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    exporter = KeepingExporter()
-    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
-    otel = Otel(reader=reader)  # type: ignore[arg-type]
+    otel, exporter = exporting()
     app, runtime = ready(instrument, otel, source)
     hold_draining(runtime)
     assert fetch(app, ["/fast"] * 3, concurrently=True) == [200] * 3
@@ -260,9 +266,7 @@ def test_drained_when_the_meter_provider_shuts_down(
 def test_drained_by_the_flush_at_server_shutdown(
     instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    exporter = KeepingExporter()
-    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
-    otel = Otel(reader=reader)  # type: ignore[arg-type]
+    otel, exporter = exporting()
     app, runtime = ready(instrument, otel, source)
     hold_draining(runtime)
 
@@ -370,12 +374,9 @@ def test_unsampled_requests_are_recorded_without_exemplars(
 def test_no_tracing_at_all_still_records(instrument: Instrumented) -> None:
     otel = Otel()
     app, runtime = ready_app(
-        instrument,
-        None,
-        power_source=ConstantPowerSource(cpu=5.0),
-        sample_interval=0.02,
-        meter_provider=otel.meter_provider,
-    )
+        instrument, None, power_source=ConstantPowerSource(cpu=5.0),
+        sample_interval=0.02, meter_provider=otel.meter_provider,
+    )  # fmt: skip
     hold_draining(runtime)
     assert trace.get_current_span() is trace.INVALID_SPAN
     assert fetch(app, ["/fast"]) == [200]
