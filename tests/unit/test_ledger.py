@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from carbonspan import EnergyReading
 from carbonspan.ledger import Ledger
 from carbonspan.testing import ConstantPowerSource, ScriptedPowerSource
 from support.fakes import Clock
@@ -133,8 +134,6 @@ def test_a_window_never_reports_less_than_zero() -> None:
 
 
 def test_components_not_measured_stay_none_and_nan_is_ignored() -> None:
-    from carbonspan.source import EnergyReading
-
     ledger = Ledger()
     ledger.tick(EnergyReading(time=1.0, cpu=0.0, gpu=None, ram=0.0))
     ledger.tick(EnergyReading(time=2.0, cpu=5.0, gpu=None, ram=float("nan")))
@@ -251,8 +250,6 @@ def test_a_late_tick_does_not_inflate_the_next_guess() -> None:
     source drew (seen in loaded gunicorn workers, whose sampler thread waits
     for the GIL between reading and ticking).
     """
-    from carbonspan.source import EnergyReading
-
     ledger = Ledger()
     ledger.tick(EnergyReading(time=0.0, cpu=0.0))
     ledger.tick(EnergyReading(time=0.1, cpu=1.0))  # 10 W
