@@ -5,16 +5,19 @@
 
     support.apps           the test FastAPI app (`build_app`) and `burn`
     support.otel           `Otel` (SDK providers, in-memory exporters),
-                           `Instrumented`, `wait_ready`, `attrs`
-    support.asgi           the ASGI driver: `client`, `get`, `fetch`, and
-                           `call` for message-level control
+                           `Instrumented`, `attrs`, `wait_ready`, `ready_app`
+    support.asgi           the ASGI driver: `client`, `get`, `fetch`; `call`
+                           and `Lifespan` for message-level control
     support.checks         assertions and waits shared by many tests
-    support.fakes          fake hardware: `FakeNvml`, `BlockingSource`, ...
+    support.fakes          fake hardware and time: `FakeNvml`, `BlockingSource`,
+                           `BrokenSource`, `Clock`
     support.fake_apis      local stand-ins for Electricity Maps and BoaviztAPI
-    support.server         `Server` (a command in a subprocess), `free_port`
+    support.server         `Server` (a command in a subprocess), `free_port`,
+                           `send_all`, `server_spans_in`
     support.otlp           an OTLP/HTTP receiver
     support.backends       Prometheus, Phoenix and BoaviztAPI servers
-    support.benchmarks     the benchmark modules the tests run
+    support.benchmarks     the benchmark modules the tests run (benchmarks/soak.py)
+    support.lifecycle      the lifecycle tests' app, and its uvicorn factory
     support.*_app, support.*_server, support.gunicorn_conf
                            apps that real servers load in subprocesses
 

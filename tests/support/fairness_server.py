@@ -1,6 +1,6 @@
 """An app whose requests wait on their clients, hang, leave work behind, or upgrade.
 
-Served by a real uvicorn for tests/test_fairness.py. The power source is a
+Served by a real uvicorn for tests/e2e/test_fairness.py. The power source is a
 constant 10 W of CPU, so a request's physical share is 10 W times the seconds
 it was in flight, divided by the requests in flight with it. `/state` reports
 the ledger, the spans and the metrics.
