@@ -18,7 +18,7 @@ concurrent ones. After a warm-up, the process's RSS, its threads and the sizes
 of every carbonspan structure are taken, and again at the end. Memory should be
 flat: RSS grows by less than 5 MB after warm-up, the threads are the same, and
 the ledger and metrics hold a fixed number of entries whatever the count of
-requests. tests/test_reliability_load.py runs a shorter soak through `run()`.
+requests. tests/e2e/test_load.py runs a shorter soak through `run()`.
 
 Nothing here touches the network.
 """
@@ -56,9 +56,10 @@ from carbonspan.instrumentor import runtime_of
 from carbonspan.ledger import RING
 from carbonspan.runtime import Runtime
 from carbonspan.testing import ConstantPowerSource
+from harness import timed_request
 
 if TYPE_CHECKING:
-    from carbonspan.types import Message
+    pass
 MB = 1024 * 1024
 PATHS = (
     "/fast", "/items/{i}", "/sync", "/stream", "/items/{i}", "/fast",
@@ -180,44 +181,6 @@ def minimal_span_creator(app: Any, tracer_provider: TracerProvider) -> Any:
     return traced
 
 
-def scope_for(path: str) -> dict[str, Any]:
-    path, _, query = path.partition("?")
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": [(b"host", b"soak")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-
-
-async def one(app: Any, path: str) -> int:
-    status = 0
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    await app(scope_for(path), receive, send)
-    return status
-
-
 def rss() -> int:
     gc.collect()
     return int(psutil.Process().memory_info().rss)
@@ -279,7 +242,8 @@ class Soak:
                 PATHS[(offset + start + k) % len(PATHS)].format(i=offset + start + k)
                 for k in range(min(batch, count - start))
             ]
-            for status in await asyncio.gather(*(one(self.served, p) for p in paths)):
+            answers = (timed_request(self.served, p) for p in paths)
+            for _, _, status in await asyncio.gather(*answers):
                 self.statuses[status] = self.statuses.get(status, 0) + 1
             done = offset + start + len(paths)
             if done % 5000 < batch:

@@ -1,6 +1,6 @@
 """Make docs/img/phoenix-span.png: a request span with its codecarbon attributes.
 
-It runs what the Phoenix end-to-end test runs (tests/phoenix_app.py under
+It runs what the Phoenix end-to-end test runs (tests/support/phoenix_app.py under
 uvicorn, exporting spans with the standard OTLP/HTTP exporter to a local
 arize-phoenix), sends a CPU-heavy request, and takes a headless-Chromium
 screenshot of Phoenix's trace view with that request's server span selected.
@@ -24,8 +24,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from backends import Phoenix  # noqa: E402
-from server import Server, uvicorn  # noqa: E402
+from support.backends import Phoenix  # noqa: E402
+from support.server import Server, uvicorn  # noqa: E402
 
 PROJECT = "carbonspan"
 
@@ -41,7 +41,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, Phoenix(Path(tmp)) as phoenix:
         env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": phoenix.otlp}
         env["PHOENIX_PROJECT"] = PROJECT
-        with Server(uvicorn("phoenix_app:app"), env) as app:
+        with Server(uvicorn("support.phoenix_app:app"), env) as app:
             time.sleep(1.0)  # the sampler's first readings
             with httpx.Client(base_url=app.url, timeout=30) as c:
                 c.get("/cpu?seconds=0.2").raise_for_status()

@@ -1,57 +1,13 @@
+"""Fixtures for every test. The helpers they hand out live in tests/support."""
+
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
-import httpx
 import pytest
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
-    InMemorySpanExporter,
-)
-from opentelemetry.sdk.trace.sampling import Sampler
-from opentelemetry.trace import SpanKind
 
-from carbonspan import CodeCarbonInstrumentor
-from carbonspan.runtime import Runtime
-
-
-@dataclass
-class Otel:
-    """A real SDK tracer and meter provider with in-memory exporters."""
-
-    sampler: Sampler | None = None
-    exporter: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
-    reader: InMemoryMetricReader = field(default_factory=InMemoryMetricReader)
-
-    def __post_init__(self) -> None:
-        kwargs = {"sampler": self.sampler} if self.sampler else {}
-        self.tracer_provider = TracerProvider(**kwargs)  # type: ignore[arg-type]
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-    def server_spans(self) -> list[ReadableSpan]:
-        return [
-            s for s in self.exporter.get_finished_spans() if s.kind == SpanKind.SERVER
-        ]
-
-    def points(self, name: str) -> list[Any]:
-        data = self.reader.get_metrics_data()
-        out: list[Any] = []
-        if data is None:
-            return out
-        for rm in data.resource_metrics:
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    if metric.name == name:
-                        out.extend(metric.data.data_points)
-        return out
+from carbonspan import config
+from support.otel import Instrumented, Otel
 
 
 @pytest.fixture
@@ -62,47 +18,6 @@ def otel() -> Iterator[Otel]:
     o.meter_provider.shutdown()
 
 
-class Instrumented:
-    """Instruments apps and undoes it all at teardown."""
-
-    def __init__(self) -> None:
-        self.carbon: list[Any] = []
-        self.contrib: list[Any] = []
-
-    def __call__(
-        self,
-        app: Any,
-        otel: Otel | None,
-        *,
-        contrib: str | None = "before",
-        **settings: Any,
-    ) -> Runtime:
-        if otel is not None:
-            settings.setdefault("meter_provider", otel.meter_provider)
-        if contrib == "before" and otel is not None:
-            self._contrib(app, otel)
-        CodeCarbonInstrumentor().instrument_app(app, **settings)
-        self.carbon.append(app)
-        if contrib == "after" and otel is not None:
-            self._contrib(app, otel)
-        runtime: Runtime = app._carbonspan_runtime
-        return runtime
-
-    def _contrib(self, app: Any, otel: Otel) -> None:
-        FastAPIInstrumentor.instrument_app(
-            app,
-            tracer_provider=otel.tracer_provider,
-            meter_provider=otel.meter_provider,
-        )
-        self.contrib.append(app)
-
-    def cleanup(self) -> None:
-        for app in self.carbon:
-            CodeCarbonInstrumentor.uninstrument_app(app)
-        for app in self.contrib:
-            FastAPIInstrumentor.uninstrument_app(app)
-
-
 @pytest.fixture
 def instrument() -> Iterator[Instrumented]:
     inst = Instrumented()
@@ -110,23 +25,7 @@ def instrument() -> Iterator[Instrumented]:
     inst.cleanup()
 
 
-def wait_ready(runtime: Runtime, readings: int = 2, timeout: float = 10.0) -> None:
-    """Start the sampler as a server's startup would, and wait for readings."""
-    runtime.sampler.start()
-    source = runtime.sampler.source
-    start = getattr(source, "reads", 0)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if getattr(source, "reads", 0) - start >= readings:
-            return
-        time.sleep(0.005)
-    raise AssertionError("the sampler took no readings")
-
-
-def client(app: Any) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
-
-
-def attrs(span: ReadableSpan, prefix: str = "codecarbon.") -> dict[str, Any]:
-    return {k: v for k, v in (span.attributes or {}).items() if k.startswith(prefix)}
+@pytest.fixture
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unknown variables are warned about once per process: start afresh."""
+    monkeypatch.setattr(config, "_warned_env", set())

@@ -1,5 +1,0 @@
-"""An app with no carbonspan code at all, for `opentelemetry-instrument`."""
-
-from apps import build_app
-
-app = build_app()

@@ -1,0 +1,71 @@
+"""A real Prometheus scrapes an instrumented uvicorn app; the figures add up there."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support.backends import Prometheus
+from support.server import Server, free_port, send_all, uvicorn
+
+pytestmark = pytest.mark.backends
+
+LOAD = ["/sleep?seconds=0.2"] * 8 + ["/fast"] * 12 + ["/cpu?seconds=0.02"] * 4
+
+
+def by(result: list[dict[str, object]], label: str) -> dict[str, float]:
+    return {r["metric"].get(label, ""): float(r["value"][1]) for r in result}  # type: ignore[attr-defined,index]
+
+
+def test_prometheus_sees_routes_components_and_the_balance(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    env = {"PROM_APP_METRICS_PORT": str(metrics_port)}
+    with (
+        Server(uvicorn("support.prom_app:app"), env) as app,
+        Prometheus(tmp_path, [f"127.0.0.1:{metrics_port}"]) as prom,
+    ):
+        assert set(asyncio.run(send_all(app.url, LOAD))) == {200}
+        measured = httpx.post(app.url + "/_freeze").json()
+        # Counters hold still now: wait until a scrape has the final values.
+        energy = "sum by (hw_type) (codecarbon_energy_joules_total)"
+        total_cpu = by(prom.wait_for(energy), "hw_type").get("cpu", 0.0)
+        for _ in range(60):
+            now = by(prom.query(energy), "hw_type").get("cpu", 0.0)
+            if now == total_cpu and now > 0:
+                break
+            total_cpu = now
+            asyncio.run(asyncio.sleep(1.1))
+        per_route = by(
+            prom.query(
+                "sum by (http_route) (codecarbon_request_energy_joules_sum)"
+                " / sum by (http_route) (codecarbon_request_energy_joules_count)"
+            ),
+            "http_route",
+        )
+        per_component = by(prom.query(energy), "hw_type")
+        attributed = by(
+            prom.query(
+                "sum by (codecarbon_attributed) (codecarbon_energy_joules_total)"
+            ),
+            "codecarbon_attributed",
+        )
+        counts = by(
+            prom.query("sum by (http_route) (codecarbon_request_energy_joules_count)"),
+            "http_route",
+        )
+    print(per_route, per_component, attributed, measured)
+    # Per-route energy, by route template.
+    assert set(per_route) >= {"/sleep", "/fast", "/cpu"}
+    assert counts["/sleep"] == 8 and counts["/fast"] >= 12 and counts["/cpu"] == 4
+    assert per_route["/sleep"] > 10 * per_route["/fast"] > 0
+    # Per component, with OTel's hw.type values.
+    assert set(per_component) == {"cpu", "memory"}
+    # Attributed plus unattributed is what the source measured.
+    assert set(attributed) == {"true", "false"}
+    total_measured = measured["cpu"] + measured["ram"]
+    assert sum(attributed.values()) == pytest.approx(total_measured, rel=0.01)
+    assert per_component["cpu"] == pytest.approx(measured["cpu"], rel=0.01)
+    assert per_component["memory"] == pytest.approx(measured["ram"], rel=0.01)

@@ -1,0 +1,125 @@
+"""gunicorn with two uvicorn workers: each measures itself, and they add up."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from carbonspan import CodeCarbonPowerSource
+from carbonspan import attributes as a
+from carbonspan.sampler import PowerSampler
+from support.checks import wait_for
+from support.otlp import Receiver
+from support.server import Server
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+
+
+def gunicorn(preload: bool) -> list[str]:
+    cmd = [str(BIN / "gunicorn"), "-c", "support/gunicorn_conf.py",
+           "-b", "127.0.0.1:{port}", "--log-level", "warning",
+           "support.gunicorn_app:app"]  # fmt: skip
+    return [*cmd, "--preload"] if preload else cmd
+
+
+def cpu_by_worker(receiver: Receiver, since_ns: int = 0) -> dict[str, float]:
+    """Each worker's latest codecarbon.energy, CPU, attributed plus unattributed."""
+    latest: dict[tuple[str, bool], tuple[int, float]] = {}
+    for p in receiver.metric("codecarbon.energy"):
+        if p["attributes"]["hw.type"] != "cpu" or p["time"] < since_ns:
+            continue
+        key = (
+            p["resource"]["service.instance.id"],
+            p["attributes"]["codecarbon.attributed"],
+        )
+        if key not in latest or p["time"] >= latest[key][0]:
+            latest[key] = (p["time"], p["value"])
+    out: dict[str, float] = {}
+    for (worker, _), (_, value) in latest.items():
+        out[worker] = out.get(worker, 0.0) + value
+    return out
+
+
+async def load(url: str, seconds: float) -> int:
+    """Keep ten CPU-heavy requests in flight for `seconds`.
+
+    A new connection per request lets the kernel spread them over both
+    workers; ten keep both cores saturated with no gap between requests, where
+    CodeCarbon's (cubic) load model is flat and so the same for every process
+    that evaluates it over its own sampling windows.
+    """
+    done = 0
+    end = time.monotonic() + seconds
+    fresh = httpx.Limits(max_keepalive_connections=0)
+
+    async def client() -> None:
+        nonlocal done
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=fresh) as c:
+            while time.monotonic() < end:
+                assert (await c.get("/cpu?seconds=0.5")).status_code == 200
+                done += 1
+
+    await asyncio.gather(*(client() for _ in range(10)))
+    return done
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])
+def test_two_workers_add_up_to_the_machine(preload: bool) -> None:
+    with Receiver() as receiver:
+        with Server(gunicorn(preload), {"E2E_OTLP": receiver.endpoint}) as server:
+            # Warm both workers up until each exports its energy counters.
+            with httpx.Client(base_url=server.url) as c:
+
+                def both_workers() -> bool:
+                    c.get("/fast")
+                    return len(cpu_by_worker(receiver)) == 2
+
+                wait_for(both_workers, timeout=30.0, interval=0.1)
+            time.sleep(1.0)
+            # The machine, read at the workers' own cadence: CodeCarbon's load
+            # model is not linear, so a single long window would read less.
+            machine = PowerSampler(CodeCarbonPowerSource("machine"), 0.1)
+            machine.start()
+            wait_for(
+                lambda: machine.ledger.last_reading is not None,
+                timeout=30.0,
+                interval=0.1,
+            )
+            before = cpu_by_worker(receiver)
+            start = machine.ledger.totals().measured[0]
+            requests = asyncio.run(load(server.url, 10.0))
+            machine_joules = machine.ledger.totals().measured[0] - start
+            machine.stop()
+            ended = time.time_ns()
+            # Both workers' first export after the load: counters up to now.
+            wait_for(
+                lambda: len(cpu_by_worker(receiver, ended)) == 2,
+                timeout=30.0,
+                interval=0.1,
+            )
+            after = cpu_by_worker(receiver, ended)
+            server.stop()
+        spans = receiver.server_spans()
+    assert requests >= 20
+    workers = {w: after[w] - before[w] for w in after}
+    assert len(workers) == 2
+    assert all(joules > 0 for joules in workers.values())
+    total = sum(workers.values())
+    assert machine_joules > 0
+    print(f"{requests} requests; workers {workers} J; machine {machine_joules:.3f} J")
+    # Per-process scope: the two workers share the machine, not double it.
+    assert total == pytest.approx(machine_joules, rel=0.10)
+    # Every worker's spans carry energy: the sampler runs in each worker.
+    measured = {
+        s["resource"]["service.instance.id"]
+        for s in spans
+        if s["name"] == "GET /cpu" and s["attributes"].get(a.ENERGY_TOTAL, 0) > 0
+    }
+    assert measured == set(workers)

@@ -1,0 +1,93 @@
+"""Checks and waits that many tests share."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from carbonspan import attributes as a
+from carbonspan.runtime import Runtime
+from support.otel import Otel
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.005
+) -> None:
+    """Until `condition()` holds, asking every `interval` s; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
+
+
+async def async_wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.002)
+
+
+def energy_values(attributes: dict[str, Any]) -> list[float]:
+    """Every codecarbon.energy.* / power.* / emissions figure of a span."""
+    keys = [a.ENERGY_TOTAL, a.EMISSIONS, *a.ENERGY.values(), *a.POWER.values()]
+    return [attributes[k] for k in keys if k in attributes]
+
+
+def assert_sane(attributes: dict[str, Any]) -> None:
+    """No figure on a span is ever NaN, infinite or negative."""
+    for value in energy_values(attributes):
+        assert isinstance(value, float), attributes
+        assert math.isfinite(value) and value >= 0.0, attributes
+
+
+def in_flight_metric(otel: Otel) -> float:
+    """The codecarbon.requests.in_flight observation, collected now."""
+    points = otel.points("codecarbon.requests.in_flight")
+    assert len(points) == 1, points
+    return float(points[0].value)
+
+
+def assert_no_open_window(runtime: Runtime, otel: Otel) -> None:
+    assert runtime.ledger.in_flight == 0
+    assert in_flight_metric(otel) == 0
+
+
+def carbonspan_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name.startswith("carbonspan") and r.levelno >= logging.WARNING
+    ]
+
+
+def conserved(runtime: Runtime, spans_j: dict[str, float], rel: float = 0.01) -> None:
+    """The books balance, per component in `spans_j` (the joules on the spans):
+    spans + what requests drew after their responses == the attributed joules,
+    and + the unattributed joules == the source's own last - first reading."""
+    ledger = runtime.ledger
+    first, last = ledger.first_reading, ledger.last_reading
+    assert first is not None and last is not None
+    totals = ledger.totals()
+    for i, component in enumerate(("cpu", "gpu", "ram")):
+        if component not in spans_j:
+            continue
+        measured = getattr(last, component) - getattr(first, component)
+        after = totals.after_response[i]
+        assert spans_j[component] + after == pytest.approx(
+            totals.attributed[i], rel=1e-9
+        )
+        got = spans_j[component] + after + totals.unattributed[i]
+        assert got == pytest.approx(measured, rel=rel), component
+
+
+def log_messages(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    """What `logger` (exactly that one) logged."""
+    return [r.getMessage() for r in caplog.records if r.name == logger]

@@ -1,0 +1,86 @@
+"""The app the end-to-end tests serve with a real uvicorn, configured by env.
+
+E2E_MODE      contrib (opentelemetry-instrumentation-fastapi) or native
+              (FastAPI's own telemetry, global providers)
+E2E_SPANS     file to write finished spans to, one JSON object per line
+E2E_STATE     file to write the ledger's state to at shutdown
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+from carbonspan import CodeCarbonInstrumentor
+from carbonspan.instrumentor import runtime_of
+from carbonspan.testing import ConstantPowerSource
+from support.apps import build_app
+
+MODE = os.environ.get("E2E_MODE", "contrib")
+spans_file = open(os.environ["E2E_SPANS"], "a", buffering=1)  # noqa: SIM115
+tracer_provider = TracerProvider()
+tracer_provider.add_span_processor(
+    SimpleSpanProcessor(
+        ConsoleSpanExporter(
+            out=spans_file, formatter=lambda span: span.to_json(indent=None) + "\n"
+        )
+    )
+)
+meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+source = ConstantPowerSource(cpu=10.0, ram=2.0)
+
+
+@asynccontextmanager
+async def lifespan(app: object) -> AsyncIterator[None]:
+    runtime = runtime_of(app)
+    assert runtime is not None
+    deadline = time.monotonic() + 10
+    while source.reads < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    yield
+    runtime.sampler.sample()  # a last tick, after every request has closed
+    ledger = runtime.ledger
+    first, last = ledger.first_reading, ledger.last_reading
+    totals = ledger.totals()
+    state = {
+        "in_flight": ledger.in_flight,
+        "unattributed": dict(
+            zip(("cpu", "gpu", "ram"), totals.unattributed, strict=True)
+        ),
+        "attributed": dict(zip(("cpu", "gpu", "ram"), totals.attributed, strict=True)),
+        "after_response": dict(
+            zip(("cpu", "gpu", "ram"), totals.after_response, strict=True)
+        ),
+        "measured": {"cpu": last.cpu - first.cpu, "ram": last.ram - first.ram},
+    }
+    with open(os.environ["E2E_STATE"], "w") as f:
+        json.dump(state, f)
+
+
+app = build_app(lifespan=lifespan)
+if MODE == "native":
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+else:
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=tracer_provider, meter_provider=meter_provider
+    )
+CodeCarbonInstrumentor().instrument_app(
+    app,
+    power_source=source,
+    meter_provider=meter_provider,
+    sample_interval=0.05,
+    country_iso_code="FRA",
+)

@@ -1,0 +1,142 @@
+"""An app whose requests wait on their clients, hang, leave work behind, or upgrade.
+
+Served by a real uvicorn for tests/e2e/test_fairness.py. The power source is a
+constant 10 W of CPU, so a request's physical share is 10 W times the seconds
+it was in flight, divided by the requests in flight with it. `/state` reports
+the ledger, the spans and the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import BackgroundTasks, FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import SpanKind
+
+from carbonspan import CodeCarbonInstrumentor
+from carbonspan.instrumentor import runtime_of
+from carbonspan.testing import ConstantPowerSource
+from support.apps import burn
+
+WATTS = 10.0
+app = FastAPI()
+stuck = asyncio.Event()
+
+
+@app.get("/fast")
+async def fast() -> dict[str, str]:
+    return {"ok": "yes"}
+
+
+@app.get("/work")
+async def work(seconds: float = 0.3) -> dict[str, float]:
+    await asyncio.sleep(seconds)
+    return {"seconds": seconds}
+
+
+@app.post("/echo")
+async def echo(request: Request) -> dict[str, int]:
+    return {"length": len(await request.body())}
+
+
+@app.get("/stuck")
+async def hang() -> dict[str, str]:
+    await stuck.wait()  # until the test lets it go
+    return {"released": "yes"}
+
+
+@app.post("/release")
+async def release() -> dict[str, str]:
+    stuck.set()
+    return {"released": "yes"}
+
+
+@app.get("/big")
+async def big(chunks: int = 40) -> StreamingResponse:
+    async def produce() -> Any:
+        for _ in range(chunks):
+            yield b"x" * 1_000_000
+
+    return StreamingResponse(produce(), media_type="application/octet-stream")
+
+
+@app.get("/background")
+async def background(tasks: BackgroundTasks, seconds: float = 0.2) -> dict[str, str]:
+    tasks.add_task(burn, seconds)  # a sync task: after the response, in a thread
+    return {"queued": "yes"}
+
+
+@app.websocket("/ws")
+async def ws(socket: WebSocket) -> None:
+    await socket.accept()
+    try:
+        while True:
+            text = await socket.receive_text()
+            burn(0.01)
+            await socket.send_text(text)
+    except WebSocketDisconnect:
+        pass
+
+
+def _points() -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for point in metric.data.data_points:
+                    value = getattr(point, "value", None)
+                    if value is None:
+                        value = {"sum": point.sum, "count": point.count}
+                    out.setdefault(metric.name, []).append(
+                        {"attributes": dict(point.attributes or {}), "value": value}
+                    )
+    return out
+
+
+@app.get("/state")
+async def state() -> dict[str, Any]:
+    runtime = runtime_of(app)
+    assert runtime is not None
+    runtime.sampler.sample()  # a reading now: the open energy is up to date
+    spans = [
+        {"name": s.name, "attributes": dict(s.attributes or {})}
+        for s in exporter.get_finished_spans()
+        if s.kind == SpanKind.SERVER
+    ]
+    totals = runtime.ledger.totals()
+    return {
+        "in_flight": runtime.ledger.in_flight,
+        "spans": spans,
+        "metrics": _points(),
+        "measured": totals.measured[0],
+        "time": time.monotonic(),
+    }
+
+
+exporter = InMemorySpanExporter()
+tracer_provider = TracerProvider()
+tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+reader = InMemoryMetricReader()
+meter_provider = MeterProvider(metric_readers=[reader])
+FastAPIInstrumentor.instrument_app(
+    app, tracer_provider=tracer_provider, meter_provider=meter_provider
+)
+CodeCarbonInstrumentor().instrument_app(
+    app,
+    power_source=ConstantPowerSource(cpu=WATTS),
+    meter_provider=meter_provider,
+    sample_interval=0.05,
+    long_request=1.0,
+)

@@ -1,0 +1,40 @@
+"""An app exposing its metrics to Prometheus, for the Prometheus end-to-end test.
+
+PROM_APP_METRICS_PORT  where prometheus_client serves /metrics
+"""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import start_http_server
+
+from carbonspan import CodeCarbonInstrumentor
+from carbonspan.instrumentor import runtime_of
+from carbonspan.testing import ConstantPowerSource
+from support.apps import build_app
+
+start_http_server(int(os.environ["PROM_APP_METRICS_PORT"]), addr="127.0.0.1")
+meter_provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
+source = ConstantPowerSource(cpu=10.0, ram=2.0)
+app = build_app()
+CodeCarbonInstrumentor().instrument_app(
+    app,
+    power_source=source,
+    meter_provider=meter_provider,
+    sample_interval=0.05,
+    country_iso_code="FRA",
+)
+runtime = runtime_of(app)
+assert runtime is not None
+
+
+@app.post("/_freeze")
+def freeze() -> dict[str, float]:
+    """Test hook: a last reading, then stop, so the counters hold still."""
+    runtime.sampler.sample()
+    runtime.sampler.stop()
+    first, last = runtime.ledger.first_reading, runtime.ledger.last_reading
+    return {"cpu": last.cpu - first.cpu, "ram": last.ram - first.ram}

@@ -1,0 +1,265 @@
+"""The ledger's arithmetic against the power source's own readings."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carbonspan import EnergyReading
+from carbonspan.ledger import Ledger
+from carbonspan.testing import ConstantPowerSource, ScriptedPowerSource
+from support.fakes import Clock
+
+
+class Dialled:
+    """A ledger that has read twice, `first` seconds apart, a source whose CPU
+    draws `watts` (the test turns it: `d.watts = ...`), on a hand-moved clock."""
+
+    def __init__(self, watts: float, first: float) -> None:
+        self.watts = watts
+        self.clock = Clock()
+        self.source = ScriptedPowerSource(
+            cpu=lambda _t: self.watts, resolution=1.0, clock=self.clock
+        )
+        self.ledger = Ledger()
+        self.ledger.tick(self.source.read())
+        self.clock.now += first
+        self.ledger.tick(self.source.read())
+
+    def tick(self) -> None:
+        self.ledger.tick(self.source.read())
+
+
+def balanced(ledger: Ledger) -> None:
+    """Attributed + unattributed CPU joules are what the source measured."""
+    totals = ledger.totals()
+    assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(
+        measured(ledger)
+    )
+
+
+def measured(ledger: Ledger, component: str = "cpu") -> float:
+    """Joules between the first and last reading, from the source's own numbers."""
+    first, last = ledger.first_reading, ledger.last_reading
+    assert first is not None and last is not None
+    return float(getattr(last, component) - getattr(first, component))
+
+
+def test_one_request_alone_gets_the_power_times_its_duration() -> None:
+    clock = Clock()
+    source = ConstantPowerSource(cpu=10.0, clock=clock)
+    ledger = Ledger()
+    ledger.tick(source.read())
+    clock.now += 0.1
+    ledger.tick(source.read())
+    w = ledger.open(clock.now + 0.02)
+    m = ledger.close(w, clock.now + 0.07)
+    assert m.cpu == pytest.approx(0.5)
+    assert m.gpu is None and m.ram is None
+    assert m.total == pytest.approx(0.5)
+    assert m.power("cpu") == pytest.approx(10.0)
+    assert m.concurrency == pytest.approx(1.0)
+
+
+def test_overlapping_requests_split_the_power() -> None:
+    clock = Clock()
+    source = ConstantPowerSource(cpu=12.0, ram=6.0, clock=clock)
+    ledger = Ledger()
+    ledger.tick(source.read())
+    clock.now += 1.0
+    ledger.tick(source.read())
+    t = clock.now
+    a = ledger.open(t)  # alone for 1 s, then shares 1 s with b
+    b = ledger.open(t + 1.0)
+    ma = ledger.close(a, t + 2.0)
+    mb = ledger.close(b, t + 3.0)  # shares 1 s with a, then alone 1 s
+    assert ma.cpu == pytest.approx(12.0 + 6.0)
+    assert mb.cpu == pytest.approx(6.0 + 12.0)
+    assert ma.ram == pytest.approx(6.0 + 3.0)
+    assert ma.concurrency == pytest.approx(2 / 1.5)
+
+
+def test_power_change_is_corrected_at_the_tick_onto_open_windows() -> None:
+    d = Dialled(10.0, first=1.0)  # the ledger now believes 10 W
+    clock, ledger = d.clock, d.ledger
+    w = ledger.open(clock.now)
+    d.watts = 30.0  # the source jumps; the ledger learns it at the next tick
+    clock.now += 1.0
+    d.tick()
+    m = ledger.close(w, clock.now)
+    assert m.cpu == pytest.approx(30.0)
+
+
+def test_power_drop_is_taken_back_from_windows_still_open() -> None:
+    d = Dialled(10.0, first=0.1)  # believes 10 W
+    clock, ledger = d.clock, d.ledger
+    d.watts = 0.0
+    w = ledger.open(clock.now + 0.05)  # runs entirely at 0 W
+    clock.now += 0.1
+    d.tick()  # learns 0 W while the window is open
+    m = ledger.close(w, clock.now + 0.2)
+    assert m.cpu == 0.0
+    balanced(ledger)
+
+
+def test_power_drop_after_a_window_closed_stays_its_residual() -> None:
+    d = Dialled(30.0, first=1.0)  # believes 30 W
+    clock, ledger = d.clock, d.ledger
+    w = ledger.open(clock.now)
+    d.watts = 10.0
+    clock.now += 0.5
+    m = ledger.close(w, clock.now)  # closes before the tick: 30 W it is
+    assert m.cpu == pytest.approx(15.0)
+    clock.now += 0.5
+    d.tick()
+    # The correction lands in the unattributed account; the sum is exact.
+    assert ledger.totals().attributed[0] == pytest.approx(15.0)
+    balanced(ledger)
+
+
+def test_a_window_never_reports_less_than_zero() -> None:
+    d = Dialled(100.0, first=1.0)  # believes 100 W
+    clock, ledger = d.clock, d.ledger
+    early = ledger.open(clock.now)
+    d.watts = 0.0
+    clock.now += 0.9
+    late = ledger.open(clock.now)  # opens just before a large correction
+    clock.now += 0.1
+    d.tick()
+    m_late = ledger.close(late, clock.now + 0.1)
+    m_early = ledger.close(early, clock.now + 0.1)
+    assert m_late.cpu == 0.0 and m_early.cpu == 0.0
+    balanced(ledger)
+
+
+def test_components_not_measured_stay_none_and_nan_is_ignored() -> None:
+    ledger = Ledger()
+    ledger.tick(EnergyReading(time=1.0, cpu=0.0, gpu=None, ram=0.0))
+    ledger.tick(EnergyReading(time=2.0, cpu=5.0, gpu=None, ram=float("nan")))
+    ledger.tick(EnergyReading(time=3.0, cpu=10.0, gpu=None, ram=2.0))
+    w = ledger.open(3.0)
+    m = ledger.close(w, 4.0)
+    assert m.gpu is None
+    assert m.cpu == pytest.approx(5.0)
+    assert m.ram is not None and m.ram >= 0
+
+
+def test_requests_before_the_first_reading_carry_no_energy() -> None:
+    ledger = Ledger()
+    w = ledger.open(1.0)
+    m = ledger.close(w, 2.0)
+    assert m.total is None
+
+
+# --- the conservation invariant, property-based --------------------------------
+
+events = st.lists(
+    st.tuples(
+        st.sampled_from(["open", "close", "tick", "wait"]),
+        st.floats(min_value=0.0, max_value=0.2),
+    ),
+    min_size=1,
+    max_size=120,
+)
+powers = st.lists(st.floats(min_value=0.0, max_value=500.0), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=events, cpu=powers, ram=powers)
+def test_attributed_plus_unattributed_equals_measured(
+    events: list[tuple[str, float]], cpu: list[float], ram: list[float]
+) -> None:
+    """Any sequence of opens, closes and ticks, under any piecewise power."""
+    clock = Clock()
+
+    def stepped(levels: list[float]) -> object:
+        return lambda t: levels[min(int(t / 0.25), len(levels) - 1)]
+
+    source = ScriptedPowerSource(
+        cpu=stepped(cpu), ram=stepped(ram), resolution=0.005, clock=clock
+    )  # type: ignore[arg-type]
+    ledger = Ledger()
+    ledger.tick(source.read())
+    open_windows = []
+    charged = {"cpu": 0.0, "ram": 0.0}
+    for kind, dt in events:
+        clock.now += dt
+        if kind == "open":
+            open_windows.append(ledger.open(clock.now))
+        elif kind == "close" and open_windows:
+            m = ledger.close(open_windows.pop(0), clock.now)
+            if m.total is not None:
+                assert m.cpu is not None and m.cpu >= 0
+                assert m.ram is not None and m.ram >= 0
+                charged["cpu"] += m.cpu
+                charged["ram"] += m.ram
+        elif kind == "tick":
+            ledger.tick(source.read())
+    for w in open_windows:
+        clock.now += 0.01
+        m = ledger.close(w, clock.now)
+        charged["cpu"] += m.cpu or 0.0
+        charged["ram"] += m.ram or 0.0
+    # Settle: idle ticks at the top power pay back any over-estimate, which is
+    # at most the top power over the longest stretch without a tick (24 s).
+    top = {"cpu": max(cpu), "ram": max(ram)}
+    source._watts = {
+        "cpu": lambda _t: top["cpu"],
+        "gpu": None,
+        "ram": lambda _t: top["ram"],
+    }
+    for _ in range(60):
+        clock.now += 0.5
+        ledger.tick(source.read())
+    totals = ledger.totals()
+    for i, name in enumerate(("cpu", "ram")):
+        index = (0, 2)[i]
+        assert totals.attributed[index] == pytest.approx(
+            charged[name], rel=1e-9, abs=1e-9
+        )
+        got = charged[name] + totals.unattributed[index]
+        truth = measured(ledger, name)
+        assert got == pytest.approx(truth, rel=1e-9, abs=1e-9)
+
+
+def test_a_window_older_than_the_ring_is_charged_from_the_oldest_kept_tick() -> None:
+    clock = Clock()
+    source = ConstantPowerSource(cpu=10.0, clock=clock)
+    ledger = Ledger(ring=4)
+    ledger.tick(source.read())
+    w = ledger.open(clock.now)
+    for _ in range(10):
+        clock.now += 1.0
+        ledger.tick(source.read())
+    m = ledger.close(w, clock.now + 0.5)
+    # Its first interval is forgotten, and charged at the power it knew then.
+    assert m.cpu == pytest.approx(10.0 * 10.5)
+    totals = ledger.totals()
+    assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(
+        measured(ledger) + 10.0 * 0.5  # the tail since the last tick, not read yet
+    )
+
+
+def test_a_late_tick_does_not_inflate_the_next_guess() -> None:
+    """A request moved the ledger past a reading's time before its tick ran.
+
+    Regression: the guess for the next tails was the joules over the ledger's
+    own advance since the last tick. After a late tick that advance can be a
+    millisecond, and a request closing next was charged at 100x the power the
+    source drew (seen in loaded gunicorn workers, whose sampler thread waits
+    for the GIL between reading and ticking).
+    """
+    ledger = Ledger()
+    ledger.tick(EnergyReading(time=0.0, cpu=0.0))
+    ledger.tick(EnergyReading(time=0.1, cpu=1.0))  # 10 W
+    # The source is read at 0.2 s, but before the tick runs a request opens
+    # at 0.299 s, moving the ledger past the reading.
+    w = ledger.open(0.299)
+    ledger.tick(EnergyReading(time=0.2, cpu=2.0))
+    # Next reading at 0.3 s: the ledger advanced only 1 ms since that tick.
+    ledger.tick(EnergyReading(time=0.3, cpu=3.0))
+    m = ledger.close(w, 0.35)
+    # Still 10 W: 0.051 s in all, of which the 50 ms tail is guessed.
+    assert m.cpu == pytest.approx(10.0 * 0.051, rel=0.05)
+    assert ledger.totals().power[0] == pytest.approx(10.0)

@@ -1,0 +1,385 @@
+"""The request path queues its metric point; the sampler or a collection records it.
+
+Every check here uses the real SDK with in-memory readers. Timings are never
+asserted: the tests hold the sampler's draining off (or wait for it) and
+check what a reader sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    InMemoryMetricReader,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+from carbonspan import CodeCarbonInstrumentor
+from carbonspan import attributes as a
+from carbonspan.emissions import resolve
+from carbonspan.runtime import Runtime
+from carbonspan.testing import ConstantPowerSource
+from support.asgi import client, fetch
+from support.otel import Instrumented, Otel, attrs, ready_app
+
+ENERGY = "codecarbon.request.energy"
+
+
+class KeepingExporter(MetricExporter):
+    """Keeps what a periodic reader exports."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exported: list[MetricsData] = []
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kw: Any
+    ) -> MetricExportResult:
+        self.exported.append(metrics_data)
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kw: Any) -> None:
+        return None
+
+    def counts(self, name: str) -> list[int]:
+        return [
+            p.count
+            for data in self.exported
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == name
+            for p in m.data.data_points
+        ]
+
+
+def exporting() -> tuple[Otel, KeepingExporter]:
+    """The SDK with a periodic reader that exports (to a KeepingExporter) only
+    when collected: at shutdown or a flush, not in the test's lifetime."""
+    exporter = KeepingExporter()
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    return Otel(reader=reader), exporter  # type: ignore[arg-type]
+
+
+def hold_draining(runtime: Runtime) -> None:
+    """Only collections, flushes and closes drain from now on, not the sampler."""
+    runtime.sampler.after_tick.clear()
+
+
+@pytest.fixture
+def source() -> ConstantPowerSource:
+    return ConstantPowerSource(cpu=10.0, ram=2.0)
+
+
+def ready(
+    instrument: Instrumented, otel: Otel, source: ConstantPowerSource, **kw: Any
+) -> tuple[Any, Runtime]:
+    app, runtime = ready_app(
+        instrument, otel, power_source=source, sample_interval=0.02, **kw
+    )
+    return app, runtime
+
+
+def test_the_request_path_only_queues_and_a_collection_records(
+    otel: Otel, instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    app, runtime = ready(instrument, otel, source)
+    hold_draining(runtime)
+    assert fetch(app, ["/fast", "/items/3", "/fast"]) == [200] * 3
+    assert len(runtime.metrics._pending) == 3  # nothing recorded yet
+    points = otel.points(ENERGY)  # a collection right after the requests
+    assert sum(p.count for p in points) == 3
+    assert not runtime.metrics._pending
+    spans = otel.server_spans()
+    assert sum(p.sum for p in points) == pytest.approx(
+        sum(attrs(s)[a.ENERGY_TOTAL] for s in spans), rel=1e-12
+    )
+
+
+def test_the_emissions_counter_sees_the_same_collection(
+    otel: Otel, instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    app, runtime = ready(instrument, otel, source, country_iso_code="FRA")
+    hold_draining(runtime)
+    assert fetch(app, ["/fast"] * 4, concurrently=True) == [200] * 4
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    found = {
+        m.name: m.data.data_points
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    }
+    (energy,) = found[ENERGY]
+    (grams,) = found["codecarbon.request.emissions"]
+    assert energy.count == 4
+    assert grams.value == pytest.approx(
+        resolve(country_iso_code="FRA").grams(energy.sum), rel=1e-9
+    )
+    assert grams.attributes == energy.attributes
+
+
+def test_the_sampler_thread_records_after_its_tick(
+    otel: Otel, instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    app, runtime = ready(instrument, otel, source)
+    recorded_on: set[str] = set()
+    histogram = runtime.metrics.request_energy
+    original = histogram.record
+
+    def spy(*args: Any, **kwargs: Any) -> None:
+        recorded_on.add(threading.current_thread().name)
+        original(*args, **kwargs)
+
+    histogram.record = spy  # type: ignore[method-assign]
+    try:
+        assert fetch(app, ["/fast"] * 5, concurrently=True) == [200] * 5
+        deadline = time.monotonic() + 10
+        while runtime.metrics._pending and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not runtime.metrics._pending
+    finally:
+        histogram.record = original  # type: ignore[method-assign]
+    assert recorded_on == {"carbonspan-sampler"}
+    assert sum(p.count for p in otel.points(ENERGY)) == 5
+
+
+def test_exemplars_link_to_the_request_span_not_the_collector(
+    otel: Otel, instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    app, runtime = ready(instrument, otel, source)
+    hold_draining(runtime)
+    assert fetch(app, ["/fast"]) == [200]
+    (span,) = otel.server_spans()
+    # Collected (and so drained) while another span is current on this thread.
+    tracer = otel.tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("scrape") as other:
+        (point,) = otel.points(ENERGY)
+    assert point.exemplars, "the request's sampled span should give an exemplar"
+    (exemplar,) = point.exemplars
+    assert exemplar.trace_id == span.context.trace_id
+    assert exemplar.span_id == span.context.span_id
+    assert exemplar.span_id != other.get_span_context().span_id
+    assert exemplar.value == pytest.approx(attrs(span)[a.ENERGY_TOTAL])
+
+
+def test_exemplars_from_the_sampler_thread_link_to_each_request(
+    instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    otel = Otel()
+    otel.meter_provider.shutdown()
+    # One bucket per request, so the reservoir keeps every exemplar.
+    otel.reader = InMemoryMetricReader()
+    otel.meter_provider = MeterProvider(
+        metric_readers=[otel.reader],
+        views=[
+            View(
+                instrument_name=ENERGY,
+                aggregation=ExplicitBucketHistogramAggregation(
+                    [1e-9 * 10**k for k in range(12)]
+                ),
+            )
+        ],
+    )
+    app, runtime = ready(instrument, otel, source)
+    paths = ["/sleep?seconds=0.001", "/sleep?seconds=0.03", "/sleep?seconds=0.3"]
+    assert fetch(app, paths, concurrently=True) == [200] * 3
+    deadline = time.monotonic() + 10
+    while runtime.metrics._pending and time.monotonic() < deadline:
+        time.sleep(0.005)
+    spans = {s.context.span_id: s for s in otel.server_spans()}
+    (point,) = otel.points(ENERGY)
+    assert point.count == 3
+    linked = {e.span_id: e for e in point.exemplars}
+    assert set(linked) == set(spans)
+    for span_id, exemplar in linked.items():
+        assert exemplar.trace_id == spans[span_id].context.trace_id
+        assert exemplar.value == pytest.approx(attrs(spans[span_id])[a.ENERGY_TOTAL])
+    otel.tracer_provider.shutdown()
+    otel.meter_provider.shutdown()
+
+
+def test_a_full_buffer_drops_counts_and_never_blocks(
+    otel: Otel,
+    instrument: Instrumented,
+    source: ConstantPowerSource,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, runtime = ready(instrument, otel, source)
+    hold_draining(runtime)
+    runtime.metrics.buffer_size = 2
+    with caplog.at_level(logging.WARNING, logger="carbonspan.metrics"):
+        assert fetch(app, ["/fast"] * 5, concurrently=True) == [200] * 5
+    assert runtime.metrics.dropped == 3
+    assert len(otel.server_spans()) == 5  # the spans are complete all the same
+    assert all(a.ENERGY_TOTAL in attrs(s) for s in otel.server_spans())
+    assert sum(p.count for p in otel.points(ENERGY)) == 2
+    (dropped,) = otel.points("codecarbon.requests.dropped")
+    assert dropped.value == 3
+    warnings = [r for r in caplog.records if "codecarbon.requests.dropped" in r.message]
+    assert len(warnings) == 1  # then at most once a minute
+
+
+def test_nothing_is_dropped_by_default_under_a_burst(
+    otel: Otel, instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    app, _runtime = ready(instrument, otel, source)
+    assert fetch(app, ["/fast"] * 300, concurrently=True) == [200] * 300
+    points = otel.points(ENERGY)
+    assert sum(p.count for p in points) == 300
+    spans = otel.server_spans()
+    assert sum(p.sum for p in points) == pytest.approx(
+        sum(attrs(s)[a.ENERGY_TOTAL] for s in spans), rel=1e-9
+    )
+    (dropped,) = otel.points("codecarbon.requests.dropped")
+    assert dropped.value == 0
+
+
+def test_drained_when_the_meter_provider_shuts_down(
+    instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    otel, exporter = exporting()
+    app, runtime = ready(instrument, otel, source)
+    hold_draining(runtime)
+    assert fetch(app, ["/fast"] * 3, concurrently=True) == [200] * 3
+    assert len(runtime.metrics._pending) == 3
+    otel.meter_provider.shutdown()  # its last export collects, and so drains
+    assert exporter.counts(ENERGY) == [3]
+    otel.tracer_provider.shutdown()
+
+
+def test_drained_by_the_flush_at_server_shutdown(
+    instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    otel, exporter = exporting()
+    app, runtime = ready(instrument, otel, source)
+    hold_draining(runtime)
+
+    async def serve() -> None:
+        # A server's lifespan: startup, requests, then shutdown.
+        messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+        sent: list[str] = []
+        started = asyncio.Event()
+        stop = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            if len(messages) == 1:
+                await stop.wait()
+            return messages.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message["type"])
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+
+        task = asyncio.create_task(app({"type": "lifespan"}, receive, send))
+        await started.wait()
+        async with client(app) as c:
+            for _ in range(3):
+                assert (await c.get("/fast")).status_code == 200
+        assert len(runtime.metrics._pending) == 3
+        stop.set()
+        await task
+        assert sent[-1] == "lifespan.shutdown.complete"
+
+    asyncio.run(serve())
+    assert exporter.counts(ENERGY) == [3]
+    otel.tracer_provider.shutdown()
+    otel.meter_provider.shutdown()
+
+
+def test_drained_at_uninstrument(
+    otel: Otel, instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    app, runtime = ready(instrument, otel, source)
+    hold_draining(runtime)
+    assert fetch(app, ["/fast"] * 2, concurrently=True) == [200] * 2
+    metrics = runtime.metrics
+    CodeCarbonInstrumentor.uninstrument_app(app)
+    instrument.carbon.remove(app)
+    assert not metrics._pending
+    assert not runtime.sampler.after_tick
+    # Recorded on the provider although nothing was collected before.
+    assert sum(p.count for p in otel.points(ENERGY)) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_empty_and_the_parent_keeps_its_queue(
+    otel: Otel, instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    app, runtime = ready(instrument, otel, source)
+    hold_draining(runtime)
+    runtime.metrics.buffer_size = 2
+    assert fetch(app, ["/fast"] * 3, concurrently=True) == [200] * 3
+    assert runtime.metrics.dropped == 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it inherited, then leave at once
+        try:
+            report = f"{len(runtime.metrics._pending)} {runtime.metrics.dropped}"
+            os.write(write, report.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    assert child == "0 0"  # the parent's queue is the parent's to record
+    assert len(runtime.metrics._pending) == 2
+    assert sum(p.count for p in otel.points(ENERGY)) == 2
+
+
+def test_nothing_recorded_for_excluded_or_unmeasured_requests(
+    otel: Otel, instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    app, runtime = ready(instrument, otel, source, excluded_urls="/items")
+    hold_draining(runtime)
+    assert fetch(app, ["/items/1", "/fast"]) == [200, 200]
+    assert len(runtime.metrics._pending) == 1
+    (point,) = otel.points(ENERGY)
+    assert point.attributes[a.HTTP_ROUTE] == "/fast"
+
+
+def test_unsampled_requests_are_recorded_without_exemplars(
+    instrument: Instrumented, source: ConstantPowerSource
+) -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    otel = Otel(sampler=ALWAYS_OFF)
+    app, runtime = ready(instrument, otel, source)
+    hold_draining(runtime)
+    assert fetch(app, ["/fast"] * 2, concurrently=True) == [200] * 2
+    (point,) = otel.points(ENERGY)
+    assert point.count == 2
+    assert point.exemplars == []
+    otel.tracer_provider.shutdown()
+    otel.meter_provider.shutdown()
+
+
+def test_no_tracing_at_all_still_records(instrument: Instrumented) -> None:
+    otel = Otel()
+    app, runtime = ready_app(
+        instrument, None, power_source=ConstantPowerSource(cpu=5.0),
+        sample_interval=0.02, meter_provider=otel.meter_provider,
+    )  # fmt: skip
+    hold_draining(runtime)
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    assert fetch(app, ["/fast"]) == [200]
+    (point,) = otel.points(ENERGY)
+    assert point.count == 1 and point.exemplars == []
+    otel.meter_provider.shutdown()

@@ -1,0 +1,75 @@
+"""The shared sampler: one per power source, started with the server, and no
+thread left behind. (Its power source's faults: test_sampler_faults.py.)"""
+
+from __future__ import annotations
+
+import threading
+
+from carbonspan import CodeCarbonInstrumentor
+from carbonspan.instrumentor import runtime_of
+from carbonspan.sampler import PowerSampler
+from carbonspan.testing import ConstantPowerSource
+from support.apps import build_app
+from support.asgi import fetch
+from support.otel import Otel
+
+
+def test_instrument_uninstrument_cycles_leave_no_thread(otel: Otel) -> None:
+    before = threading.active_count()
+    source = ConstantPowerSource(cpu=1.0)
+    for _ in range(20):
+        app = build_app()
+        CodeCarbonInstrumentor().instrument_app(
+            app, power_source=source, meter_provider=otel.meter_provider
+        )
+        assert fetch(app, ["/fast"]) == [200]
+        CodeCarbonInstrumentor.uninstrument_app(app)
+    names = [t.name for t in threading.enumerate()]
+    assert "carbonspan-sampler" not in names
+    assert threading.active_count() == before
+
+
+def test_apps_with_the_same_source_share_one_sampler(otel: Otel) -> None:
+    source = ConstantPowerSource(cpu=1.0)
+    apps = [build_app(), build_app()]
+    for app in apps:
+        CodeCarbonInstrumentor().instrument_app(
+            app, power_source=source, meter_provider=otel.meter_provider
+        )
+    try:
+        first, second = (runtime_of(app) for app in apps)
+        assert first is not None and second is not None
+        samplers = {id(first.sampler), id(second.sampler)}
+        assert len(samplers) == 1
+        assert fetch(apps[0], ["/fast"]) == [200]
+        CodeCarbonInstrumentor.uninstrument_app(apps[0])
+        still = runtime_of(apps[1])
+        assert still is not None and still.sampler.running
+    finally:
+        CodeCarbonInstrumentor.uninstrument_app(apps[1])
+    assert not any(t.name == "carbonspan-sampler" for t in threading.enumerate())
+
+
+def test_stop_joins_the_thread() -> None:
+    sampler = PowerSampler(ConstantPowerSource(cpu=1.0), 0.01)
+    sampler.start()
+    assert sampler.running
+    thread = sampler._thread
+    sampler.stop()
+    assert thread is not None and not thread.is_alive()
+
+
+def test_the_sampler_starts_with_the_server_not_at_import(otel: Otel) -> None:
+    source = ConstantPowerSource(cpu=1.0)
+    app = build_app()
+    CodeCarbonInstrumentor().instrument_app(
+        app, power_source=source, meter_provider=otel.meter_provider
+    )
+    try:
+        runtime = runtime_of(app)
+        assert runtime is not None
+        assert not runtime.sampler.started and source.reads == 0
+        assert fetch(app, ["/fast"]) == [200]
+        assert runtime.sampler.running
+    finally:
+        CodeCarbonInstrumentor.uninstrument_app(app)
