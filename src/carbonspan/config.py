@@ -24,7 +24,7 @@ from typing import Any
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
-from carbonspan import intensity, parsers
+from carbonspan import emissions, intensity, parsers
 from carbonspan.policies import POLICIES
 from carbonspan.source import PowerSource, SourceScope
 from carbonspan.types import MeasurementHook
@@ -82,6 +82,17 @@ class Settings:
     boavizta_url: str | None = None
     cloud_instance: str | None = None
     boavizta_archetype: str | None = None
+
+    def offline_intensity(self) -> emissions.CarbonIntensity:
+        """The intensity these settings give without any network: explicit,
+        cloud region, country (and region), or CodeCarbon's world average."""
+        return emissions.resolve(
+            carbon_intensity=self.carbon_intensity,
+            cloud_provider=self.cloud_provider,
+            cloud_region=self.cloud_region,
+            country_iso_code=self.country_iso_code,
+            region=self.region,
+        )
 
     @classmethod
     def load(

@@ -34,7 +34,6 @@ from typing import Any
 
 from opentelemetry.sdk.resources import Resource, ResourceDetector
 
-from carbonspan import emissions
 from carbonspan.attributes import static_attributes
 from carbonspan.codecarbon_cpu import cpu_model
 from carbonspan.config import Settings
@@ -50,13 +49,7 @@ class CodeCarbonResourceDetector(ResourceDetector):
 
     def detect(self) -> Resource:
         settings = Settings.load(dict(self._settings))
-        intensity = emissions.resolve(
-            carbon_intensity=settings.carbon_intensity,
-            cloud_provider=settings.cloud_provider,
-            cloud_region=settings.cloud_region,
-            country_iso_code=settings.country_iso_code,
-            region=settings.region,
-        )
+        intensity = settings.offline_intensity()
         if settings.power_source is not None:
             info = settings.power_source.describe()
         else:

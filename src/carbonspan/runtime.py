@@ -25,15 +25,10 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        offline = emissions.resolve(
-            carbon_intensity=settings.carbon_intensity,
-            cloud_provider=settings.cloud_provider,
-            cloud_region=settings.cloud_region,
-            country_iso_code=settings.country_iso_code,
-            region=settings.region,
-        )
         self.grid = intensity.Grid(
-            offline, _provider(settings), settings.intensity_refresh
+            settings.offline_intensity(),
+            _provider(settings),
+            settings.intensity_refresh,
         )
         source = settings.power_source
         interval, policy = settings.sample_interval, settings.attribution
