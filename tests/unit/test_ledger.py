@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carbonspan import EnergyReading
+from carbonspan import EnergyReading, Measurement
 from carbonspan.ledger import Ledger
 from carbonspan.testing import ConstantPowerSource, ScriptedPowerSource
 from support.fakes import Clock
@@ -60,6 +62,34 @@ def test_one_request_alone_gets_the_power_times_its_duration() -> None:
     assert m.total == pytest.approx(0.5)
     assert m.power("cpu") == pytest.approx(10.0)
     assert m.concurrency == pytest.approx(1.0)
+
+
+def test_a_measurement_is_a_complete_frozen_dataclass_with_its_units() -> None:
+    clock = Clock()
+    source = ConstantPowerSource(cpu=10.0, ram=4.0, clock=clock)
+    ledger = Ledger()
+    ledger.tick(source.read())
+    clock.now += 0.1
+    ledger.tick(source.read())
+    a = ledger.open(clock.now + 0.01)
+    b = ledger.open(clock.now + 0.03)
+    m = ledger.close(a, clock.now + 0.05)
+    # Every field is set (replace() reads them all) and equal to what the
+    # dataclass's own __init__ builds from them.
+    assert dataclasses.replace(m) == m
+    assert m == Measurement(**dataclasses.asdict(m))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.cpu = 0.0  # type: ignore[misc]
+    # 20 ms alone at 10 W, then 20 ms shared with b: 0.2 + 0.1 J of CPU.
+    assert m.duration == pytest.approx(0.04) and m.active == pytest.approx(0.04)
+    assert m.cpu == pytest.approx(0.3) and m.ram == pytest.approx(0.12)
+    assert m.gpu is None and m.gpu_power is None
+    assert m.total == pytest.approx(0.42)
+    assert m.concurrency == pytest.approx(0.04 / 0.03)
+    # The process's power, not the request's share of it.
+    assert m.cpu_power == pytest.approx(10.0) and m.power("cpu") == m.cpu_power
+    assert m.ram_power == pytest.approx(4.0)
+    ledger.close(b, clock.now + 0.06)
 
 
 def test_overlapping_requests_split_the_power() -> None:
