@@ -130,14 +130,21 @@ def span_attributes(
         attrs[EMBODIED] = embodied
         attrs[SCI] = grams + embodied
     attrs[CONCURRENCY] = measurement.concurrency
-    for component in COMPONENTS:
-        joules = getattr(measurement, component)
+    m = measurement
+    for energy, joules, power, watts in (
+        (_CPU_J, m.cpu, _CPU_W, m.cpu_power),
+        (_GPU_J, m.gpu, _GPU_W, m.gpu_power),
+        (_RAM_J, m.ram, _RAM_W, m.ram_power),
+    ):
         if joules is not None:
-            attrs[ENERGY[component]] = joules
-            power = measurement.power(component)
-            if power is not None:
-                attrs[POWER[component]] = power
+            attrs[energy] = joules
+            if watts is not None:
+                attrs[power] = watts
     return attrs
+
+
+_CPU_J, _GPU_J, _RAM_J = ENERGY["cpu"], ENERGY["gpu"], ENERGY["ram"]
+_CPU_W, _GPU_W, _RAM_W = POWER["cpu"], POWER["gpu"], POWER["ram"]
 
 
 class SpanAttributes:
