@@ -172,9 +172,11 @@ class SpanAttributes:
         # The last span Resource seen, and the static attributes it lacks.
         self._on_span: tuple[object, dict[str, Any]] = (None, {})
 
-    def __call__(
+    def for_span(
         self, measurement: Measurement, span: object = None
     ) -> dict[str, Any] | None:
+        """The attributes for `span` (None: all the static ones), or None if
+        nothing was measured."""
         factors = self._books.factors
         dynamic = self._grid.dynamic
         static = self._static

@@ -97,7 +97,9 @@ class Ledger:
             self._advance(now)
             self._n += 1
             prices = self._prices
-            window = Window(now, self._b, prices.j, self._t is not None, prices.last())
+            j = prices.j  # the last tick, and its (B, C, P) in case it is evicted
+            last = prices.ring[j % prices.size] if j >= 0 else None
+            window = Window(now, self._b, j, self._t is not None, last)
             self._windows[window] = None
             if self._timed:  # only a policy with clocks keeps per-window state
                 self.policy.opened(window, clock)

@@ -73,7 +73,7 @@ class Runtime:
         self.active = True
         self.span_attributes = SpanAttributes(
             self.grid, books, self.sampler, settings.scope, settings.attribution
-        )
+        ).for_span
         self._throttle = sampler.Throttle()
 
     @property
