@@ -20,8 +20,8 @@ from carbonspan import attributes as a
 from carbonspan.instrumentor import runtime_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
-from support.asgi import get
-from support.otel import Otel, attrs, wait_ready
+from support.asgi import fetch, get
+from support.otel import Instrumented, Otel, attrs, wait_ready
 
 
 def middlewares(app: Any) -> list[str]:
@@ -171,3 +171,31 @@ def test_plain_starlette_app_inside_the_asgi_middleware(otel: Otel) -> None:
         assert point.attributes[a.HTTP_ROUTE] == "/hello/{name}"
     finally:
         measured.runtime.close()
+
+
+def test_energy_totals_give_an_apps_books_against_the_source(
+    instrument: Instrumented, otel: Otel
+) -> None:
+    app = build_app()
+    assert CodeCarbonInstrumentor.energy_totals(app) is None  # nothing measures it
+    source = ConstantPowerSource(cpu=10.0, ram=2.0)
+    runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
+    wait_ready(runtime)
+    assert fetch(app, ["/sleep?seconds=0.05", "/fast"], concurrently=True) == [200] * 2
+    runtime.sampler.stop()
+    runtime.sampler.sample()  # a last reading, with nothing in flight
+    totals = CodeCarbonInstrumentor.energy_totals(app)
+    assert totals is not None and totals.in_flight == 0
+    assert set(totals.measured) == {"cpu", "ram"}  # no GPU: no key, not a 0
+    first, last = runtime.ledger.first_reading, runtime.ledger.last_reading
+    assert first is not None and last is not None
+    for component, watts in (("cpu", 10.0), ("ram", 2.0)):
+        drawn = getattr(last, component) - getattr(first, component)
+        assert totals.measured[component] == pytest.approx(drawn)
+        assert totals.power[component] == pytest.approx(watts)
+        assert totals.open[component] == pytest.approx(0.0, abs=1e-9)
+        assert totals.attributed[component] + totals.unattributed[
+            component
+        ] == pytest.approx(drawn)
+        # The two requests ran at least the 50 ms sleep at full power.
+        assert totals.attributed[component] >= watts * 0.05 * 0.9
