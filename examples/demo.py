@@ -50,7 +50,6 @@ except KeyboardInterrupt:
 
 HOST = "127.0.0.1"
 COMPONENTS = ("cpu", "gpu", "ram")
-HW_TYPES = {"cpu": "cpu", "gpu": "gpu", "memory": "ram"}  # metric hw.type -> ours
 READY_TIMEOUT = 15.0  # seconds to wait for hardware detection (about 2 s)
 
 log = logging.getLogger("demo")
@@ -366,23 +365,20 @@ def metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
 
 
 def print_totals(
-    runtime: Runtime, reader: InMemoryMetricReader, from_spans: float
+    app: FastAPI, runtime: Runtime, reader: InMemoryMetricReader, from_spans: float
 ) -> None:
-    energy: dict[bool, dict[str, float]] = {True: {}, False: {}}
+    totals = CodeCarbonInstrumentor.energy_totals(app)
+    if totals is None:
+        raise DemoError("the power source gave no reading")
+    metric: dict[bool, float] = {True: 0.0, False: 0.0}
     for point in metric_points(reader, "codecarbon.energy"):
-        flag = bool(point.attributes.get("codecarbon.attributed"))
-        component = HW_TYPES.get(str(point.attributes.get("hw.type")), "?")
-        energy[flag][component] = float(point.value)
+        metric[bool(point.attributes.get("codecarbon.attributed"))] += point.value
     grams: dict[bool, float] = {}
     for point in metric_points(reader, "codecarbon.emissions"):
         grams[bool(point.attributes.get("codecarbon.attributed"))] = point.value
-    totals = runtime.ledger.totals()
-    measured = {
-        c: totals.measured[i] for i, c in enumerate(COMPONENTS) if totals.known[i]
-    }
-    grams_measured = runtime.intensity.grams(sum(measured.values()))
+    grams_measured = runtime.intensity.grams(sum(totals.measured.values()))
 
-    print("Totals for this process (J; the metric is `codecarbon.energy`):")
+    print("Totals for this process (J; `CodeCarbonInstrumentor.energy_totals(app)`):")
     print(f"  {'':26}" + "".join(f"{c:>10}" for c in (*COMPONENTS, "total")))
 
     def line(label: str, values: Mapping[str, float], extra: str = "") -> None:
@@ -393,23 +389,26 @@ def print_totals(
     def co2(g: float | None) -> str:
         return "" if g is None else f"   {g * 1e3:8.4f} mg CO2eq"
 
-    line("attributed to requests", energy[True], co2(grams.get(True)))
-    line("unattributed (idle)", energy[False], co2(grams.get(False)))
-    line("measured by the source", measured, co2(grams_measured))
+    line("attributed to requests", totals.attributed, co2(grams.get(True)))
+    line("unattributed (idle)", totals.unattributed, co2(grams.get(False)))
+    if any(abs(joules) > 1e-9 for joules in totals.open.values()):
+        line("held by open requests", totals.open)
+    line("measured by the source", totals.measured, co2(grams_measured))
     gap = {
-        c: energy[True].get(c, 0.0) + energy[False].get(c, 0.0) - measured[c]
-        for c in measured
+        c: totals.attributed[c] + totals.unattributed[c] + totals.open[c] - joules
+        for c, joules in totals.measured.items()
     }
     line("(attr. + unattr.) - meas.", gap)
-    attributed_j = sum(energy[True].values())
-    measured_j = sum(measured.values())
-    after_j = sum(totals.after_response)
+    measured_j = sum(totals.measured.values())
+    # What requests drew after their responses had gone: attributed, not on
+    # their spans (work left running, such as background tasks).
+    after_j = sum(runtime.ledger.totals().after_response)
     print()
     print(
         f"  The request rows add up to {from_spans:.4f} J, and the requests drew "
         f"{after_j:.4f} J after their responses\n  had gone (not on their spans): "
-        f"{from_spans + after_j:.4f} J; the metric's attributed total is "
-        f"{attributed_j:.4f} J."
+        f"{from_spans + after_j:.4f} J; the metric's attributed total "
+        f"(codecarbon.energy) is {metric[True]:.4f} J."
     )
     if measured_j > 0:
         print(
@@ -486,7 +485,7 @@ def run(args: argparse.Namespace) -> None:
         spans = server_spans(exporter.get_finished_spans())
         from_spans = print_requests(sent, spans)
         print_span(sent, spans, "/cpu")
-        print_totals(runtime, reader, from_spans)
+        print_totals(app, runtime, reader, from_spans)
     finally:
         if server is not None:
             server.stop()

@@ -34,6 +34,8 @@ def test_demo_prints_each_request_and_balanced_totals() -> None:
     gap = re.search(r"Attributed \+ unattributed is ([-+]\d+\.\d+)% off", out)
     assert gap is not None, out
     assert abs(float(gap.group(1))) <= 1.0
-    shares = re.search(r"the metric's attributed total is ([\d.]+) J", out)
+    shares = re.search(
+        r"the metric's attributed total \(codecarbon.energy\) is ([\d.]+) J", out
+    )
     rows_sum = re.search(r"had gone \(not on their spans\): ([\d.]+) J", out)
     assert shares and rows_sum and float(shares.group(1)) == float(rows_sum.group(1))
