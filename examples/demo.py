@@ -415,6 +415,14 @@ def print_totals(
             f"  Attributed + unattributed is {sum(gap.values()) / measured_j:+.2%} "
             "off what the source measured."
         )
+    if any(joules < 0 for joules in totals.unattributed.values()):
+        print(
+            "  Unattributed is below 0 where short requests, charged for their\n"
+            "  last milliseconds before the next reading came, were charged more\n"
+            "  than that reading then measured: the difference is taken back\n"
+            "  from the unattributed account (docs/attribution.md, the tick\n"
+            "  correction)."
+        )
 
 
 # -- main ----------------------------------------------------------------------
