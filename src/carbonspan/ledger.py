@@ -131,7 +131,7 @@ class Ledger:
                 else:  # closed while waiting
                     past.waited += now - past.paused_since
                     past.paused_since = None
-                charges, shared, shared_cpu = past.charges, past.shared, past.shared_cpu
+                charges, shared, shared_cpu = past.so_far()
             # What a request reports no figure for (opened before the first
             # reading, or excluded) counts as unattributed.
             account = self._attributed if attributed and window.ready else self._idle
@@ -157,16 +157,12 @@ class Ledger:
             self._advance(now)
             past = window.past
             if past is not None and past.paused_since is not None:
-                charges, shared, shared_cpu = past.charges, past.shared, past.shared_cpu
+                charges, shared, shared_cpu = past.so_far()
             else:
                 charges, _, shared_cpu = self._prices.charges(window, self._b)
                 shared = self._b - window.b0
                 if past is not None:
-                    total = Past()
-                    total.add(past.charges, past.shared, past.shared_cpu)
-                    total.add(charges, shared, shared_cpu)
-                    charges, shared = total.charges, total.shared
-                    shared_cpu = total.shared_cpu
+                    charges, shared, shared_cpu = past.plus(charges, shared, shared_cpu)
             label = self.policy.label(window) if self._timed else self.policy.name
         return measurement(window, now, charges, shared, shared_cpu, label)
 
@@ -281,15 +277,7 @@ class Ledger:
                 if drawn is None:
                     continue
                 delta, drawn_over = drawn
-                joules = delta * span / spread if spread > 0 else 0.0
-                # Learn on the readings' own clock: the idle and busy parts of
-                # the span, scaled to the seconds the delta was drawn over.
-                scale = drawn_over / span if span > 0 else 0.0
-                idle_joules = self.policy.idle_joules(
-                    name, idle * scale, busy * scale, delta
-                )
-                idle_joules *= joules / delta if delta > 0 else 0.0
-                power = prices.busy_power(name, joules, idle_joules, idle, busy)
+                power = prices.busy_power(name, delta, drawn_over, idle, busy, spread)
                 powers[name] = power
                 self._idle[name] += delta - power * busy
                 self._idle[name] += self.policy.settle(

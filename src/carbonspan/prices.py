@@ -44,13 +44,28 @@ class Prices:
         return self.ring[j % self.size] if j >= 0 else None
 
     def busy_power(
-        self, name: str, joules: float, idle_joules: float, idle: float, busy: float
+        self,
+        name: str,
+        delta: float,
+        drawn_over: float,
+        idle: float,
+        busy: float,
+        spread: float,
     ) -> float:
         """W: the busy power of an interval of `idle` and `busy` seconds in
-        which `name` drew `joules`, `idle_joules` of them at idle power. It
-        is pulled towards the learned one (see SHRINK): over a few busy
-        milliseconds the interval's own figure is mostly noise. A measured
-        0 J stays 0."""
+        which `name` drew `delta` joules over `drawn_over` seconds, the part
+        of them that fits the interval being the share idle + busy of
+        `spread` (see `Ledger.tick`). The policy learns its idle power from
+        it first. The busy power is pulled towards the learned one (see
+        SHRINK): over a few busy milliseconds the interval's own figure is
+        mostly noise. A measured 0 J stays 0."""
+        span = idle + busy
+        joules = delta * span / spread if spread > 0 else 0.0
+        # Learn on the readings' own clock: the idle and busy parts of the
+        # span, scaled to the seconds the delta was drawn over.
+        scale = drawn_over / span if span > 0 else 0.0
+        idle_joules = self.policy.idle_joules(name, idle * scale, busy * scale, delta)
+        idle_joules *= joules / delta if delta > 0 else 0.0
         if busy <= 0 or joules <= 0:
             return 0.0
         learned = self.policy.rate(name) or 0.0

@@ -8,6 +8,9 @@ from dataclasses import dataclass, fields
 from carbonspan.source import COMPONENTS, Measurement
 
 _UNKNOWN: dict[str, float | None] = dict.fromkeys(COMPONENTS)
+#: What a window was charged: J per component (None: not measured), its
+#: shared seconds, and the CPU J time share would have charged it.
+Charges = tuple[dict[str, float | None], float, float | None]
 #: A tick in the ledger's ring: B_j, and C_j and P_j per component.
 Tick = tuple[float, dict[str, float], dict[str, float]]
 
@@ -51,6 +54,19 @@ class Past:
         self.shared += shared
         if cpu is not None:
             self.shared_cpu = cpu + (self.shared_cpu or 0.0)
+
+    def so_far(self) -> Charges:
+        """Its charges, shared seconds and time-share CPU joules."""
+        return self.charges, self.shared, self.shared_cpu
+
+    def plus(
+        self, charges: dict[str, float | None], shared: float, cpu: float | None
+    ) -> Charges:
+        """`so_far`, with a stretch that is still going on added."""
+        total = Past()
+        total.add(self.charges, self.shared, self.shared_cpu)
+        total.add(charges, shared, cpu)
+        return total.so_far()
 
 
 def measurement(
