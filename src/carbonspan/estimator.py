@@ -32,7 +32,9 @@ what its requests draw. Two guards keep it sane where the ticks say little:
   in flight, is not taken for theirs.
 
 A power the ticks have not shown yet is the prior: the source's own estimate
-of busy power where it gives one, else the first interval's mean power.
+of busy power where it gives one, else the first interval's mean power. Busy
+power stays there until the ticks have seen a millisecond of busy time: an
+interval with a few nanoseconds of request in it says nothing about it.
 
 `Ratio` learns one number, joules per unit (for `cpu_time`, joules per CPU
 second of request work), with the same forgetting per unit seen.
@@ -50,6 +52,10 @@ MEMORY = 60.0
 #: Idle power is measured directly once this many seconds (forgotten alike)
 #: of intervals with no request in flight are known.
 IDLE_ANCHOR = 0.5
+#: Busy power is fitted once the busy seconds seen (root of the forgotten sum
+#: of their squares) reach a millisecond: over less, a few joules of counter
+#: resolution or idle power would read as an arbitrarily high busy power.
+BUSY_EVIDENCE = 0.001
 
 
 class PowerModel:
@@ -135,7 +141,7 @@ class PowerModel:
                 a = (uu * iy - iu * uy) / det
             elif ii > 0.0 and uu == 0.0:  # only idle intervals so far
                 a = iy / ii
-        if uu > 0.0:  # the best busy power, given the idle power
+        if uu >= BUSY_EVIDENCE * BUSY_EVIDENCE:  # the best busy power, given idle
             b = (uy - iu * a) / uu
             gap = b - a
             if busy_seen:
@@ -150,7 +156,7 @@ class PowerModel:
                 square = gap * gap
                 self._keep = max(0.0, 1.0 - variance / square) if square else 1.0
             b = a + gap * self._keep
-        elif self.busy is not None:  # busy seen long ago: forgotten to 0
+        elif self.busy is not None:  # too few busy seconds, or seen long ago
             b = self.busy
         # Requests do not lower a process's power: busy is at least idle.
         self.idle = max(a, 0.0)

@@ -105,6 +105,22 @@ def test_no_data_no_guess_then_the_first_mean_then_the_sources_prior() -> None:
     assert model.busy == pytest.approx(40.0) and model.idle == pytest.approx(5.0)
 
 
+def test_nanoseconds_of_busy_time_do_not_make_a_busy_power() -> None:
+    # A counter of 5 mJ resolution, and a tick that comes 1e-13 s after a
+    # request opened: fitted exactly, the interval's joules over those
+    # nanoseconds would read as 1e12 W, and the next requests' tails with it.
+    model = PowerModel()
+    model.observe(0.25, 0.0, 0.0025)
+    model.observe(0.125, 1e-13, 0.125)
+    assert model.busy is not None and model.busy < 2.0
+    # A few milliseconds of busy time are evidence enough: 2 W idle, 32 W busy.
+    model = PowerModel()
+    for busy in (0.0, 0.002, 0.0, 0.003, 0.001):
+        idle = TICK - busy
+        model.observe(idle, busy, IDLE_W * idle + (IDLE_W + BUSY_W) * busy)
+    assert model.busy == pytest.approx(IDLE_W + BUSY_W, rel=1e-6)
+
+
 def test_a_step_of_busy_power_is_followed() -> None:
     rng = random.Random(3)
     model = PowerModel()
