@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carbonspan.cputime import CpuClock
-from carbonspan.ledger import Ledger, Measurement, Totals
+from carbonspan import Measurement
+from carbonspan.ledger import Ledger, Totals
 from carbonspan.testing import ScriptedPowerSource
 
 Watts = Callable[[float], float]

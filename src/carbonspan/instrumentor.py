@@ -78,15 +78,18 @@ def insert_middleware(stack: ASGIApp, runtime: Runtime) -> ASGIApp:
 
 
 def runtime_of(app: object) -> Runtime | None:
-    """The instrumentation measuring `app`: its own (`instrument_app`), else
-    the global one (`instrument()`) when its stack holds our middleware."""
+    """The instrumentation measuring `app`, for tests and tools that look
+    inside (users read `CodeCarbonInstrumentor.energy_totals`): its own
+    (`instrument_app`), else the one whose middleware its built stack holds
+    (`instrument()`, from the app's first request on). None where none is,
+    or once it is uninstrumented."""
     own: Runtime | None = getattr(app, _APP_ATTR, None)
     if own is not None:
-        return own
+        return own if own.active else None
     node = getattr(app, "middleware_stack", None)
     while node is not None:
         if isinstance(node, CodeCarbonMiddleware):
-            return node.runtime
+            return node.runtime if node.runtime.active else None
         node = getattr(node, "app", None)
     return None
 
@@ -191,9 +194,13 @@ class CodeCarbonInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     @staticmethod
     def energy_totals(app: object = None) -> EnergyTotals | None:
-        """What the instrumentation measuring `app` has measured so far, and
-        how it was shared out (see `EnergyTotals`); with no `app`, that of
-        `instrument()`. None where nothing measures it, or before the first
-        reading."""
+        """What the sampler measuring `app` has measured so far, and how it
+        was shared out (see `EnergyTotals`); with no `app`, that of
+        `instrument()`. Apps instrumented with the same power source and
+        settings share one sampler, and so these totals. None where nothing
+        measures the app (under `instrument()`, until its first request), or
+        before the first reading."""
         runtime = _Patch.runtime if app is None else runtime_of(app)
-        return None if runtime is None else runtime.energy_totals()
+        if runtime is None or not runtime.active:
+            return None
+        return runtime.energy_totals()

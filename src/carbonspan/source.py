@@ -111,19 +111,23 @@ class Measurement:
 
 @dataclass(frozen=True)
 class EnergyTotals:
-    """What one instrumentation has measured since it started, and how it was
-    shared out: joules per measured component ("cpu", "gpu", "ram"; a
-    component that is not measured has no key).
+    """What one sampler has measured since it started, and how it was shared
+    out: joules per measured component ("cpu", "gpu", "ram"; a component that
+    is not measured has no key). Under `scope="process"` the source reports
+    this process's share of the machine, under `scope="machine"` all of it.
 
-    - `measured` (J): what the power source reported.
-    - `attributed` (J): charged to requests that have closed.
+    - `measured` (J): what the power source reported, up to its last reading.
+    - `attributed` (J): charged to requests that have closed, up to now.
     - `unattributed` (J): drawn with no request in flight, by excluded
-      requests, and the corrections of requests' tails.
-    - `open` (J): held by the requests still open at the last reading.
-    - `power` (W): the process's mean power over the last interval.
+      requests, and the corrections of requests' tails, up to the last
+      reading. It can dip below 0 where tails were guessed too high.
+    - `open` (J): held at the last reading by the requests open then.
+    - `power` (W): the source's mean power over the last interval.
     - `in_flight`: the requests open now.
 
-    At every reading, measured == attributed + unattributed + open.
+    At a reading, measured == attributed + unattributed + open. Between two
+    readings, the requests that closed since are in `attributed` already,
+    and still in `open` as of the last reading.
     """
 
     measured: dict[str, float]

@@ -39,34 +39,38 @@ class InstrumentSettings(TypedDict, total=False):
     """The keyword arguments of `CodeCarbonInstrumentor().instrument()`,
     `instrument_app()` and `CodeCarbonMiddleware`, with their units. Every
     one but the objects can also come from `CARBONSPAN_<NAME>` in the
-    environment; docs/configuration.md has their defaults and checks."""
+    environment; docs/configuration.md has their defaults and checks.
 
-    country_iso_code: str  # ISO 3166-1 alpha-3, such as "FRA"
-    region: str  # within country_iso_code, such as "california"
-    cloud_provider: Literal["aws", "azure", "gcp"]
-    cloud_region: str
-    carbon_intensity: float  # g CO2eq/kWh
-    sample_interval: float  # s
-    scope: Literal["process", "machine"]
-    attribution: Literal["time_share", "cpu_time"]
-    excluded_urls: str | Sequence[str] | re.Pattern[str]  # regexes
-    response_headers: bool | Sequence[Literal["energy", "emissions", "duration"]]
-    response_headers_format: Literal["x-codecarbon", "server-timing", "both"]
-    long_request: float  # s
-    power_source: PowerSource
-    meter_provider: MeterProvider
-    tracer_provider: TracerProvider
-    measurement_hook: MeasurementHook
-    intensity_provider: Literal["static", "electricitymaps"] | IntensityProvider
-    intensity_refresh: float  # s
-    electricitymaps_zone: str
-    electricitymaps_url: str
-    electricitymaps_token: str
-    embodied_emissions: float  # kg CO2eq over the hardware's lifetime
-    hardware_lifetime: float  # years
-    boavizta_url: str
-    cloud_instance: str
-    boavizta_archetype: str
+    `None` counts as not given. The `Literal`s name the canonical values;
+    the settings are case-insensitive where docs/configuration.md says so.
+    `response_headers` is a list of energy, emissions, duration."""
+
+    country_iso_code: str | None  # ISO 3166-1 alpha-3, such as "FRA"
+    region: str | None  # within country_iso_code, such as "california"
+    cloud_provider: Literal["aws", "azure", "gcp"] | None
+    cloud_region: str | None
+    carbon_intensity: float | None  # g CO2eq/kWh
+    sample_interval: float | None  # s
+    scope: Literal["process", "machine"] | None
+    attribution: Literal["time_share", "cpu_time"] | None
+    excluded_urls: str | list[str] | tuple[str, ...] | re.Pattern[str] | None  # regexes
+    response_headers: bool | Sequence[str] | None
+    response_headers_format: Literal["x-codecarbon", "server-timing", "both"] | None
+    long_request: float | None  # s
+    power_source: PowerSource | None
+    meter_provider: MeterProvider | None
+    tracer_provider: TracerProvider | None
+    measurement_hook: MeasurementHook | None
+    intensity_provider: Literal["static", "electricitymaps"] | IntensityProvider | None
+    intensity_refresh: float | None  # s
+    electricitymaps_zone: str | None
+    electricitymaps_url: str | None
+    electricitymaps_token: str | None
+    embodied_emissions: float | None  # kg CO2eq over the hardware's lifetime
+    hardware_lifetime: float | None  # years
+    boavizta_url: str | None
+    cloud_instance: str | None
+    boavizta_archetype: str | None
 
 
 class InstrumentorSettings(InstrumentSettings, total=False):

@@ -199,3 +199,31 @@ def test_energy_totals_give_an_apps_books_against_the_source(
         ] == pytest.approx(drawn)
         # The two requests ran at least the 50 ms sleep at full power.
         assert totals.attributed[component] >= watts * 0.05 * 0.9
+    CodeCarbonInstrumentor.uninstrument_app(app)
+    assert CodeCarbonInstrumentor.energy_totals(app) is None
+
+
+def test_energy_totals_under_instrument_once_the_app_has_served(otel: Otel) -> None:
+    carbon = CodeCarbonInstrumentor()
+    carbon.instrument(
+        power_source=ConstantPowerSource(cpu=5.0),
+        sample_interval=0.02,
+        meter_provider=otel.meter_provider,
+        tracer_provider=otel.tracer_provider,
+    )
+    try:
+        app = build_app()
+        assert CodeCarbonInstrumentor.energy_totals(app) is None  # no stack yet
+        assert get(app, "/fast").status_code == 200
+        runtime = runtime_of(app)
+        assert runtime is not None
+        wait_ready(runtime)
+        by_app = CodeCarbonInstrumentor.energy_totals(app)
+        by_default = CodeCarbonInstrumentor.energy_totals()
+        assert by_app is not None and by_default is not None
+        assert set(by_app.measured) == {"cpu"}
+        assert by_default.measured["cpu"] >= by_app.measured["cpu"] > 0
+    finally:
+        carbon.uninstrument()
+    assert CodeCarbonInstrumentor.energy_totals(app) is None
+    assert CodeCarbonInstrumentor.energy_totals() is None

@@ -5,6 +5,7 @@ not needed fails the check, so a type that let the mistake through would."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -41,6 +42,13 @@ CodeCarbonInstrumentor().instrument_app(
 )
 CodeCarbonInstrumentor().instrument_app(app, **settings)
 CodeCarbonInstrumentor().instrument(sample_interval=0.1, skip_dep_check=True)
+CodeCarbonInstrumentor().instrument_app(
+    app,
+    country_iso_code=os.environ.get("COUNTRY"),  # None: not given
+    response_headers=True,
+    excluded_urls=["/health", "/metrics"],
+    meter_provider=None,
+)
 CodeCarbonMiddleware(app, excluded_urls="/health")
 
 # Mistakes a type checker catches before instrument() raises.

@@ -10,7 +10,7 @@ comes from (country, region, cloud): test_intensity_location.py.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pytest
 
@@ -336,3 +336,42 @@ def test_bad_environment_is_logged_and_the_default_used(
     (record,) = caplog.records
     assert f"{variable}=" in record.getMessage()
     assert "using the default" in record.getMessage()
+
+
+def test_the_typed_settings_are_the_settings_the_parsers_accept() -> None:
+    """`carbonspan.types.InstrumentSettings` names every setting, and its
+    Literals are the choices the parsers accept."""
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import Span, TracerProvider
+
+    from carbonspan import emissions, parsers, types
+    from carbonspan.intensity import IntensityProvider
+    from carbonspan.source import Measurement, PowerSource
+
+    names = {
+        **vars(types),
+        "MeterProvider": MeterProvider,
+        "Span": Span,
+        "TracerProvider": TracerProvider,
+        "IntensityProvider": IntensityProvider,
+        "Measurement": Measurement,
+        "PowerSource": PowerSource,
+    }
+    hints = get_type_hints(types.InstrumentSettings, localns=names)
+    assert set(hints) == set(config._PARSERS) | set(config.OBJECT_SETTINGS)
+
+    def literals(annotation: Any) -> set[str]:
+        return {
+            value
+            for arg in get_args(annotation)
+            if get_origin(arg) is Literal
+            for value in get_args(arg)
+        }
+
+    assert literals(hints["scope"]) == set(config.SCOPES)
+    assert literals(hints["attribution"]) == set(config.ATTRIBUTIONS)
+    assert literals(hints["response_headers_format"]) == set(config.HEADER_FORMATS)
+    assert literals(hints["cloud_provider"]) == set(emissions.CLOUD_PROVIDERS)
+    assert literals(hints["intensity_provider"]) == set(parsers.INTENSITY_PROVIDERS)
+    for name, annotation in hints.items():  # None: not given, for every one
+        assert type(None) in get_args(annotation), name
