@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from carbonspan.cputime import CpuClock
 from carbonspan import Measurement
+from carbonspan.cputime import CpuClock
 from carbonspan.ledger import Ledger, Totals
 from carbonspan.testing import ScriptedPowerSource
 
