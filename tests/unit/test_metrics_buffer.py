@@ -318,7 +318,6 @@ def test_drained_at_uninstrument(
     assert sum(p.count for p in otel.points(ENERGY)) == 2
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_starts_empty_and_the_parent_keeps_its_queue(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
