@@ -94,7 +94,7 @@ class PowerModel:
         """The source's own estimate of busy power, until ticks teach one."""
         idle = self._prior[0] if self._prior is not None else busy_watts
         self._prior = (idle, busy_watts)
-        if self._uu == 0.0:
+        if not self._busy_known():
             self.busy = busy_watts
 
     def observe(self, idle: float, busy: float, joules: float) -> float:
@@ -129,7 +129,11 @@ class PowerModel:
             return joules * idle / seconds
         return joules * expected_idle / (expected_idle + expected_busy)
 
-    def _solve(self, busy_seen: bool = False) -> None:
+    def _busy_known(self) -> bool:
+        """Whether the ticks have seen enough busy time to fit busy power."""
+        return self._uu >= BUSY_EVIDENCE * BUSY_EVIDENCE
+
+    def _solve(self, busy_seen: bool) -> None:
         assert self._prior is not None
         a, b = self._prior
         ii, iu, uu, iy, uy = self._ii, self._iu, self._uu, self._iy, self._uy
@@ -141,7 +145,7 @@ class PowerModel:
                 a = (uu * iy - iu * uy) / det
             elif ii > 0.0 and uu == 0.0:  # only idle intervals so far
                 a = iy / ii
-        if uu >= BUSY_EVIDENCE * BUSY_EVIDENCE:  # the best busy power, given idle
+        if self._busy_known():  # the best busy power, given the idle power
             b = (uy - iu * a) / uu
             gap = b - a
             if busy_seen:

@@ -35,11 +35,11 @@ import threading
 from typing import TYPE_CHECKING
 
 from carbonspan import policies
-from carbonspan.policies import Interval, TimeShare
+from carbonspan.policies import AttributionPolicy, Interval
 from carbonspan.prices import Prices
 from carbonspan.readings import Deltas, Fault, is_number
 from carbonspan.source import COMPONENTS, EnergyReading, Measurement
-from carbonspan.windows import Past, Times, Totals, Window, measurement
+from carbonspan.windows import ZERO, Past, Times, Totals, Window, measurement
 
 if TYPE_CHECKING:
     from carbonspan.cputime import CpuClock
@@ -48,14 +48,12 @@ __all__ = ["RING", "Ledger", "Times", "Totals", "Window"]
 
 #: Ticks kept for windows still open: 8192 ticks is 13.6 min at 0.1 s.
 RING = 8192
-_ZERO = dict.fromkeys(COMPONENTS, 0.0)
 
 
 class Ledger:
     """Running integrals of shared time and measured power, ticked by the sampler."""
 
     def __init__(self, ring: int = RING, policy: str = "time_share") -> None:
-        policies.make(policy)  # a clear error before anything else
         self._ring_size = ring
         self.policy_name = policy
         self.reset()
@@ -63,7 +61,7 @@ class Ledger:
     def reset(self) -> None:
         """Forget everything (used after fork: the parent's requests are not ours)."""
         self._lock = threading.Lock()
-        self.policy: TimeShare = policies.make(self.policy_name)
+        self.policy: AttributionPolicy = policies.make(self.policy_name)
         self._timed = self.policy.timed
         self._t: float | None = None  # last instant the integrals reach
         self._n = 0
@@ -76,16 +74,16 @@ class Ledger:
         self._tick_idle = 0.0  # idle seconds at the last tick
         self._prices = Prices(self._ring_size, self.policy)
         self._tails = 0.0  # shared time of tails closed since the last tick
-        self._guessed = dict(_ZERO)  # what those tails were charged, per component
+        self._guessed = dict(ZERO)  # what those tails were charged, per component
         self._readings = Deltas()
         self._known = self._readings.known
-        self._idle = dict(_ZERO)  # unattributed J
-        self._attributed = dict(_ZERO)  # closed, attributed J
-        self._after = dict(_ZERO)  # the part of it drawn after the responses
+        self._idle = dict(ZERO)  # unattributed J
+        self._attributed = dict(ZERO)  # closed, attributed J
+        self._after = dict(ZERO)  # the part of it drawn after the responses
         self._measured = self._readings.measured  # sum of the valid deltas
         self._last_time: float | None = None
         self._windows: dict[Window, None] = {}  # open, oldest first
-        self._open_at_tick = dict(_ZERO)  # J held by open windows at the last tick
+        self._open_at_tick = dict(ZERO)  # J held by open windows at the last tick
         self.first_reading: EnergyReading | None = None
         self.last_reading: EnergyReading | None = None
 
@@ -97,9 +95,7 @@ class Ledger:
             self._advance(now)
             self._n += 1
             prices = self._prices
-            j = prices.j  # the last tick, and its (B, C, P) in case it is evicted
-            last = prices.ring[j % prices.size] if j >= 0 else None
-            window = Window(now, self._b, j, self._t is not None, last)
+            window = Window(now, self._b, prices.j, self._t is not None, prices.last())
             self._windows[window] = None
             if self._timed:  # only a policy with clocks keeps per-window state
                 self.policy.opened(window, clock)

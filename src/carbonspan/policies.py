@@ -44,7 +44,8 @@ class Interval(NamedTuple):
 
 
 class AttributionPolicy(Protocol):
-    """What the ledger asks of a policy. Every call is made under its lock."""
+    """What the ledger asks of a policy. Every call is made under its lock.
+    `label`, `opened` and `closed` are called for `timed` policies only."""
 
     name: str
     timed: bool  # whether each request needs a CPU clock
@@ -172,6 +173,9 @@ class CpuTime(TimeShare):
         self._open: dict[Window, _CpuWindow] = {}
         self._tails_cpu = 0.0  # CPU seconds of tails closed since the last tick
         self._joules_per_cpu = Ratio(memory=5.0)
+        #: J per request CPU second to guess tails with; None until CPU busy
+        #: power is known. Changes only where the model learns (settle, prior).
+        self._per_cpu: float | None = None
 
     @property
     def open_windows(self) -> int:
@@ -199,15 +203,22 @@ class CpuTime(TimeShare):
         state = window.state
         if not isinstance(state, _CpuWindow):
             return super().charge(name, window, measured, tail, rate)
-        busy = self.models[name].busy
-        if busy is None:
+        per_cpu = self._per_cpu
+        if per_cpu is None:
             return None
-        per_cpu = self._joules_per_cpu.value(busy, CPU_PRIOR)
-        if state.clock is not None and per_cpu is not None:
-            guess = per_cpu * state.used()
-        else:
-            guess = rate * tail
+        guess = per_cpu * state.used() if state.clock is not None else rate * tail
         return state.charge + guess, guess
+
+    def _learned(self) -> None:
+        busy = self.models["cpu"].busy
+        self._per_cpu = (
+            None if busy is None else self._joules_per_cpu.value(busy, CPU_PRIOR)
+        )
+
+    def prior(self, name: str, watts: float) -> None:
+        super().prior(name, watts)
+        if name == "cpu":
+            self._learned()
 
     def settle(self, name: str, interval: Interval) -> float:
         if name != "cpu":
@@ -230,16 +241,17 @@ class CpuTime(TimeShare):
             state.cpu_seen = state.clock.seconds if state.clock is not None else 0.0
             state.b_seen = b
         self._tails_cpu = 0.0
+        self._learned()
         return exact - interval.guessed
 
 
-POLICIES: dict[str, type[TimeShare]] = {
+POLICIES: dict[str, type[AttributionPolicy]] = {
     TimeShare.name: TimeShare,
     CpuTime.name: CpuTime,
 }
 
 
-def make(name: str) -> TimeShare:
+def make(name: str) -> AttributionPolicy:
     """The policy called `name`; ValueError naming the accepted ones."""
     try:
         return POLICIES[name]()

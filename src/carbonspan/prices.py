@@ -11,27 +11,25 @@ interval's power, and its tail after the last tick at a guess (see
 
 from __future__ import annotations
 
-from carbonspan.policies import TimeShare
+from carbonspan.policies import AttributionPolicy
 from carbonspan.source import COMPONENTS
-from carbonspan.windows import Tick, Window
+from carbonspan.windows import UNKNOWN, ZERO, Tick, Window
 
 #: An interval's busy power is pulled towards the learned one as if that had
 #: been seen for this fraction of the interval's idle seconds: a few busy
 #: milliseconds in an idle interval say little, a busy interval says it all.
 SHRINK = 0.05
-_ZERO = dict.fromkeys(COMPONENTS, 0.0)
-_UNKNOWN: dict[str, float | None] = dict.fromkeys(COMPONENTS)
 
 
 class Prices:
     """The ring of ticks and the tail rates, under the ledger's lock."""
 
-    def __init__(self, size: int, policy: TimeShare) -> None:
+    def __init__(self, size: int, policy: AttributionPolicy) -> None:
         self.size = size
         self.policy = policy
         self.j = -1  # index of the last tick
         self.tick_b = 0.0  # B at the last tick
-        self.c = dict(_ZERO)  # C at the last tick, per component
+        self.c = dict(ZERO)  # C at the last tick, per component
         self.ring: list[Tick | None] = [None] * size
         self.names: tuple[str, ...] = ()  # the components measured so far
         # Watts to guess a tail with, per component (None: no guess yet).
@@ -91,39 +89,42 @@ class Prices:
         """Per component: the charge (None where unknown) and its guessed part;
         and the CPU joules of time share, which the CPU power comes from."""
         j0 = window.j0
-        charges: dict[str, float | None] = dict(_UNKNOWN)
+        charges: dict[str, float | None] = dict(UNKNOWN)
         guesses: dict[str, float] = {}
-        if j0 == self.j and not self.policy.custom:
-            # No tick since it opened: all of it is the tail (the common case
-            # of a short request, so it gets its own few lines).
+        custom = self.policy.custom
+        shared_cpu = None
+        if j0 == self.j:
+            # No tick since it opened: all of it is the tail, at the learned
+            # rates (the common case of a short request).
             tail = b - window.b0
             for name, watts in self.tail_rates:
-                charges[name] = guesses[name] = watts * tail
-            return charges, guesses, None
-        if j0 == self.j:
-            tail = b - window.b0
-            head, c1, p1 = 0.0, self.c, _ZERO
-            last: dict[str, float] | None = None
-        else:
-            tail = b - self.tick_b
-            # It was in flight during the last interval: what requests drew
-            # then is the best guess of what it draws now.
-            last = self.ring[self.j % self.size][2]  # type: ignore[index]
-            if window.ready and self.j - j0 <= self.size:
-                b1, c1, p1 = self.ring[(j0 + 1) % self.size]  # type: ignore[misc]
-                head = b1 - window.b0
-            elif window.ready and window.last_tick is not None:
-                # Open so long that the tick after it opened is forgotten: its
-                # first interval is charged at the power known when it opened.
-                b1, c1, p1 = window.last_tick
-                head = b1 - window.b0  # <= 0: takes back the C before it opened
-            else:  # opened before the first tick: C counts from that tick
-                head, c1, p1 = 0.0, _ZERO, _ZERO
-        c, rates, custom = self.c, self.rates, self.policy.custom
-        shared_cpu = None
+                guess = watts * tail
+                if name in custom:
+                    shared_cpu = guess  # what time share would charge
+                    charged = self.policy.charge(name, window, 0.0, tail, watts)
+                    if charged is not None:
+                        charges[name], guesses[name] = charged
+                else:
+                    charges[name] = guesses[name] = guess
+            return charges, guesses, shared_cpu
+        tail = b - self.tick_b
+        # It was in flight during the last interval: what requests drew then
+        # is the best guess of what it draws now.
+        last = self.ring[self.j % self.size][2]  # type: ignore[index]
+        if window.ready and self.j - j0 <= self.size:
+            b1, c1, p1 = self.ring[(j0 + 1) % self.size]  # type: ignore[misc]
+            head = b1 - window.b0
+        elif window.ready and window.last_tick is not None:
+            # Open so long that the tick after it opened is forgotten: its
+            # first interval is charged at the power known when it opened.
+            b1, c1, p1 = window.last_tick
+            head = b1 - window.b0  # <= 0: takes back the C before it opened
+        else:  # opened before the first tick: C counts from that tick
+            head, c1, p1 = 0.0, ZERO, ZERO
+        c, rates = self.c, self.rates
         for name in self.names:  # the components measured so far
             measured = p1.get(name, 0.0) * head + c[name] - c1[name]
-            rate = last.get(name) if last is not None else None
+            rate = last.get(name)
             if rate is None:
                 rate = rates[name]
                 if rate is None:

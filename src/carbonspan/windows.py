@@ -7,7 +7,9 @@ from dataclasses import dataclass, fields
 
 from carbonspan.source import COMPONENTS, Measurement
 
-_UNKNOWN: dict[str, float | None] = dict.fromkeys(COMPONENTS)
+#: Per component: no charge known, and no joules.
+UNKNOWN: dict[str, float | None] = dict.fromkeys(COMPONENTS)
+ZERO = dict.fromkeys(COMPONENTS, 0.0)
 #: What a window was charged: J per component (None: not measured), its
 #: shared seconds, and the CPU J time share would have charged it.
 Charges = tuple[dict[str, float | None], float, float | None]
@@ -38,7 +40,7 @@ class Past:
     __slots__ = ("charges", "paused_since", "shared", "shared_cpu", "waited")
 
     def __init__(self) -> None:
-        self.charges: dict[str, float | None] = dict(_UNKNOWN)
+        self.charges: dict[str, float | None] = dict(UNKNOWN)
         self.shared = 0.0  # their shared seconds
         self.shared_cpu: float | None = None  # their time-share CPU joules
         self.waited = 0.0  # seconds spent waiting, out of n(t)
