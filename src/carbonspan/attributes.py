@@ -151,8 +151,9 @@ class SpanAttributes:
     """The attributes for each request's span: its figures, and the static
     ones its Resource does not already carry with the same value.
 
-    The static part is computed once the hardware is known, and what a
-    Resource lacks once per Resource.
+    The static part is computed again only when the sampler's hardware
+    description changes (at most once a tick), and what a Resource lacks
+    once per Resource.
     """
 
     def __init__(
@@ -168,30 +169,35 @@ class SpanAttributes:
         self._sampler = sampler
         self._scope = scope
         self._attribution = attribution
-        self._static: dict[str, Any] | None = None
+        self._info: HardwareInfo | None = None  # the one `_static` describes
+        self._static: dict[str, Any] = {}
         # The last span Resource seen, and the static attributes it lacks.
         self._on_span: tuple[object, dict[str, Any]] = (None, {})
 
     def for_span(
-        self, measurement: Measurement, span: object = None
+        self,
+        measurement: Measurement,
+        span: object = None,
+        factors: Factors | None = None,
     ) -> dict[str, Any] | None:
         """The attributes for `span` (None: all the static ones), or None if
-        nothing was measured."""
-        factors = self._books.factors
+        nothing was measured. `factors`: those the request is valued at (by
+        default, those in force)."""
+        if factors is None:
+            factors = self._books.factors
         dynamic = self._grid.dynamic
-        static = self._static
-        if static is None:
-            info = self._sampler.info
-            static = static_attributes(
+        info = self._sampler.info
+        if info is not self._info:
+            self._info = info
+            self._static = static_attributes(
                 self._grid.fallback,
                 info,
                 self._scope,
                 self._attribution,
                 dynamic=dynamic,
             )
-            if not info.measurement:  # hardware not known yet: nothing frozen
-                return span_attributes(measurement, factors, static, dynamic)
-            self._static = static  # hardware known: freeze the static part
+            self._on_span = (None, {})
+        static = self._static
         resource = getattr(span, "resource", None)
         if resource is None:  # not an SDK span: all of them
             on_span = static

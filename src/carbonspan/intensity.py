@@ -27,13 +27,13 @@ import logging
 import math
 import os
 import threading
-import time
 import urllib.parse
 import urllib.request
 import weakref
 from typing import Protocol, runtime_checkable
 
 from carbonspan.emissions import CarbonIntensity
+from carbonspan.throttle import Throttle
 
 _log = logging.getLogger(__name__)
 
@@ -45,8 +45,6 @@ ELECTRICITYMAPS_URL = "https://api.electricitymaps.com/v3"
 TOKEN_ENV = "CARBONSPAN_ELECTRICITYMAPS_TOKEN"
 #: Seconds one request to a provider may take.
 TIMEOUT = 10.0
-#: Seconds between two log lines about a failing provider.
-LOG_EVERY = 60.0
 
 
 @runtime_checkable
@@ -163,7 +161,7 @@ class Grid:
         self._due: float | None = None  # when the next refresh is due
         self._busy = False  # a refresh is under way
         self._lock = threading.Lock()
-        self._logged_at: float | None = None
+        self._throttle = Throttle()
         _grids.add(self)
 
     def poll(self, now: float) -> None:
@@ -220,10 +218,8 @@ class Grid:
 
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1
-        now = time.monotonic()
-        if self._logged_at is not None and now - self._logged_at < LOG_EVERY:
+        if not self._throttle.allow("provider"):
             return
-        self._logged_at = now
         current = self._pending or self.current  # the last good value
         _log.warning(
             "carbonspan: carbon intensity provider %r failed (%s; %d so far); "
@@ -241,7 +237,7 @@ class Grid:
         self._lock = threading.Lock()
         self._busy = False
         self._due = None
-        self._logged_at = None
+        self._throttle = Throttle()
 
 
 def token_from_env() -> str | None:

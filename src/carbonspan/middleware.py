@@ -237,11 +237,10 @@ class _Request:
                 return
             total = measurement.total
             if total is not None:
-                runtime.metrics.record(
-                    measurement, *self._route(), runtime.books.factors, span
-                )
+                factors = runtime.books.factors  # one valuation for both
+                runtime.metrics.record(measurement, *self._route(), factors, span)
                 if span.is_recording():
-                    attributes = runtime.span_attributes(measurement, span)
+                    attributes = runtime.span_attributes(measurement, span, factors)
                     if attributes is not None:
                         span.set_attributes(attributes)
         except Exception as exc:  # never let measuring hurt the request

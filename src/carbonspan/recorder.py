@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from typing import Any
 
@@ -24,6 +23,7 @@ from carbonspan import attributes as a
 from carbonspan.emissions import CarbonIntensity
 from carbonspan.sci import Factors
 from carbonspan.source import Measurement
+from carbonspan.throttle import Throttle
 
 RouteKey = tuple[str | None, str, int]
 #: One finished request waiting to be recorded: what it was charged, route,
@@ -34,8 +34,6 @@ Pending = tuple[Measurement, str | None, str, int, Factors, Span]
 #: At the 0.1 s default interval that is 160,000 requests/s, or a sampler
 #: stalled for 1.6 s at 10,000 requests/s.
 BUFFER_SIZE = 16384
-#: Seconds between two log lines about dropped requests.
-LOG_EVERY = 60.0
 _EMPTY = Context()
 _METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
@@ -58,7 +56,7 @@ class Recorder:
         self._drain_lock = threading.Lock()
         self.buffer_size = BUFFER_SIZE
         self.dropped = 0  # requests not recorded because the buffer was full
-        self._dropped_logged_at: float | None = None
+        self._throttle = Throttle()
 
     def record(
         self,
@@ -154,11 +152,8 @@ class Recorder:
         with self._lock:
             self.dropped += 1
             count = self.dropped
-            now = time.monotonic()
-            last = self._dropped_logged_at
-            if last is not None and now - last < LOG_EVERY:
+            if not self._throttle.allow("dropped"):
                 return
-            self._dropped_logged_at = now
         _log.warning(
             "carbonspan: %d request(s) so far not recorded in codecarbon.request.*: "
             "the buffer of %d requests waiting for the sampler thread was full "
@@ -173,7 +168,7 @@ class Recorder:
         self._drain_lock = threading.Lock()
         self._lock = threading.Lock()
         self.dropped = 0
-        self._dropped_logged_at = None
+        self._throttle = Throttle()
 
 
 def _route_attributes(key: RouteKey) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from carbonspan.codecarbon_source import CodeCarbonPowerSource
 from carbonspan.config import Settings
 from carbonspan.metrics import metrics_for
 from carbonspan.source import COMPONENTS, EnergyTotals, PowerSource
+from carbonspan.throttle import Throttle
 from carbonspan.types import Scope
 
 _log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Runtime:
         self.span_attributes = SpanAttributes(
             self.grid, books, self.sampler, settings.scope, settings.attribution
         ).for_span
-        self._throttle = sampler.Throttle()
+        self._throttle = Throttle()
 
     @property
     def intensity(self) -> emissions.CarbonIntensity:

@@ -24,11 +24,10 @@ from typing import Any
 
 from carbonspan.ledger import Ledger
 from carbonspan.source import HardwareInfo, PowerSource
+from carbonspan.throttle import Throttle
 
 _log = logging.getLogger(__name__)
 
-#: Seconds between two log lines about the same kind of fault of a source.
-LOG_EVERY = 60.0
 #: A read that takes this long (seconds) is logged as a fault: meanwhile,
 #: requests are charged at the last measured power.
 SLOW_READ = 1.0
@@ -56,21 +55,6 @@ _FAILED = (
     "reading failed",
     "requests go on, and their figures resume when it recovers",
 )
-
-
-class Throttle:
-    """Lets one log line per kind through, then at most one every LOG_EVERY s."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-
-    def allow(self, kind: str) -> bool:
-        now = time.monotonic()
-        last = self._last.get(kind)
-        if last is not None and now - last < LOG_EVERY:
-            return False
-        self._last[kind] = now
-        return True
 
 
 class PowerSampler:
