@@ -213,12 +213,12 @@ class SpanAttributes:
 
 
 def header_writer(
-    fields: tuple[str, ...], style: str, factors: Callable[[], Factors]
+    fields: tuple[str, ...], style: str, books: Books
 ) -> Callable[[Measurement], list[tuple[bytes, bytes]]] | None:
     """Response headers with the figures so far, or None when they are off.
 
     `fields` are among energy, emissions and duration; `style` is
-    x-codecarbon, server-timing or both; `factors` gives the factors in force.
+    x-codecarbon, server-timing or both; `books` hold the factors in force.
     """
     if not fields:
         return None
@@ -232,7 +232,7 @@ def header_writer(
         values: dict[str, float] = {"duration": float(round(m.duration * 1000.0))}
         if joules is not None:
             values["energy"] = joules
-            values["emissions"] = factors().intensity.grams(joules)
+            values["emissions"] = books.factors.intensity.grams(joules)
         out: list[tuple[bytes, bytes]] = []
         entries = []
         for name in fields:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any, Protocol
 
+from carbonspan.emissions import JOULES_PER_KWH
+
 CPU_FALLBACK = (
     "carbonspan: CPU detection failed; CPU energy falls back on a constant half "
     "of the TDP, CodeCarbon's constant model (codecarbon.measurement.cpu=tdp)"
@@ -39,7 +41,7 @@ class _CodeCarbonCpu:
 
     def joules(self, dt: float) -> float:
         _, energy = self.hw.measure_power_and_energy(last_duration=dt)
-        return float(energy.kWh) * 3.6e6
+        return float(energy.kWh) * JOULES_PER_KWH
 
     def busy_watts(self) -> float | None:
         """What CodeCarbon's CPU model says one busy core draws, on an idle

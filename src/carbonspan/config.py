@@ -153,7 +153,11 @@ class Settings:
             values, from_env, ("cloud_provider", "cloud_region"), parsers.check_cloud
         )
         _check_pair(
-            values, from_env, ("country_iso_code", "region"), parsers.check_region
+            values,
+            from_env,
+            ("country_iso_code", "region"),
+            parsers.check_region,
+            keep_first=True,
         )
         _check_sci(values, from_env)
         return cls(**values)
@@ -201,13 +205,14 @@ def _check_pair(
     from_env: Mapping[str, str],
     names: tuple[str, str],
     check: Callable[[Any, Any], None],
+    keep_first: bool = False,
 ) -> None:
     """A check on two settings (the second refines the first).
 
     If either value is a keyword argument, a failure raises `ValueError`: the
     mistake is in the code. If both come from the environment, it is logged,
-    naming the variables actually set, and the settings are dropped: both for
-    the cloud pair, only the refinement (`region`) for the country pair.
+    naming the variables actually set, and the settings are dropped: both, or
+    with `keep_first` only the refinement (a country stands without a region).
     """
     first, second = names
     try:
@@ -220,7 +225,7 @@ def _check_pair(
                 origin = ", ".join(f"{n} came from {_var(n, from_env[n])}" for n in env)
                 raise ValueError(f"{exc}; {origin}") from None
             raise
-        dropped = given if first == "cloud_provider" else [second]
+        dropped = [second] if keep_first else given
         context = "".join(
             f" (with {ENV_PREFIX}{n.upper()} set to {from_env[n]!r})"
             for n in given

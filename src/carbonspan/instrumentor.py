@@ -16,7 +16,7 @@ instrumentor. In both cases the built stack is returned with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
@@ -57,22 +57,32 @@ def _creates_server_span(node: object) -> bool:
     )
 
 
-def insert_middleware(stack: ASGIApp, runtime: Runtime) -> ASGIApp:
-    """Put `CodeCarbonMiddleware` into a built stack, just inside the span creator."""
-    node: Any = stack  # middlewares hold the next one in `.app`
-    while node is not None:
-        if isinstance(node, CodeCarbonMiddleware):
-            return stack  # already measured (both instrument() and instrument_app)
-        node = getattr(node, "app", None)
+def _layers(stack: object) -> Iterator[Any]:
+    """A built stack's middlewares, outermost first (each holds the next in
+    `.app`)."""
     node = stack
     while node is not None:
+        yield node
+        node = getattr(node, "app", None)
+
+
+def _measuring(stack: object) -> CodeCarbonMiddleware | None:
+    return next(
+        (n for n in _layers(stack) if isinstance(n, CodeCarbonMiddleware)), None
+    )
+
+
+def insert_middleware(stack: ASGIApp, runtime: Runtime) -> ASGIApp:
+    """Put `CodeCarbonMiddleware` into a built stack, just inside the span creator."""
+    if _measuring(stack) is not None:
+        return stack  # already measured (both instrument() and instrument_app)
+    for node in _layers(stack):
         if _creates_server_span(node):
             node.app = CodeCarbonMiddleware(node.app, runtime=runtime)
             return stack
-        node = getattr(node, "app", None)
-    node = stack
-    if type(node).__name__ == "ServerErrorMiddleware" and hasattr(node, "app"):
-        node.app = CodeCarbonMiddleware(node.app, runtime=runtime)
+    outer: Any = stack
+    if type(outer).__name__ == "ServerErrorMiddleware" and hasattr(outer, "app"):
+        outer.app = CodeCarbonMiddleware(outer.app, runtime=runtime)
         return stack
     return CodeCarbonMiddleware(stack, runtime=runtime)
 
@@ -86,12 +96,8 @@ def runtime_of(app: object) -> Runtime | None:
     own: Runtime | None = getattr(app, _APP_ATTR, None)
     if own is not None:
         return own if own.active else None
-    node = getattr(app, "middleware_stack", None)
-    while node is not None:
-        if isinstance(node, CodeCarbonMiddleware):
-            return node.runtime if node.runtime.active else None
-        node = getattr(node, "app", None)
-    return None
+    found = _measuring(getattr(app, "middleware_stack", None))
+    return found.runtime if found is not None and found.runtime.active else None
 
 
 class _Patch:

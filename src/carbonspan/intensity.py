@@ -2,13 +2,12 @@
 
 A provider answers one question, "what is the grid's intensity now?", in
 g CO2eq/kWh (`IntensityProvider.current()`), in the spirit of Zeus's
-`CarbonIntensityProvider`. Two are built in:
-
-- `StaticIntensity`: one number, the factor `carbonspan.emissions.resolve`
-  finds offline (configured, cloud region, country, or world average). The
-  default: nothing is asked of the network.
-- `ElectricityMapsIntensity`: the latest intensity of an Electricity Maps zone
-  (`GET /carbon-intensity/latest?zone=...` with an `auth-token` header).
+`CarbonIntensityProvider`. One is built in, `ElectricityMapsIntensity`: the
+latest intensity of an Electricity Maps zone (`GET
+/carbon-intensity/latest?zone=...` with an `auth-token` header). Without a
+provider (`intensity_provider="static"`, the default) the factor
+`carbonspan.emissions.resolve` finds offline stays in force, and nothing is
+asked of the network.
 
 `Grid` keeps the value in force. A provider is never called on the request
 path: the sampler thread asks it every `intensity_refresh` seconds (15 minutes
@@ -54,21 +53,6 @@ class IntensityProvider(Protocol):
     def current(self) -> float:
         """g CO2eq/kWh now. Raise when it cannot be known."""
         ...
-
-
-class StaticIntensity:
-    """One intensity, always: today's behaviour, offline."""
-
-    name = "static"
-
-    def __init__(self, g_per_kwh: float) -> None:
-        self.g_per_kwh = float(g_per_kwh)
-
-    def current(self) -> float:
-        return self.g_per_kwh
-
-    def __repr__(self) -> str:
-        return f"StaticIntensity({self.g_per_kwh!r})"
 
 
 class ElectricityMapsIntensity:
@@ -155,7 +139,6 @@ class Grid:
         self.current = fallback
         self.dynamic = provider is not None
         self.source = provider_name(provider) if self.dynamic else fallback.source
-        self.refreshes = 0  # answers received
         self.failures = 0  # refreshes that failed
         self._pending: CarbonIntensity | None = None
         self._due: float | None = None  # when the next refresh is due
@@ -205,7 +188,6 @@ class Grid:
         )
         with self._lock:
             self._pending = answer
-            self.refreshes += 1
         return True
 
     def take(self) -> CarbonIntensity | None:
@@ -238,12 +220,6 @@ class Grid:
         self._busy = False
         self._due = None
         self._throttle = Throttle()
-
-
-def token_from_env() -> str | None:
-    """The Electricity Maps token, from the environment only (a secret)."""
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    return token or None
 
 
 _grids: weakref.WeakSet[Grid] = weakref.WeakSet()

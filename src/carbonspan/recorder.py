@@ -88,7 +88,7 @@ class Recorder:
     ) -> None:
         """Add the work a request left running after its response to its
         route's figures (and its emissions to `codecarbon.request.emissions`)."""
-        key = (route, method if method in _METHODS else "_OTHER", status)
+        key = route_key(route, method, status)
         with self._lock:
             if key not in self._attrs:
                 self._attrs[key] = _route_attributes(key)
@@ -120,7 +120,7 @@ class Recorder:
                         )
                     except IndexError:
                         break
-                    key = (route, method if method in _METHODS else "_OTHER", status)
+                    key = route_key(route, method, status)
                     attrs = attrs_by_key.get(key)
                     if attrs is None:
                         attrs = attrs_by_key[key] = _route_attributes(key)
@@ -169,6 +169,11 @@ class Recorder:
         self._lock = threading.Lock()
         self.dropped = 0
         self._throttle = Throttle()
+
+
+def route_key(route: str | None, method: str, status: int) -> RouteKey:
+    """A request's series: methods outside the standard set are `_OTHER`."""
+    return route, method if method in _METHODS else "_OTHER", status
 
 
 def _route_attributes(key: RouteKey) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from opentelemetry import metrics, trace
 from opentelemetry.util.http import get_excluded_urls
 
-from carbonspan import cputime, embodied, emissions, intensity, policies, sampler, sci
+from carbonspan import cputime, embodied, emissions, intensity, sampler, sci
 from carbonspan.attributes import SpanAttributes, header_writer
 from carbonspan.codecarbon_source import CodeCarbonPowerSource
 from carbonspan.config import Settings
@@ -47,11 +47,11 @@ class Runtime:
                 (id(src), interval, policy),
                 lambda: sampler.PowerSampler(src, interval, policy),
             )
+        self.ledger = self.sampler.ledger
         # Whether the policy needs each request's CPU clock.
-        self.timed = policies.POLICIES[policy].timed
+        self.timed = self.ledger.policy.timed
         if self.timed:
             cputime.patch()
-        self.ledger = self.sampler.ledger
         share = getattr(self.sampler.source, "reserved_share", None)
         self.books = sci.Books(
             self.ledger,
@@ -66,9 +66,7 @@ class Runtime:
         self.excluded = _exclusion(settings)
         books = self.books
         self.headers = header_writer(
-            settings.response_headers,
-            settings.response_headers_format,
-            lambda: books.factors,
+            settings.response_headers, settings.response_headers_format, books
         )
         self.hook = settings.measurement_hook
         self.active = True

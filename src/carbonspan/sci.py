@@ -117,7 +117,6 @@ class Books:
         self.reserved_share: float | None = None  # RS of the last interval
         self._rs_seconds = 0.0  # busy seconds behind the smoothed RS (forgotten)
         self._rs_sum = 0.0
-        self._open_seconds = 0.0  # shared seconds held by requests in flight
         if forked:
             self._joules = (0.0, 0.0, 0.0)
             self._times = (0.0, 0.0, 0.0, 0.0)
@@ -184,7 +183,6 @@ class Books:
         open_seconds = times.busy - times.attributed - times.unattributed
         if times.in_flight == 0 or open_seconds < 0.0:
             open_seconds = 0.0
-        self._open_seconds = open_seconds
         if embodied != used:
             self.embodied_unattributed += open_seconds * (
                 (used or 0.0) - (embodied or 0.0)
@@ -211,18 +209,6 @@ class Books:
         if self._rs_seconds > 0:
             return self._rs_sum / self._rs_seconds
         return share
-
-    def in_flight(self) -> tuple[float, float]:
-        """(g, embodied g) held by requests in flight, valued at the factors
-        in force: what the books' identity needs beside the two accounts."""
-        with self._lock:
-            measured, attributed, unattributed = self._joules
-            seconds = self._open_seconds
-            factors = self.factors
-        grams = (measured - attributed - unattributed) * (
-            factors.intensity.g_per_kwh / JOULES_PER_KWH
-        )
-        return grams, seconds * (factors.embodied or 0.0)
 
 
 _books: weakref.WeakSet[Books] = weakref.WeakSet()
