@@ -47,10 +47,7 @@ class Metrics(Recorder):
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         super().__init__()
-        self._sources: dict[int, tuple[Ledger, Books, int]] = {}
-        self._grams_floor: dict[int, list[float]] = {}
-        self._idle_floor: dict[int, list[float]] = {}
-        self._long: dict[int, float] = {}  # the long_request setting, per ledger
+        self._sources: dict[Ledger, _Source] = {}
         meter = get_meter(
             __name__, __version__, meter_provider=meter_provider, schema_url=SCHEMA_URL
         )
@@ -141,22 +138,22 @@ class Metrics(Recorder):
         _all.add(self)
 
     def add(self, ledger: Ledger, books: Books, long_request: float = 300.0) -> None:
+        """Count `ledger` (shared by the instrumentations of one sampler: the
+        first one's books and the last one's long_request hold)."""
         with self._lock:
-            self._long[id(ledger)] = long_request
-            _, first, count = self._sources.get(id(ledger), (ledger, books, 0))
-            self._sources[id(ledger)] = (ledger, first, count + 1)
-            self._idle_floor.setdefault(id(ledger), [0.0] * len(COMPONENTS))
-            self._grams_floor.setdefault(id(ledger), [0.0, 0.0])
+            source = self._sources.get(ledger)
+            if source is None:
+                source = self._sources[ledger] = _Source(books)
+            source.count += 1
+            source.long_request = long_request
 
     def remove(self, ledger: Ledger) -> None:
         with self._lock:
-            entry = self._sources.get(id(ledger))
-            if entry is None:
-                return
-            if entry[2] > 1:
-                self._sources[id(ledger)] = (entry[0], entry[1], entry[2] - 1)
-            else:
-                del self._sources[id(ledger)]
+            source = self._sources.get(ledger)
+            if source is not None:
+                source.count -= 1
+                if source.count == 0:
+                    del self._sources[ledger]
 
     # -- observable callbacks ---------------------------------------------
 
@@ -169,12 +166,12 @@ class Metrics(Recorder):
         """
         with self._lock:
             out = []
-            for key, (ledger, books, _) in self._sources.items():
+            for ledger, source in self._sources.items():
                 totals = ledger.totals()
-                floor = self._idle_floor[key]
+                floor = source.idle_floor
                 for i, value in enumerate(totals.unattributed):
                     floor[i] = max(floor[i], value)
-                out.append((ledger, books, totals, list(floor)))
+                out.append((ledger, source.books, totals, list(floor)))
             return out
 
     def _books(self) -> list[tuple[Books, float, float]]:
@@ -182,8 +179,8 @@ class Metrics(Recorder):
         the operational and the embodied account), as for the energy."""
         with self._lock:
             out = []
-            for key, (_, books, _) in self._sources.items():
-                floor = self._grams_floor[key]
+            for source in self._sources.values():
+                books, floor = source.books, source.grams_floor
                 floor[0] = max(floor[0], books.unattributed)
                 floor[1] = max(floor[1], books.embodied_unattributed)
                 out.append((books, floor[0], floor[1]))
@@ -247,7 +244,7 @@ class Metrics(Recorder):
 
     def _observe_in_flight(self, _: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
-            ledgers = [entry[0] for entry in self._sources.values()]
+            ledgers = list(self._sources)
         return [Observation(sum(ledger.in_flight for ledger in ledgers))]
 
     def _observe_background(self, _: CallbackOptions) -> Iterable[Observation]:
@@ -260,9 +257,7 @@ class Metrics(Recorder):
 
     def _observe_long(self, _: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
-            entries = [
-                (entry[0], self._long[key]) for key, entry in self._sources.items()
-            ]
+            entries = [(ledger, s.long_request) for ledger, s in self._sources.items()]
         now = time.monotonic()
         return [Observation(sum(ledger.open_since(now - s) for ledger, s in entries))]
 
@@ -275,7 +270,22 @@ class Metrics(Recorder):
             first = next(iter(self._sources.values()), None)
         if first is None:
             return []
-        return [Observation(first[1].factors.intensity.g_per_kwh)]
+        return [Observation(first.books.factors.intensity.g_per_kwh)]
+
+
+class _Source:
+    """One ledger the instruments read: its books, how many instrumentations
+    count it, and the floors that keep its unattributed counters from going
+    down."""
+
+    __slots__ = ("books", "count", "grams_floor", "idle_floor", "long_request")
+
+    def __init__(self, books: Books) -> None:
+        self.books = books
+        self.count = 0
+        self.long_request = 300.0
+        self.idle_floor = [0.0] * len(COMPONENTS)
+        self.grams_floor = [0.0, 0.0]
 
 
 def _split(pairs: Iterable[tuple[float, float]]) -> list[Observation]:
