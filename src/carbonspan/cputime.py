@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from asyncio import events
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextvars import ContextVar, Token
@@ -32,22 +33,64 @@ _current: ContextVar[CpuClock | None] = ContextVar("carbonspan_cpu_clock", defau
 
 
 class CpuClock:
-    """CPU seconds used on behalf of one request."""
+    """CPU seconds used on behalf of one request.
 
-    __slots__ = ("_lock", "loop_seconds", "mark", "native", "thread_seconds")
+    `seconds` counts the step running now too, wherever it is read: a request
+    whose work runs in one step (an ``async def`` that never awaits) is read
+    at its final body while that step is still running.
+    """
+
+    __slots__ = ("_cpu_clock", "_lock", "native", "state", "thread", "thread_seconds")
 
     def __init__(self, native: bool = False) -> None:
-        self.loop_seconds = 0.0  # only the event loop's thread adds here
         self.thread_seconds = 0.0  # worker threads add here, under the lock
         self._lock = threading.Lock()
         self.native = native  # the loop's callbacks are timed
-        # The loop thread's CPU clock when the step running now began to
-        # count, or None between steps.
-        self.mark: float | None = thread_time() if native else None
+        self.thread = threading.get_ident()  # the event loop's thread
+        self._cpu_clock: int | None = None  # its CPU clock, read from others
+        # (CPU seconds of the loop's ended steps, the loop thread's CPU clock
+        # when the step running now began or None between steps). One tuple,
+        # replaced whole, so that another thread reads a consistent pair.
+        self.state: tuple[float, float | None] = (
+            0.0,
+            thread_time() if native else None,
+        )
 
     @property
     def seconds(self) -> float:
-        return self.loop_seconds + self.thread_seconds
+        """CPU seconds so far, the step running now included."""
+        done, mark = state = self.state
+        if mark is not None:
+            if threading.get_ident() == self.thread:
+                done += thread_time() - mark
+            else:  # the sampler's thread: read the loop thread's clock
+                done = self._from_other_thread(state)
+        return done + self.thread_seconds
+
+    def _from_other_thread(self, state: tuple[float, float | None]) -> float:
+        while True:
+            done, mark = state
+            if mark is None:
+                return done
+            try:
+                if self._cpu_clock is None:
+                    self._cpu_clock = time.pthread_getcpuclockid(self.thread)
+                now = time.clock_gettime(self._cpu_clock)
+            except (AttributeError, OSError):  # no per-thread clocks here
+                return done
+            if self.state is state:  # the step was still running
+                return done + max(now - mark, 0.0)
+            state = self.state
+
+    def step_began(self) -> None:
+        """The loop thread starts a step of this request."""
+        self.state = (self.state[0], thread_time())
+
+    def step_ended(self) -> None:
+        """The loop thread ends the step it began."""
+        done, mark = self.state
+        if mark is not None:
+            self.state = (done + thread_time() - mark, None)
 
     def add_thread(self, seconds: float) -> None:
         with self._lock:
@@ -69,10 +112,7 @@ def begin() -> tuple[CpuClock, Token[CpuClock | None]] | None:
 
 def end(clock: CpuClock, token: Token[CpuClock | None]) -> None:
     """The request is over: count the step running now up to here."""
-    mark = clock.mark
-    if mark is not None:
-        clock.loop_seconds += thread_time() - mark
-        clock.mark = None
+    clock.step_ended()
     _current.reset(token)
 
 
@@ -86,18 +126,18 @@ class _Timed(Coroutine[Any, Any, Any]):
         self._clock = clock
 
     def send(self, value: Any) -> Any:
-        start = thread_time()
+        self._clock.step_began()
         try:
             return self._coro.send(value)  # type: ignore[attr-defined]
         finally:
-            self._clock.loop_seconds += thread_time() - start
+            self._clock.step_ended()
 
     def throw(self, *args: Any) -> Any:
-        start = thread_time()
+        self._clock.step_began()
         try:
             return self._coro.throw(*args)  # type: ignore[attr-defined]
         finally:
-            self._clock.loop_seconds += thread_time() - start
+            self._clock.step_ended()
 
     def close(self) -> None:
         self._coro.close()  # type: ignore[attr-defined]
@@ -117,15 +157,14 @@ def _timed_run(original: Callable[[events.Handle], None]) -> Callable[..., None]
         context = self._context  # type: ignore[attr-defined]
         before = context.get(_current)
         if before is not None:
-            before.mark = thread_time()
+            before.step_began()
         try:
             original(self)
         finally:
             # The clock may have been made current, or ended, in this step.
             clock = context.get(_current) or before
-            if clock is not None and clock.mark is not None:
-                clock.loop_seconds += thread_time() - clock.mark
-                clock.mark = None
+            if clock is not None:
+                clock.step_ended()
 
     return _run
 

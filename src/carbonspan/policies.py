@@ -143,14 +143,18 @@ class _CpuWindow:
 
     def __init__(self, clock: CpuClock | None, b0: float) -> None:
         self.clock = clock
-        self.cpu_seen = clock.seconds if clock is not None else 0.0
+        self.cpu_seen = self.seen()
         self.b_seen = b0  # the shared-time integral at the last tick
         self.charge = 0.0  # CPU joules of the intervals that have ended
 
+    def seen(self) -> float:
+        """The request's CPU seconds so far (0 without a clock)."""
+        clock = self.clock
+        return clock.seconds if clock is not None else 0.0
+
     def used(self) -> float:
         """CPU seconds since the last tick."""
-        clock = self.clock
-        return clock.seconds - self.cpu_seen if clock is not None else 0.0
+        return self.seen() - self.cpu_seen
 
 
 class CpuTime(TimeShare):
@@ -225,7 +229,9 @@ class CpuTime(TimeShare):
             return super().settle(name, interval)
         power, b = interval.power, interval.b
         busy_joules = interval.busy_joules
-        used = {state: state.used() for state in self._open.values()}
+        # Each clock read once: what it counted since is the next interval's.
+        seen = {state: state.seen() for state in self._open.values()}
+        used = {state: now - state.cpu_seen for state, now in seen.items()}
         total = sum(used.values()) + self._tails_cpu
         if total > MIN_CPU:
             k = busy_joules / total
@@ -237,8 +243,8 @@ class CpuTime(TimeShare):
             for state in used:
                 state.charge += power * (b - state.b_seen)
             exact = power * interval.tails
-        for state in used:
-            state.cpu_seen = state.clock.seconds if state.clock is not None else 0.0
+        for state, now in seen.items():
+            state.cpu_seen = now
             state.b_seen = b
         self._tails_cpu = 0.0
         self._learned()

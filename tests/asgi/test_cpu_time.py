@@ -122,7 +122,7 @@ def test_ram_stays_time_share_under_cpu_time() -> None:
     ledger.tick(source.read())
     busy, idle = CpuClock(), CpuClock()
     wb, wi = ledger.open(1.0, busy), ledger.open(1.0, idle)
-    busy.loop_seconds = 0.3
+    busy.add_thread(0.3)
     now[0] = 2.0
     ledger.tick(source.read())
     mb, mi = ledger.close(wb, 2.0), ledger.close(wi, 2.0)
@@ -189,7 +189,7 @@ def test_cpu_time_attributed_plus_unattributed_equals_measured(
             assert m.cpu is None or m.cpu >= -1e-9
             charged += m.cpu or 0.0
         elif kind == "work" and open_windows:
-            open_windows[pick % len(open_windows)][1].loop_seconds += dt
+            open_windows[pick % len(open_windows)][1].add_thread(dt)
         elif kind == "tick":
             ledger.tick(source.read())
     for window, _ in open_windows:

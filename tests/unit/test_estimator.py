@@ -66,7 +66,7 @@ def sporadic(policy: str, seed: int, n: int = 300) -> tuple[list[float], list[fl
             assert i is not None
             window, clock = open_.pop(i)
             b, e = requests[i]
-            clock.loop_seconds = e - b  # a CPU burner: busy all along
+            clock.add_thread(e - b)  # a CPU burner: busy all along
             m = ledger.close(window, at)  # type: ignore[arg-type]
             if m.cpu is not None and b > 1.0:  # past the first second
                 reported.append(m.cpu)
@@ -211,8 +211,8 @@ def test_a_paused_request_is_charged_nothing_while_it_waits(policy: str) -> None
     w_wait = ledger.open(t0, waiting)
     for k in range(1, 11):  # ticks every 0.1 s over the second
         now = t0 + k * TICK
-        working.loop_seconds += 0.05  # the working request computes
-        waiting.loop_seconds += 0.0 if 2 < k <= 8 else 0.05
+        working.add_thread(0.05)  # the working request computes
+        waiting.add_thread(0.0 if 2 < k <= 8 else 0.05)
         ledger.tick(EnergyReading(time=now, cpu=10.0 * now))
         if k == 2:
             ledger.pause(w_wait, now)  # its client is slow from here
