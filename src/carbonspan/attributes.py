@@ -35,6 +35,7 @@ LOCATION_SOURCE = "codecarbon.location.source"
 ATTRIBUTION = "codecarbon.attribution"
 CONCURRENCY = "codecarbon.concurrency"
 SCOPE = "codecarbon.scope"
+IDLE_POWER = "codecarbon.idle_power"
 CPU_MODEL = "codecarbon.cpu.model"
 GPU_MODEL = "codecarbon.gpu.model"
 GPU_COUNT = "codecarbon.gpu.count"
@@ -70,6 +71,7 @@ def static_attributes(
         REGION: intensity.region,
         CLOUD_PROVIDER: intensity.cloud_provider,
         CLOUD_REGION: intensity.cloud_region,
+        IDLE_POWER: info.idle_power,
         CPU_MODEL: info.cpu_model,
         GPU_MODEL: info.gpu_model,
         GPU_COUNT: info.gpu_count,

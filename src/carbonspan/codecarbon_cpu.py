@@ -20,12 +20,18 @@ CPU_FALLBACK = (
 )
 
 
+#: CodeCarbon's load model: the machine's CPU draws TDP x (IDLE_SHARE +
+#: (1 - IDLE_SHARE) x load^3) (codecarbon 3.3, `CPU._get_power_from_cpu_load`).
+IDLE_SHARE = 0.1
+
+
 class CpuMeter(Protocol):
     """The machine's CPU power model, integrated over an interval."""
 
     def start(self) -> None: ...
     def joules(self, dt: float) -> float: ...
     def busy_watts(self) -> float | None: ...
+    def idle_watts(self) -> float | None: ...
     def machine_times(self) -> Any: ...
 
 
@@ -57,7 +63,15 @@ class _CodeCarbonCpu:
         if self.method != "cpu_load" or tdp is None:
             return None
         load = 1.0 / (os.cpu_count() or 1)
-        return tdp * (0.1 + 0.9 * load**3)
+        return tdp * (IDLE_SHARE + (1 - IDLE_SHARE) * load**3)
+
+    def idle_watts(self) -> float | None:
+        """What CodeCarbon's CPU model draws at no load: 10% of the TDP under
+        `cpu_load`, the constant under `tdp`; None where RAPL measures."""
+        tdp = _model_tdp(self.hw)
+        if tdp is None or self.method == "rapl":
+            return None
+        return tdp * (IDLE_SHARE if self.method == "cpu_load" else ConstantCpu.SHARE)
 
     def machine_times(self) -> Any:
         return _load_meter_times(self.hw)
@@ -97,6 +111,9 @@ class ConstantCpu:
 
     def busy_watts(self) -> float | None:
         return self.watts  # the same at any load
+
+    def idle_watts(self) -> float | None:
+        return self.watts
 
     def machine_times(self) -> Any:
         return None

@@ -5,6 +5,7 @@ process's share."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -22,7 +23,85 @@ from carbonspan.source import EnergyReading, HardwareInfo, SourceScope
 
 _log = logging.getLogger(__name__)
 
+CONSTANT_PROCESS = (
+    "carbonspan: CodeCarbon's constant CPU model cannot tell what this process "
+    "draws (its power is the same at any load); CPU energy is not measured "
+    "under scope='process' (scope='machine' charges the whole machine's)"
+)
 RAM_REFRESH = 30.0  # seconds between two asks of CodeCarbon's RAM model
+#: Seconds over which the process's share of the machine's busy CPU time is
+#: averaged (exponentially forgotten), for its share of the idle power.
+STEADY_MEMORY = 60.0
+
+
+#: How each scope charges the CPU's idle power (`HardwareInfo.idle_power`):
+#: the machine's, requests paying it while in flight; or not the process's.
+IDLE_POWER: dict[str, str] = {"machine": "included", "process": "excluded"}
+
+
+class CpuSplit:
+    """This process's part of the machine's CPU joules, under ``scope="process"``.
+
+    The machine's CPU draws an idle power whatever runs, and a dynamic power
+    above it that follows the load. A process is charged the dynamic power
+    it causes, as Kepler does; the idle power is the machine's, drawn
+    whether the process runs or not, and is left out (``scope="machine"``
+    counts it). So a request's power depends neither on its length nor on
+    whether other processes happened to be busy in its interval:
+
+    - **dynamic** joules go by the process's share of the machine's busy CPU
+      time in the interval. CodeCarbon's load model evaluates the interval's
+      *mean* load, and its cubic makes a core busy for 5 ms of 100 ms read
+      as almost nothing; the process's CPU seconds are therefore priced at no
+      less than a busy core's dynamic power (`core_dynamic`, W per busy CPU),
+      the model's own figure for one core kept busy. On a loaded machine the
+      model prices a CPU second higher, and so does the split;
+    - `steady` is the process's share of the machine's busy CPU time over
+      the last minute (exponentially forgotten): the resources it reserves,
+      for embodied emissions.
+
+    `idle` is the model's idle power (W), or None where it is measured
+    (RAPL): the lowest power seen lately stands in for it, rising back
+    toward the interval's power over `STEADY_MEMORY` seconds.
+    """
+
+    __slots__ = ("_busy", "_floor", "_used", "core_dynamic", "idle", "steady")
+
+    def __init__(self, idle: float | None, core_dynamic: float | None) -> None:
+        self.idle = idle
+        self.core_dynamic = core_dynamic
+        self._used = 0.0  # forgotten sums of the process's CPU seconds
+        self._busy = 0.0  # ... and of the machine's busy CPU seconds
+        self._floor: float | None = None  # W, the measured idle power
+        self.steady: float | None = None
+
+    def process_joules(
+        self, joules: float, dt: float, used: float, busy: float
+    ) -> float:
+        """The process's part of `joules`, the machine's over `dt` seconds, in
+        which it used `used` CPU seconds of the machine's `busy`."""
+        used, busy = max(used, 0.0), max(busy, used, 0.0)
+        keep = math.exp(-dt / STEADY_MEMORY)
+        self._used = self._used * keep + used
+        self._busy = self._busy * keep + busy
+        self.steady = self._used / self._busy if self._busy > 0 else 0.0
+        idle = min(self._idle_watts(joules, dt) * dt, joules)
+        dynamic = (joules - idle) * (used / busy if busy > 0 else 0.0)
+        if self.core_dynamic is not None:
+            dynamic = max(dynamic, used * self.core_dynamic)
+        return dynamic
+
+    def _idle_watts(self, joules: float, dt: float) -> float:
+        if self.idle is not None:
+            return self.idle
+        power = joules / dt
+        floor = self._floor
+        if floor is None or power < floor:
+            floor = power
+        else:
+            floor += (power - floor) * min(dt / STEADY_MEMORY, 1.0)
+        self._floor = floor
+        return floor
 
 
 class CodeCarbonPowerSource:
@@ -33,10 +112,11 @@ class CodeCarbonPowerSource:
     It never touches the network.
 
     With ``scope="process"`` the machine's power is scaled by this process's
-    share: CPU by its CPU time over the machine's busy CPU time, RAM by its
-    resident memory over the machine's used memory, GPU by NVML's per-process
-    utilisation where the driver offers it. With ``scope="machine"`` the whole
-    machine is charged.
+    share: CPU by its CPU time over the machine's busy CPU time (the dynamic
+    power interval by interval, the idle power over the last minute: see
+    `CpuSplit`), RAM by its resident memory over the machine's used memory,
+    GPU by NVML's per-process utilisation where the driver offers it. With
+    ``scope="machine"`` the whole machine is charged.
     """
 
     def __init__(self, scope: SourceScope = "process", *, gpu: bool = True) -> None:
@@ -61,7 +141,8 @@ class CodeCarbonPowerSource:
         self._ram_at = -RAM_REFRESH
         self._share = 0.0
         self._share_at = -1.0
-        self._cpu_share: float | None = None  # the last interval's, see below
+        self._split = CpuSplit(None, None)
+        self._cpu_share: float | None = None  # the steady share, see below
         self._machine_times = True  # psutil reads the machine's CPU times
         self._failing: set[str] = set()  # components whose failure was logged
 
@@ -100,13 +181,24 @@ class CodeCarbonPowerSource:
         except Exception:
             _log.warning(CPU_FALLBACK, exc_info=True)
             self._cpu, measurement["cpu"], cpu_model = ConstantCpu.fallback()
-        busy = self._cpu.busy_watts()
+        busy, idle = self._cpu.busy_watts(), self._cpu.idle_watts()
+        if self.scope == "process":
+            core = busy - idle if busy is not None and idle is not None else None
+            self._split = CpuSplit(idle, core)
+            busy = core  # what a busy core adds: all the process causes
+            if measurement.get("cpu") == "tdp":
+                # A constant power is all idle power: none of it is the process's.
+                _log.warning(CONSTANT_PROCESS)
+                del measurement["cpu"], self._total["cpu"]
+                busy = None
         self._info = HardwareInfo(
             cpu_model=cpu_model,
             gpu_model=gpu_model,
             gpu_count=gpu_count,
             measurement=measurement,
             busy_watts={"cpu": busy} if busy is not None else {},
+            idle_watts={"cpu": idle} if idle is not None else {},
+            idle_power=IDLE_POWER[self.scope],
         )
         self._ready = True
 
@@ -132,9 +224,9 @@ class CodeCarbonPowerSource:
         return self._info
 
     def reserved_share(self) -> float | None:
-        """The share of the machine charged to the process in the last
-        interval, by the rule for CPU energy: its CPU time over the machine's
-        busy CPU time (1.0 under ``scope="machine"``; None before an
+        """The share of the machine charged to the process, by the rule for
+        the CPU's idle power: its CPU time over the machine's busy CPU time,
+        over the last minute (1.0 under ``scope="machine"``; None before an
         interval was measured). Embodied emissions use it as SCI's
         resources reserved over total resources."""
         return 1.0 if self.scope == "machine" else self._cpu_share
@@ -176,11 +268,10 @@ class CodeCarbonPowerSource:
         joules = self._cpu.joules(dt)
         proc_cpu, machine_busy = self._cpu_times(self._cpu.machine_times())
         if self.scope == "process":
-            busy = machine_busy - self._last_machine_busy
             used = proc_cpu - self._last_proc_cpu
-            share = min(max(used / busy, 0.0), 1.0) if busy > 0 else 0.0
-            joules *= share
-            self._cpu_share = share
+            busy = machine_busy - self._last_machine_busy
+            joules = self._split.process_joules(joules, dt, used, busy)
+            self._cpu_share = self._split.steady
         self._last_proc_cpu, self._last_machine_busy = proc_cpu, machine_busy
         return joules
 

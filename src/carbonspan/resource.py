@@ -36,6 +36,7 @@ from opentelemetry.sdk.resources import Resource, ResourceDetector
 
 from carbonspan.attributes import static_attributes
 from carbonspan.codecarbon_cpu import cpu_model
+from carbonspan.codecarbon_source import IDLE_POWER
 from carbonspan.config import Settings
 from carbonspan.source import HardwareInfo
 
@@ -53,7 +54,11 @@ class CodeCarbonResourceDetector(ResourceDetector):
         if settings.power_source is not None:
             info = settings.power_source.describe()
         else:
-            info = HardwareInfo(cpu_model=_cpu_model(), measurement=_methods())
+            info = HardwareInfo(
+                cpu_model=_cpu_model(),
+                measurement=_methods(),
+                idle_power=IDLE_POWER[settings.scope],
+            )
         # An intensity a provider refreshes is each span's own, not the
         # process's: it is left off the Resource.
         dynamic = settings.intensity_provider != "static"

@@ -40,6 +40,12 @@ class HardwareInfo:
     draws while a request keeps the process busy, per component where it has
     one: it guides the charges of short requests until readings have taught
     carbonspan better.
+
+    `idle_watts` is what the machine draws at no load (W), per component
+    where the source's model gives it, and `idle_power` how that idle power
+    is charged: ``included`` (the whole machine's, requests paying it while
+    in flight) or ``excluded`` (not the process's: it is drawn whatever the
+    process does; see `carbonspan.codecarbon_source.CpuSplit`).
     """
 
     cpu_model: str | None = None
@@ -47,6 +53,8 @@ class HardwareInfo:
     gpu_count: int | None = None
     measurement: dict[str, str] = field(default_factory=dict)
     busy_watts: dict[str, float] = field(default_factory=dict)
+    idle_watts: dict[str, float] = field(default_factory=dict)
+    idle_power: str | None = None
 
 
 @runtime_checkable
