@@ -1,7 +1,10 @@
 """Deterministic power sources, so tests and users can check the arithmetic.
 
-Both sources integrate their watts exactly over `time.monotonic()`, so the
-energy they report between two readings is known in closed form.
+`ScriptedPowerSource` and `ConstantPowerSource` integrate their watts exactly
+over `time.monotonic()`, so the energy they report between two readings is
+known in closed form. `ProcessCpuPowerSource` draws power that follows the
+process's own CPU clock, so each request's true figure is known from the CPU
+seconds it used.
 """
 
 from __future__ import annotations
@@ -102,3 +105,36 @@ def _constant(watts: float | None) -> Watts | None:
     if watts is None:
         return None
     return lambda _elapsed: watts
+
+
+class ProcessCpuPowerSource:
+    """CPU power that follows this process's own CPU clock.
+
+    ``P = base_watts + watts_per_cpu x the process's CPU utilisation``: the
+    cumulative CPU joules are ``base_watts x elapsed seconds + watts_per_cpu x
+    the process's CPU seconds`` (`time.process_time()`, every thread), so a
+    request's true figure lies between its own work's CPU seconds and the
+    process's CPU seconds while it was served, each x `watts_per_cpu`, plus
+    `base_watts` x its duration.
+    """
+
+    def __init__(
+        self, base_watts: float = 2.0, watts_per_cpu: float = 30.0
+    ) -> None:
+        self.base_watts = base_watts
+        self.watts_per_cpu = watts_per_cpu
+        self._start = time.monotonic()
+        self._cpu0 = time.process_time()
+        self.reads = 0
+
+    def read(self) -> EnergyReading:
+        now, cpu = time.monotonic(), time.process_time()
+        self.reads += 1
+        return EnergyReading(
+            time=now,
+            cpu=self.base_watts * (now - self._start)
+            + self.watts_per_cpu * (cpu - self._cpu0),
+        )
+
+    def describe(self) -> HardwareInfo:
+        return HardwareInfo(cpu_model="fake", measurement={"cpu": "fake"})

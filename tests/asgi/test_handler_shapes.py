@@ -1,0 +1,74 @@
+"""Every handler shape, both policies, in process: each request's CPU figure
+lies between the truths of a power source that follows the process's CPU.
+
+The shapes and their truths are in benchmarks/shapes.py (see its docstring);
+`benchmarks/accuracy.py --matrix` runs the same app over real servers too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+import shapes
+from carbonspan import CodeCarbonInstrumentor
+from carbonspan.instrumentor import runtime_of
+from support.checks import wait_for
+
+
+def served_in_process(policy: str, rounds: int) -> list[shapes.Record]:
+    app = shapes.build(policy)
+    try:
+
+        async def main() -> None:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+
+                async def get(path: str, ms: float) -> None:
+                    response = await c.get(path, params={"ms": ms})
+                    assert response.status_code == 200
+
+                await get("/sync", 1.0)  # starts the sampler
+                runtime = runtime_of(app)
+                assert runtime is not None
+                await asyncio.to_thread(
+                    wait_for, lambda: runtime.ledger.last_reading is not None
+                )
+                await asyncio.sleep(0.25)  # a few ticks: the estimator's prior
+                app.state.records.clear()
+                await shapes.drive(get, rounds)
+
+        asyncio.run(main())
+    finally:
+        CodeCarbonInstrumentor.uninstrument_app(app)
+    return list(app.state.records)
+
+
+@pytest.mark.parametrize("policy", ["time_share", "cpu_time"])
+def test_every_shape_is_charged_between_its_truths(policy: str) -> None:
+    records = served_in_process(policy, rounds=8)
+    cells = shapes.summary(records)
+    assert set(cells) == set(shapes.SHAPES)
+    for shape, cell in cells.items():
+        print(policy, shape, cell)
+        assert cell.n == 8
+        # The async def that computes in one step read 0 J under cpu_time
+        # when its figure was taken before that step was counted.
+        assert cell.zeros == 0, shape
+        assert cell.lower >= 0.85, shape
+        # In process the client's own CPU (building requests, reading
+        # responses) is the same process's, drawn in the requests' ticks
+        # but outside their windows: a little above the upper truth.
+        assert cell.upper <= 1.25, shape
+
+
+def test_background_work_is_not_on_the_span() -> None:
+    records = served_in_process("cpu_time", rounds=4)
+    background = [r for r in records if r.shape == "background"]
+    assert len(background) == 4
+    for r in background:
+        assert r.after > 0.5 * r.own  # the task did its work ...
+        assert r.reported is not None
+        assert r.reported < r.lower + 0.5 * shapes.CPU_W * r.after  # ... off the span

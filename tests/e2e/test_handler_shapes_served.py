@@ -1,0 +1,56 @@
+"""Every handler shape, both policies, over a real uvicorn (asyncio, h11): each
+request's CPU figure lies between the truths of a power source that follows
+the server process's CPU (benchmarks/shapes.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import shapes
+from support.server import Server, uvicorn
+
+pytestmark = pytest.mark.e2e
+
+HERE = Path(__file__).resolve().parent
+PATH = os.pathsep.join(str(p) for p in (HERE.parent, HERE.parent.parent / "benchmarks"))
+
+
+def served(policy: str, rounds: int) -> list[dict[str, Any]]:
+    env = {"PYTHONPATH": PATH, "SHAPES_POLICY": policy}
+    command = [*uvicorn("shapes:app"), "--loop", "asyncio", "--http", "h11"]
+    with Server(command, env, ready_path="/results") as server:
+
+        async def main() -> list[dict[str, Any]]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+
+                async def get(path: str, ms: float) -> None:
+                    response = await c.get(path, params={"ms": ms})
+                    assert response.status_code == 200
+
+                for _ in range(3):  # the first readings: the estimator's prior
+                    await get("/sync", 1.0)
+                    await asyncio.sleep(0.1)
+                start = len((await c.get("/results")).json())
+                await shapes.drive(get, rounds)
+                results: list[dict[str, Any]] = (await c.get("/results")).json()
+                return results[start:]
+
+        return asyncio.run(main())
+
+
+@pytest.mark.parametrize("policy", ["time_share", "cpu_time"])
+def test_every_shape_is_charged_between_its_truths_over_uvicorn(policy: str) -> None:
+    cells = shapes.summary(served(policy, rounds=8))
+    assert set(cells) == set(shapes.SHAPES)
+    for shape, cell in cells.items():
+        print(policy, shape, cell)
+        assert cell.n == 8
+        assert cell.zeros == 0, shape
+        assert cell.lower >= 0.85, shape
+        assert cell.upper <= 1.15, shape
