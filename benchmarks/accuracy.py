@@ -961,6 +961,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter workloads")
     parser.add_argument(
+        "--matrix",
+        action="store_true",
+        help="the handler shapes x drivers x policies x sources matrix (matrix.py)",
+    )
+    parser.add_argument(
         "--src",
         action="append",
         metavar="LABEL=PATH",
@@ -979,6 +984,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.serve is not None:
         serve(args.serve, (args.policy or ["time_share"])[0], args.limit)
+        return
+    if args.matrix:
+        import matrix
+
+        matrix.main(args.quick, args.json)
         return
 
     runs: list[Run] = []

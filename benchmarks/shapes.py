@@ -22,8 +22,8 @@ upper   30 W x the process's CPU seconds while it was served (framework,
         duration
 
 `build(policy)` gives the app for in-process drivers; served by uvicorn or
-hypercorn (``shapes:app``) it reads ``SHAPES_POLICY`` and gives what it saw
-at ``GET /results``.
+hypercorn (`served`) it reads ``SHAPES_POLICY`` and gives what it saw at
+``GET /results``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 
 from carbonspan import CodeCarbonInstrumentor
+from carbonspan.instrumentor import runtime_of
 from carbonspan.source import Measurement
 from carbonspan.testing import ProcessCpuPowerSource
 
@@ -60,6 +61,7 @@ class Record:
     own: float = 0.0  # CPU seconds of the request's own work
     after: float = 0.0  # CPU seconds of its background work
     reported: float | None = None  # J of CPU on its span
+    power: float | None = None  # W of CPU on its span
     duration: float = 0.0
     process: float = 0.0  # the process's CPU seconds while it was served
 
@@ -118,6 +120,7 @@ def _hook(records: list[Record]) -> Any:
             return
         record.process = time.process_time() - record.x0
         record.reported = measurement.cpu
+        record.power = measurement.cpu_power
         record.duration = measurement.duration
         records.append(record)
 
@@ -129,8 +132,10 @@ def _dependency(ms: float = 5.0) -> Iterator[None]:
     yield
 
 
-def build(policy: str, *, contrib: bool = True) -> FastAPI:
-    """The app, instrumented with `policy`; its records in `app.state.records`."""
+def build(policy: str, source: str = "physics", *, contrib: bool = True) -> FastAPI:
+    """The app, instrumented with `policy`, measured by `source` (``physics``:
+    `ProcessCpuPowerSource`; ``codecarbon``: the default, CodeCarbon's
+    hardware); its records in `app.state.records`."""
     app = FastAPI()
     records: list[Record] = []
     app.state.records = records
@@ -176,35 +181,52 @@ def build(policy: str, *, contrib: bool = True) -> FastAPI:
     def results() -> list[dict[str, Any]]:
         return [{**asdict(r), "lower": r.lower, "upper": r.upper} for r in records]
 
+    @app.get("/hardware")
+    def hardware() -> dict[str, Any]:
+        runtime = runtime_of(app)
+        if runtime is None:
+            return {"ready": False, "busy_watts": {}}
+        return {
+            "ready": runtime.ledger.last_reading is not None,
+            "busy_watts": runtime.sampler.info.busy_watts,
+        }
+
     app.add_middleware(Mark)
     if contrib:
         FastAPIInstrumentor.instrument_app(app, tracer_provider=TracerProvider())
+    physics = ProcessCpuPowerSource(BASE_W, CPU_W) if source == "physics" else None
     CodeCarbonInstrumentor().instrument_app(
         app,
-        power_source=ProcessCpuPowerSource(BASE_W, CPU_W),
+        power_source=physics,
+        country_iso_code="FRA",
         attribution=policy,
         measurement_hook=_hook(records),
-        excluded_urls="/results",
+        excluded_urls="/results,/hardware",
     )
     return app
 
 
-def __getattr__(name: str) -> Any:
-    # `shapes:app` for a server, built when the server asks for it.
-    if name == "app":
-        globals()["app"] = built = build(os.environ.get("SHAPES_POLICY", "time_share"))
-        return built
-    raise AttributeError(name)
+def served() -> FastAPI:
+    """The app for a server, from ``SHAPES_POLICY`` and ``SHAPES_SOURCE``:
+    ``uvicorn --factory shapes:served``, ``hypercorn "shapes:served()"``."""
+    policy = os.environ.get("SHAPES_POLICY", "time_share")
+    return build(policy, os.environ.get("SHAPES_SOURCE", "physics"))
 
 
-async def drive(get: Any, rounds: int, seed: int = 7) -> None:
+def plan(rounds: int, seed: int = 7) -> Iterator[tuple[str, float, float]]:
     """Sporadic traffic: every shape once a round, 2-20 ms of CPU each,
-    30-120 ms apart. `get(path, ms)` sends one request and waits for it."""
+    30-120 ms apart, as (path, ms of CPU, seconds to pause after)."""
     rng = random.Random(seed)
     for _ in range(rounds):
         for shape in SHAPES:
-            await get(f"/{shape}", rng.uniform(2.0, 20.0))
-            await asyncio.sleep(rng.uniform(0.03, 0.12))
+            yield f"/{shape}", rng.uniform(2.0, 20.0), rng.uniform(0.03, 0.12)
+
+
+async def drive(get: Any, rounds: int, seed: int = 7) -> None:
+    """`plan`'s traffic; `get(path, ms)` sends one request and waits for it."""
+    for path, ms, pause in plan(rounds, seed):
+        await get(path, ms)
+        await asyncio.sleep(pause)
 
 
 @dataclass

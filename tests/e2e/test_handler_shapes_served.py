@@ -23,7 +23,8 @@ PATH = os.pathsep.join(str(p) for p in (HERE.parent, HERE.parent.parent / "bench
 
 def served(policy: str, rounds: int) -> list[dict[str, Any]]:
     env = {"PYTHONPATH": PATH, "SHAPES_POLICY": policy}
-    command = [*uvicorn("shapes:app"), "--loop", "asyncio", "--http", "h11"]
+    command = [*uvicorn("shapes:served"), "--factory", "--loop", "asyncio"]
+    command += ["--http", "h11"]
     with Server(command, env, ready_path="/results") as server:
 
         async def main() -> list[dict[str, Any]]:
