@@ -110,7 +110,7 @@ def run_in_process(driver: str, policy: str, source: str, plan: Plan) -> dict[st
     try:
         if driver == "testclient":
             with TestClient(app) as client:
-                return _run(client, plan)
+                return _run(client, plan, app.state.records)
         return asyncio.run(_run_httpx(app, plan))
     finally:
         CodeCarbonInstrumentor.uninstrument_app(app)
@@ -129,7 +129,9 @@ async def _run_httpx(app: Any, plan: Plan) -> dict[str, Any]:
         await _until_read(app)
         start = len(app.state.records)
         for path, ms, pause in plan:
+            x0 = time.process_time()
             await get(path, ms)
+            app.state.records[-1].served = time.process_time() - x0
             await asyncio.sleep(pause)
         busy = (await c.get("/hardware")).json()["busy_watts"]
         return {
@@ -154,8 +156,11 @@ def _row(r: shapes.Record) -> dict[str, Any]:
     return {**r.__dict__, "lower": r.lower, "upper": r.upper}
 
 
-def _run(client: Any, plan: Plan) -> dict[str, Any]:
-    """`plan` through a blocking client (httpx's, or Starlette's TestClient)."""
+def _run(
+    client: Any, plan: Plan, records: list[shapes.Record] | None = None
+) -> dict[str, Any]:
+    """`plan` through a blocking client (httpx's, or Starlette's TestClient);
+    with the app's `records` (in process), each one's `served` is timed."""
 
     def get(path: str, ms: float) -> None:
         assert client.get(path, params={"ms": ms}).status_code == 200
@@ -171,10 +176,13 @@ def _run(client: Any, plan: Plan) -> dict[str, Any]:
     time.sleep(0.25)
     start = len(client.get("/results").json())
     for path, ms, pause in plan:
+        x0 = time.process_time()
         get(path, ms)
+        if records:
+            records[-1].served = time.process_time() - x0
         time.sleep(pause)
-    records = client.get("/results").json()[start:]
-    return {"records": records, "busy_watts": hardware()["busy_watts"]}
+    rows = client.get("/results").json()[start:]
+    return {"records": rows, "busy_watts": hardware()["busy_watts"]}
 
 
 def run(driver: str, policy: str, source: str, plan: Plan) -> dict[str, Any]:

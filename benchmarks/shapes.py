@@ -18,8 +18,9 @@ bound it:
 
 lower   30 W x the CPU seconds of the request's own work + 2 W x its duration
 upper   30 W x the process's CPU seconds while it was served (framework,
-        instrumentation, sampler and other requests included) + 2 W x its
-        duration
+        instrumentation, sampler and other requests included; in process,
+        from the client's send to its having the response, since the client
+        is the process's work too) + 2 W x its duration
 
 `build(policy)` gives the app for in-process drivers; served by uvicorn or
 hypercorn (`served`) it reads ``SHAPES_POLICY`` and gives what it saw at
@@ -64,6 +65,10 @@ class Record:
     power: float | None = None  # W of CPU on its span
     duration: float = 0.0
     process: float = 0.0  # the process's CPU seconds while it was served
+    #: In process: the process's CPU seconds from the moment the client sent
+    #: the request until it had the response (the client is the process's
+    #: own work too). 0 over a real server.
+    served: float = 0.0
 
     @property
     def lower(self) -> float:
@@ -71,7 +76,8 @@ class Record:
 
     @property
     def upper(self) -> float:
-        return CPU_W * self.process + BASE_W * self.duration
+        served = self.served - self.after  # the background work is off the span
+        return CPU_W * max(self.process, served) + BASE_W * self.duration
 
 
 _record: ContextVar[Record | None] = ContextVar("shapes_record", default=None)
@@ -214,18 +220,26 @@ def served() -> FastAPI:
 
 
 def plan(rounds: int, seed: int = 7) -> Iterator[tuple[str, float, float]]:
-    """Sporadic traffic: every shape once a round, 2-20 ms of CPU each,
-    30-120 ms apart, as (path, ms of CPU, seconds to pause after)."""
+    """Sporadic traffic: every shape once a round with the same 2-20 ms of
+    CPU (drawn anew each round), 30-120 ms apart, as (path, ms of CPU,
+    seconds to pause after)."""
     rng = random.Random(seed)
     for _ in range(rounds):
+        ms = rng.uniform(2.0, 20.0)
         for shape in SHAPES:
-            yield f"/{shape}", rng.uniform(2.0, 20.0), rng.uniform(0.03, 0.12)
+            yield f"/{shape}", ms, rng.uniform(0.03, 0.12)
 
 
-async def drive(get: Any, rounds: int, seed: int = 7) -> None:
-    """`plan`'s traffic; `get(path, ms)` sends one request and waits for it."""
+async def drive(
+    get: Any, rounds: int, seed: int = 7, records: list[Record] | None = None
+) -> None:
+    """`plan`'s traffic; `get(path, ms)` sends one request and waits for it.
+    With the app's `records` (in process), each one's `served` is timed."""
     for path, ms, pause in plan(rounds, seed):
+        x0 = time.process_time()
         await get(path, ms)
+        if records:
+            records[-1].served = time.process_time() - x0
         await asyncio.sleep(pause)
 
 
