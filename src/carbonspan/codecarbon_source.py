@@ -5,7 +5,6 @@ process's share."""
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -29,9 +28,9 @@ CONSTANT_PROCESS = (
     "under scope='process' (scope='machine' charges the whole machine's)"
 )
 RAM_REFRESH = 30.0  # seconds between two asks of CodeCarbon's RAM model
-#: Seconds over which the process's share of the machine's busy CPU time is
-#: averaged (exponentially forgotten), for its share of the idle power.
-STEADY_MEMORY = 60.0
+#: Seconds over which a measured idle power (the lowest seen) rises back
+#: toward the interval's power.
+FLOOR_MEMORY = 60.0
 
 
 #: How each scope charges the CPU's idle power (`HardwareInfo.idle_power`):
@@ -56,24 +55,21 @@ class CpuSplit:
       less than a busy core's dynamic power (`core_dynamic`, W per busy CPU),
       the model's own figure for one core kept busy. On a loaded machine the
       model prices a CPU second higher, and so does the split;
-    - `steady` is the process's share of the machine's busy CPU time over
-      the last minute (exponentially forgotten): the resources it reserves,
-      for embodied emissions.
 
     `idle` is the model's idle power (W), or None where it is measured
     (RAPL): the lowest power seen lately stands in for it, rising back
-    toward the interval's power over `STEADY_MEMORY` seconds.
+    toward the interval's power over `FLOOR_MEMORY` seconds.
     """
 
-    __slots__ = ("_busy", "_floor", "_used", "core_dynamic", "idle", "steady")
+    __slots__ = ("_floor", "core_dynamic", "idle", "share")
 
     def __init__(self, idle: float | None, core_dynamic: float | None) -> None:
         self.idle = idle
         self.core_dynamic = core_dynamic
-        self._used = 0.0  # forgotten sums of the process's CPU seconds
-        self._busy = 0.0  # ... and of the machine's busy CPU seconds
         self._floor: float | None = None  # W, the measured idle power
-        self.steady: float | None = None
+        #: The process's share of the machine's busy CPU time in the last
+        #: interval; None before one was measured.
+        self.share: float | None = None
 
     def process_joules(
         self, joules: float, dt: float, used: float, busy: float
@@ -81,12 +77,9 @@ class CpuSplit:
         """The process's part of `joules`, the machine's over `dt` seconds, in
         which it used `used` CPU seconds of the machine's `busy`."""
         used, busy = max(used, 0.0), max(busy, used, 0.0)
-        keep = math.exp(-dt / STEADY_MEMORY)
-        self._used = self._used * keep + used
-        self._busy = self._busy * keep + busy
-        self.steady = self._used / self._busy if self._busy > 0 else 0.0
+        share = self.share = used / busy if busy > 0 else 0.0
         idle = min(self._idle_watts(joules, dt) * dt, joules)
-        dynamic = (joules - idle) * (used / busy if busy > 0 else 0.0)
+        dynamic = (joules - idle) * share
         if self.core_dynamic is not None:
             dynamic = max(dynamic, used * self.core_dynamic)
         return dynamic
@@ -99,7 +92,7 @@ class CpuSplit:
         if floor is None or power < floor:
             floor = power
         else:
-            floor += (power - floor) * min(dt / STEADY_MEMORY, 1.0)
+            floor += (power - floor) * min(dt / FLOOR_MEMORY, 1.0)
         self._floor = floor
         return floor
 
@@ -142,7 +135,7 @@ class CodeCarbonPowerSource:
         self._share = 0.0
         self._share_at = -1.0
         self._split = CpuSplit(None, None)
-        self._cpu_share: float | None = None  # the steady share, see below
+        self._cpu_share: float | None = None  # the last interval's, see below
         self._machine_times = True  # psutil reads the machine's CPU times
         self._failing: set[str] = set()  # components whose failure was logged
 
@@ -224,9 +217,9 @@ class CodeCarbonPowerSource:
         return self._info
 
     def reserved_share(self) -> float | None:
-        """The share of the machine charged to the process, by the rule for
-        the CPU's idle power: its CPU time over the machine's busy CPU time,
-        over the last minute (1.0 under ``scope="machine"``; None before an
+        """The share of the machine charged to the process in the last
+        interval, by the rule for CPU energy: its CPU time over the machine's
+        busy CPU time (1.0 under ``scope="machine"``; None before an
         interval was measured). Embodied emissions use it as SCI's
         resources reserved over total resources."""
         return 1.0 if self.scope == "machine" else self._cpu_share
@@ -271,7 +264,7 @@ class CodeCarbonPowerSource:
             used = proc_cpu - self._last_proc_cpu
             busy = machine_busy - self._last_machine_busy
             joules = self._split.process_joules(joules, dt, used, busy)
-            self._cpu_share = self._split.steady
+            self._cpu_share = self._split.share
         self._last_proc_cpu, self._last_machine_busy = proc_cpu, machine_busy
         return joules
 
@@ -311,8 +304,9 @@ class CodeCarbonPowerSource:
         seconds) stands in for its busy time from then on: the process is
         charged its share of the whole machine.
         """
-        proc = os.times()
-        own = proc.user + proc.system
+        # The process's CPU clock (ns resolution), not `os.times()`, which
+        # counts in 10 ms clock ticks: a 5 ms request read 0 or 10 ms.
+        own = time.process_time()
         if self._machine_times:
             try:
                 if machine is None:

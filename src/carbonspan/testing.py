@@ -118,9 +118,7 @@ class ProcessCpuPowerSource:
     `base_watts` x its duration.
     """
 
-    def __init__(
-        self, base_watts: float = 2.0, watts_per_cpu: float = 30.0
-    ) -> None:
+    def __init__(self, base_watts: float = 2.0, watts_per_cpu: float = 30.0) -> None:
         self.base_watts = base_watts
         self.watts_per_cpu = watts_per_cpu
         self._start = time.monotonic()

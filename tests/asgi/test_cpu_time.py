@@ -14,7 +14,11 @@ from hypothesis import strategies as st
 from carbonspan import attributes as a
 from carbonspan.cputime import CpuClock
 from carbonspan.ledger import Ledger
-from carbonspan.testing import ConstantPowerSource, ScriptedPowerSource
+from carbonspan.testing import (
+    ConstantPowerSource,
+    ProcessCpuPowerSource,
+    ScriptedPowerSource,
+)
 from support.apps import burn
 from support.asgi import fetch
 from support.checks import conserved
@@ -73,9 +77,11 @@ def test_burners_get_the_energy_under_cpu_time_only(
     policy: str, low: float, high: float, otel: Otel, instrument: Instrumented
 ) -> None:
     app = cpu_app()
+    # Power that follows the process's CPU: once the burners are done, the
+    # waiters left in flight draw next to nothing, as on real hardware.
+    source = ProcessCpuPowerSource(base_watts=0.0, watts_per_cpu=CPU_W)
     runtime = instrument(
-        app, otel, power_source=ConstantPowerSource(cpu=CPU_W), attribution=policy,
-        sample_interval=0.05,
+        app, otel, power_source=source, attribution=policy, sample_interval=0.05,
     )  # fmt: skip
     wait_ready(runtime)
     assert fetch(app, MIX, concurrently=True) == [200] * 20

@@ -61,7 +61,7 @@ def test_measured_power_learns_its_idle_floor() -> None:
     # The floor rises toward a busy tick's power over a minute: 10.02 W here.
     assert joules == pytest.approx(30.0 * 0.04 * 0.25, rel=0.01)
     assert joules < 30.0 * 0.04 * 0.25
-    assert split.steady == pytest.approx(0.25, rel=1e-9)
+    assert split.share == pytest.approx(0.25, rel=1e-9)
 
 
 def test_a_constant_cpu_model_is_not_a_process_figure(
