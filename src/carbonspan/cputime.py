@@ -10,7 +10,10 @@ use, is not counted:
   loop's `Handle._run` is timed, so coroutines and tasks stay exactly what
   they are: native coroutines, the loop's own tasks;
 - on another asyncio loop (uvloop, whose handles cannot be timed from
-  Python): the steps of the request's own coroutine, not of its child tasks;
+  Python): the steps of the request's own coroutine, and of the tasks it
+  creates, through a task factory set on the loop (it hands the task to the
+  loop's own factory, if any). Those tasks' coroutines are driven step by
+  step from a native coroutine of carbonspan's;
 - in worker threads: every function run through `anyio.to_thread.run_sync`,
   which is how Starlette and FastAPI run sync handlers and dependencies.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import types
 from asyncio import events
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextvars import ContextVar, Token
@@ -98,7 +102,7 @@ class CpuClock:
 
     def run(self, coro: Awaitable[Any]) -> Any:
         """What to await for `coro` to run under this clock."""
-        return coro if self.native else _Timed(coro, self)
+        return coro if self.native else _stepped(coro, self)
 
 
 def begin() -> tuple[CpuClock, Token[CpuClock | None]] | None:
@@ -107,6 +111,8 @@ def begin() -> tuple[CpuClock, Token[CpuClock | None]] | None:
     if loop is None:
         return None
     clock = CpuClock(_Patch.handles and isinstance(loop, asyncio.BaseEventLoop))
+    if not clock.native:
+        _time_child_tasks(loop)
     return clock, _current.set(clock)
 
 
@@ -116,40 +122,55 @@ def end(clock: CpuClock, token: Token[CpuClock | None]) -> None:
     _current.reset(token)
 
 
-class _Timed(Coroutine[Any, Any, Any]):
-    """A coroutine whose every step is charged to a clock (loops not timed)."""
-
-    __slots__ = ("_clock", "_coro")
-
-    def __init__(self, coro: Awaitable[Any], clock: CpuClock) -> None:
-        self._coro = coro
-        self._clock = clock
-
-    def send(self, value: Any) -> Any:
-        self._clock.step_began()
+@types.coroutine
+def _stepped(awaitable: Awaitable[Any], clock: CpuClock) -> Generator[Any, Any, Any]:
+    """Await `awaitable` as ``yield from`` would, each of its steps charged to
+    `clock` (loops whose callbacks are not timed). A generator-based
+    coroutine: what awaits it stays a native coroutine."""
+    coro: Any = awaitable if hasattr(awaitable, "send") else awaitable.__await__()
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        clock.step_began()
         try:
-            return self._coro.send(value)  # type: ignore[attr-defined]
+            yielded = coro.send(value) if error is None else coro.throw(error)
+        except StopIteration as stop:
+            return stop.value
         finally:
-            self._clock.step_ended()
-
-    def throw(self, *args: Any) -> Any:
-        self._clock.step_began()
+            clock.step_ended()
+        value = error = None
         try:
-            return self._coro.throw(*args)  # type: ignore[attr-defined]
-        finally:
-            self._clock.step_ended()
+            value = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # thrown in (a cancellation): pass it on
+            error = exc
 
-    def close(self) -> None:
-        self._coro.close()  # type: ignore[attr-defined]
 
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self
+async def _child(coro: Coroutine[Any, Any, Any], clock: CpuClock) -> Any:
+    return await _stepped(coro, clock)
 
-    def __iter__(self) -> _Timed:
-        return self
 
-    def __next__(self) -> Any:
-        return self.send(None)
+def _time_child_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """On a loop whose callbacks are not timed (uvloop): a task created under
+    a request's clock runs its coroutine under that clock too. The loop's own
+    task factory, if it has one, still makes the task."""
+    factory = loop.get_task_factory()
+    if getattr(factory, "carbonspan", False):
+        return
+
+    def timed(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        context = kwargs.get("context")
+        clock = context.get(_current) if context is not None else _current.get()
+        if clock is not None and asyncio.iscoroutine(coro):
+            coro = _child(coro, clock)
+        if factory is None:
+            return asyncio.Task(coro, loop=loop, **kwargs)
+        return factory(loop, coro, **kwargs)
+
+    timed.carbonspan = True  # type: ignore[attr-defined]
+    loop.set_task_factory(timed)
 
 
 def _timed_run(original: Callable[[events.Handle], None]) -> Callable[..., None]:

@@ -1,6 +1,6 @@
-"""Every handler shape, both policies, over a real uvicorn (asyncio, h11): each
-request's CPU figure lies between the truths of a power source that follows
-the server process's CPU (benchmarks/shapes.py)."""
+"""Every handler shape, both policies, over a real uvicorn (asyncio with h11,
+uvloop with httptools): each request's CPU figure lies between the truths of
+a power source that follows the server process's CPU (benchmarks/shapes.py)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ HERE = Path(__file__).resolve().parent
 PATH = os.pathsep.join(str(p) for p in (HERE.parent, HERE.parent.parent / "benchmarks"))
 
 
-def served(policy: str, rounds: int) -> list[dict[str, Any]]:
+def served(policy: str, loop: str, rounds: int) -> list[dict[str, Any]]:
     env = {"PYTHONPATH": PATH, "SHAPES_POLICY": policy}
-    command = [*uvicorn("shapes:served"), "--factory", "--loop", "asyncio"]
-    command += ["--http", "h11"]
+    http = "httptools" if loop == "uvloop" else "h11"
+    command = [*uvicorn("shapes:served"), "--factory", "--loop", loop]
+    command += ["--http", http]
     with Server(command, env, ready_path="/results") as server:
 
         async def main() -> list[dict[str, Any]]:
@@ -45,9 +46,15 @@ def served(policy: str, rounds: int) -> list[dict[str, Any]]:
         return asyncio.run(main())
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("policy", ["time_share", "cpu_time"])
-def test_every_shape_is_charged_between_its_truths_over_uvicorn(policy: str) -> None:
-    cells = shapes.summary(served(policy, rounds=8))
+def test_every_shape_is_charged_between_its_truths_over_uvicorn(
+    policy: str, loop: str
+) -> None:
+    # uvloop's callbacks cannot be timed: under cpu_time the streaming
+    # response's work, in a task of Starlette's, read 0.11 of its truth
+    # until the tasks a request creates were timed there too.
+    cells = shapes.summary(served(policy, loop, rounds=8))
     assert set(cells) == set(shapes.SHAPES)
     for shape, cell in cells.items():
         print(policy, shape, cell)
