@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -192,7 +193,11 @@ def run(driver: str, policy: str, source: str, plan: Plan) -> dict[str, Any]:
 
 
 def spread(values: list[float]) -> float:
-    return (max(values) - min(values)) / statistics.median(values) if values else 0.0
+    """(max - min) / median; 0 for equal values, even at 0."""
+    if not values or max(values) == min(values):
+        return 0.0
+    middle = statistics.median(values)
+    return (max(values) - min(values)) / middle if middle else math.inf
 
 
 def _median_ratio(got: list[float], rows: list[dict[str, Any]], key: str) -> float:
