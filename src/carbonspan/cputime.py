@@ -71,6 +71,11 @@ class CpuClock:
                 done = self._from_other_thread(state)
         return done + self.thread_seconds
 
+    @property
+    def fresh(self) -> bool:
+        """No step of it has ended yet, and no thread has added to it."""
+        return self.state[0] == 0.0 and self.thread_seconds == 0.0
+
     def _from_other_thread(self, state: tuple[float, float | None]) -> float:
         while True:
             done, mark = state

@@ -143,7 +143,9 @@ class _CpuWindow:
 
     def __init__(self, clock: CpuClock | None, b0: float) -> None:
         self.clock = clock
-        self.cpu_seen = self.seen()
+        # A clock that has counted nothing yet: the request's CPU since it
+        # began is all its own (spares reading the running step's clock).
+        self.cpu_seen = 0.0 if clock is None or clock.fresh else clock.seconds
         self.b_seen = b0  # the shared-time integral at the last tick
         self.charge = 0.0  # CPU joules of the intervals that have ended
 
@@ -175,7 +177,9 @@ class CpuTime(TimeShare):
     def __init__(self) -> None:
         super().__init__()
         self._open: dict[Window, _CpuWindow] = {}
-        self._tails_cpu = 0.0  # CPU seconds of tails closed since the last tick
+        # The requests closed since the last tick: their tails' CPU is read at
+        # the tick, once their clocks have stopped.
+        self._closed: list[_CpuWindow] = []
         self._joules_per_cpu = Ratio(memory=5.0)
         #: J per request CPU second to guess tails with; None until CPU busy
         #: power is known. Changes only where the model learns (settle, prior).
@@ -199,7 +203,7 @@ class CpuTime(TimeShare):
     def closed(self, window: Window) -> None:
         state = self._open.pop(window, None)
         if state is not None:
-            self._tails_cpu += state.used()
+            self._closed.append(state)
 
     def charge(
         self, name: str, window: Window, measured: float, tail: float, rate: float
@@ -232,12 +236,14 @@ class CpuTime(TimeShare):
         # Each clock read once: what it counted since is the next interval's.
         seen = {state: state.seen() for state in self._open.values()}
         used = {state: now - state.cpu_seen for state, now in seen.items()}
-        total = sum(used.values()) + self._tails_cpu
+        tails_cpu = sum(state.used() for state in self._closed)
+        self._closed.clear()
+        total = sum(used.values()) + tails_cpu
         if total > MIN_CPU:
             k = busy_joules / total
             for state, seconds in used.items():
                 state.charge += k * seconds
-            exact = k * self._tails_cpu
+            exact = k * tails_cpu
             self._joules_per_cpu.observe(total, busy_joules)
         else:  # no request used measurable CPU: by time share
             for state in used:
@@ -246,7 +252,6 @@ class CpuTime(TimeShare):
         for state, now in seen.items():
             state.cpu_seen = now
             state.b_seen = b
-        self._tails_cpu = 0.0
         self._learned()
         return exact - interval.guessed
 
