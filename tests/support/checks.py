@@ -91,3 +91,20 @@ def conserved(runtime: Runtime, spans_j: dict[str, float], rel: float = 0.01) ->
 def log_messages(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
     """What `logger` (exactly that one) logged."""
     return [r.getMessage() for r in caplog.records if r.name == logger]
+
+
+def assert_shapes_between_truths(cells: dict[str, Any], rounds: int) -> None:
+    """Every handler shape of benchmarks/shapes.py was measured `rounds`
+    times, never at 0 J, its median between 0.85 x its lower truth and
+    1.15 x its upper one (see `shapes.Record`)."""
+    import shapes
+
+    assert set(cells) == set(shapes.SHAPES)
+    for shape, cell in cells.items():
+        print(shape, cell)
+        assert cell.n == rounds, shape
+        # The async def that computes in one step read 0 J under cpu_time
+        # when its figure was taken before that step was counted.
+        assert cell.zeros == 0, shape
+        assert cell.lower >= 0.85, shape
+        assert cell.upper <= 1.15, shape
