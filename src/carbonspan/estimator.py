@@ -67,6 +67,7 @@ class PowerModel:
         "_ii",
         "_iu",
         "_iy",
+        "_fitted",
         "_keep",
         "_n",
         "_prior",
@@ -85,6 +86,7 @@ class PowerModel:
         self._keep = 1.0  # how much of busy minus idle power stands out of noise
         self._idle_j = self._idle_s = 0.0
         self._prior: tuple[float, float] | None = None  # (idle W, busy W)
+        self._fitted = False  # whether busy power was ever fitted
         #: Watts while no request is in flight, and while one is; None until a
         #: first interval is seen.
         self.idle: float | None = None
@@ -146,6 +148,7 @@ class PowerModel:
             elif ii > 0.0 and uu == 0.0:  # only idle intervals so far
                 a = iy / ii
         if self._busy_known():  # the best busy power, given the idle power
+            self._fitted = True
             b = (uy - iu * a) / uu
             gap = b - a
             if busy_seen:
@@ -160,8 +163,10 @@ class PowerModel:
                 square = gap * gap
                 self._keep = max(0.0, 1.0 - variance / square) if square else 1.0
             b = a + gap * self._keep
-        elif self.busy is not None:  # too few busy seconds, or seen long ago
+        elif self._fitted and self.busy is not None:  # seen long ago: kept
             b = self.busy
+        # Else the prior: never the busy power raised to the idle power of a
+        # first interval (the sampler's start-up), which would stick.
         # Requests do not lower a process's power: busy is at least idle.
         self.idle = max(a, 0.0)
         self.busy = max(b, self.idle)

@@ -105,6 +105,20 @@ def test_no_data_no_guess_then_the_first_mean_then_the_sources_prior() -> None:
     assert model.busy == pytest.approx(40.0) and model.idle == pytest.approx(5.0)
 
 
+def test_a_start_up_interval_does_not_raise_the_prior_for_good() -> None:
+    # The sampler's first interval (hardware detection) draws more than the
+    # source's busy prior; once idle intervals anchor the idle power, the
+    # busy power is the prior again, not that first interval's mean.
+    model = PowerModel()
+    model.prior(0.9)
+    model.observe(0.01, 0.0, 0.0102)  # 1.02 W over the first 10 ms
+    assert model.busy == pytest.approx(1.02)  # at least the idle power
+    for _ in range(10):  # idle ticks at 0.013 W
+        model.observe(0.1, 0.0, 0.0013)
+    assert model.idle < 0.05  # the first interval still weighs a little
+    assert model.busy == pytest.approx(0.9)
+
+
 def test_nanoseconds_of_busy_time_do_not_make_a_busy_power() -> None:
     # A counter of 5 mJ resolution, and a tick that comes 1e-13 s after a
     # request opened: fitted exactly, the interval's joules over those
