@@ -62,12 +62,12 @@ class PowerModel:
     """Idle and busy watts of one component, by least squares over ticks."""
 
     __slots__ = (
+        "_fitted",
         "_idle_j",
         "_idle_s",
         "_ii",
         "_iu",
         "_iy",
-        "_fitted",
         "_keep",
         "_n",
         "_prior",
