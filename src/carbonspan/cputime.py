@@ -33,6 +33,8 @@ from contextvars import ContextVar, Token
 from time import thread_time
 from typing import Any
 
+from carbonspan import forks
+
 _current: ContextVar[CpuClock | None] = ContextVar("carbonspan_cpu_clock", default=None)
 
 
@@ -215,14 +217,17 @@ class _Patch:
     handle_run: Callable[[events.Handle], None] | None = None
     handles = False
     users = 0
-    lock = threading.Lock()
+
+
+_PATCH_LOCK = "cputime.patch"
+forks.lock(_PATCH_LOCK)
 
 
 def patch() -> None:
     """Time asyncio's callbacks and anyio's worker threads under a clock."""
     import anyio.to_thread
 
-    with _Patch.lock:
+    with forks.locks[_PATCH_LOCK]:
         _Patch.users += 1
         if _Patch.run_sync is not None:
             return
@@ -244,7 +249,7 @@ def patch() -> None:
 def unpatch() -> None:
     import anyio.to_thread
 
-    with _Patch.lock:
+    with forks.locks[_PATCH_LOCK]:
         _Patch.users -= 1
         if _Patch.users > 0 or _Patch.run_sync is None:
             return

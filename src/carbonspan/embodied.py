@@ -25,14 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-import weakref
 from dataclasses import dataclass
 from typing import Any
+
+from carbonspan import forks
 
 _log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Boavizta:
     def fetch(self) -> Embodied:
         """Ask the server (once per process and query; then the cached answer)."""
         url = self.url
-        with _cache_lock:
+        with forks.locks[_CACHE_LOCK]:
             answer = _cache.get(url)
         if answer is None:
             request = urllib.request.Request(
@@ -116,7 +116,7 @@ class Boavizta:
             with urllib.request.urlopen(request, timeout=self.timeout) as reply:
                 body = json.loads(reply.read().decode("utf-8"))
             answer = _parse(body)
-            with _cache_lock:
+            with forks.locks[_CACHE_LOCK]:
                 _cache[url] = answer
         if self.lifetime_years is not None:
             hours = self.lifetime_years * HOURS_PER_YEAR
@@ -148,7 +148,8 @@ def _parse(body: Any) -> Embodied:
 
 
 _cache: dict[str, Embodied] = {}
-_cache_lock = threading.Lock()
+_CACHE_LOCK = "embodied.cache"
+forks.lock(_CACHE_LOCK)
 
 
 class EmbodiedSource:
@@ -175,7 +176,7 @@ class EmbodiedSource:
         self._busy = False
         self._gave_up = False
         self._lock = threading.Lock()
-        _sources.add(self)
+        forks.track(self, forks.SOURCES)
 
     def poll(self, now: float) -> None:
         if self.value is not None or self.boavizta is None or self._gave_up:
@@ -227,19 +228,7 @@ class EmbodiedSource:
         )
         return True
 
-    def _after_fork(self) -> None:
+    def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._busy = False
         self._due = None
-
-
-_sources: weakref.WeakSet[EmbodiedSource] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for source in list(_sources):
-        source._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

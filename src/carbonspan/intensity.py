@@ -24,13 +24,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import urllib.parse
 import urllib.request
-import weakref
 from typing import Protocol, runtime_checkable
 
+from carbonspan import forks
 from carbonspan.emissions import CarbonIntensity
 from carbonspan.throttle import Throttle
 
@@ -145,7 +144,7 @@ class Grid:
         self._busy = False  # a refresh is under way
         self._lock = threading.Lock()
         self._throttle = Throttle()
-        _grids.add(self)
+        forks.track(self, forks.SOURCES)
 
     def poll(self, now: float) -> None:
         """From the sampler thread: ask the provider if a refresh is due."""
@@ -214,21 +213,9 @@ class Grid:
             current.source,
         )
 
-    def _after_fork(self) -> None:
+    def _after_fork_in_child(self) -> None:
         # A refresh under way in the parent's thread did not survive the fork.
         self._lock = threading.Lock()
         self._busy = False
         self._due = None
         self._throttle = Throttle()
-
-
-_grids: weakref.WeakSet[Grid] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for grid in list(_grids):
-        grid._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -9,8 +9,6 @@ ledger, the books and the recorder already keep.
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 import weakref
 from collections.abc import Iterable
@@ -23,6 +21,7 @@ from opentelemetry.metrics import (
 )
 
 from carbonspan import attributes as a
+from carbonspan import forks
 from carbonspan.ledger import Ledger, Totals
 from carbonspan.recorder import Recorder
 from carbonspan.sci import Books
@@ -135,7 +134,7 @@ class Metrics(Recorder):
             description="HTTP requests left out of codecarbon.request.* because "
             "the buffer of figures waiting to be recorded was full",
         )
-        _all.add(self)
+        forks.track(self, forks.READERS)
 
     def add(self, ledger: Ledger, books: Books, long_request: float = 300.0) -> None:
         """Count `ledger` (shared by the instrumentations of one sampler: the
@@ -304,18 +303,8 @@ def _split(pairs: Iterable[tuple[float, float]]) -> list[Observation]:
     ]
 
 
-_all: weakref.WeakSet[Metrics] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for metrics in list(_all):
-        metrics._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-_registry_lock = threading.Lock()
+_REGISTRY_LOCK = "metrics.registry"
+forks.lock(_REGISTRY_LOCK)
 _global: list[Metrics] = []  # for the global provider (meter_provider=None)
 _by_provider: weakref.WeakKeyDictionary[MeterProvider, Metrics] = (
     weakref.WeakKeyDictionary()
@@ -324,7 +313,7 @@ _by_provider: weakref.WeakKeyDictionary[MeterProvider, Metrics] = (
 
 def metrics_for(meter_provider: MeterProvider | None) -> Metrics:
     """The one `Metrics` of a MeterProvider (None: the global one)."""
-    with _registry_lock:
+    with forks.locks[_REGISTRY_LOCK]:
         if meter_provider is None:
             if not _global:
                 _global.append(Metrics(None))

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from carbonspan import forks
 from carbonspan.ledger import Ledger
 from carbonspan.source import HardwareInfo, PowerSource
 from carbonspan.throttle import Throttle
@@ -81,6 +81,7 @@ class PowerSampler:
         #: whichever thread took the reading (the books of emissions).
         self.on_tick: list[Callable[[float], Any]] = []
         _live.add(self)
+        forks.track(self, forks.SOURCES)
 
     @property
     def running(self) -> bool:
@@ -176,7 +177,7 @@ class PowerSampler:
             exc_info=exc,
         )
 
-    def _after_fork(self) -> None:
+    def _after_fork_in_child(self) -> None:
         # The thread did not survive the fork. Like the first time, the
         # child's first request (or lifespan startup) starts a new one.
         self._thread = None
@@ -210,21 +211,17 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    _held.clear()
-    for sampler in list(_live):
-        sampler._after_fork()
-    _registry.after_fork()
+    _held.clear()  # the samplers renew their locks themselves
 
 
 class _Registry:
     """Shared samplers by key, reference-counted."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._entries: dict[Hashable, tuple[PowerSampler, int]] = {}
 
     def lease(self, key: Hashable, make: Callable[[], PowerSampler]) -> PowerSampler:
-        with self._lock:
+        with forks.locks[_REGISTRY_LOCK]:
             sampler, count = self._entries.get(key, (None, 0))
             if sampler is None:
                 sampler = make()
@@ -232,7 +229,7 @@ class _Registry:
         return sampler
 
     def release(self, sampler: PowerSampler) -> None:
-        with self._lock:
+        with forks.locks[_REGISTRY_LOCK]:
             for key, (entry, count) in list(self._entries.items()):
                 if entry is sampler:
                     if count > 1:
@@ -242,10 +239,9 @@ class _Registry:
                     break
         sampler.stop()
 
-    def after_fork(self) -> None:
-        self._lock = threading.Lock()
 
-
+_REGISTRY_LOCK = "sampler.registry"
+forks.lock(_REGISTRY_LOCK)
 _registry = _Registry()
 lease = _registry.lease
 release = _registry.release
@@ -261,9 +257,4 @@ def _stop_all() -> None:
 
 atexit.register(_stop_all)
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
+forks.around(_before_fork, _after_fork_in_parent, _after_fork_in_child)

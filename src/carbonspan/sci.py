@@ -39,11 +39,10 @@ force, attributed + unattributed + in flight == measured.
 from __future__ import annotations
 
 import math
-import os
 import threading
-import weakref
 from collections.abc import Callable
 
+from carbonspan import forks
 from carbonspan.embodied import EmbodiedSource
 from carbonspan.emissions import JOULES_PER_KWH, CarbonIntensity
 from carbonspan.estimator import MEMORY
@@ -102,7 +101,12 @@ class Books:
         self._share = share
         self._lock = threading.Lock()
         self.reset()
-        _books.add(self)
+        forks.track(self, forks.READERS)
+
+    def _after_fork_in_child(self) -> None:
+        # The ledgers were reset: the child's books start from nothing too.
+        self._lock = threading.Lock()
+        self.reset(forked=True)
 
     def reset(self, *, forked: bool = False) -> None:
         """Start from the ledger as it is; after a fork, from nothing (the
@@ -209,17 +213,3 @@ class Books:
         if self._rs_seconds > 0:
             return self._rs_sum / self._rs_seconds
         return share
-
-
-_books: weakref.WeakSet[Books] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # The ledgers were reset: the child's books start from nothing too.
-    for books in list(_books):
-        books._lock = threading.Lock()
-        books.reset(forked=True)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -8,6 +8,7 @@ import json
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -256,3 +257,52 @@ def test_time_of_day_jumps_change_no_figure(
     jumped = scripted_figures(otel, instrument, monkeypatch)
     monkeypatch.undo()
     assert jumped == steady
+
+
+def test_a_lock_another_thread_held_at_the_fork_is_free_in_the_child() -> None:
+    # A forked child has one thread: a lock held by another thread of the
+    # parent would stay held there for good. Every module-level lock is in
+    # the fork registry; the metrics registry's, held here, was not renewed.
+    from carbonspan import cputime, embodied, forks, sampler
+    from carbonspan import metrics as carbonspan_metrics
+
+    assert {"metrics.registry", "embodied.cache", "cputime.patch",
+            "sampler.registry"} <= set(forks.locks)  # fmt: skip
+    assert cputime and embodied and sampler
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with forks.locks["metrics.registry"]:
+            holding.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert holding.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the registry answers, every lock is free
+            code = 1
+            try:
+                free = True
+                for lock in forks.locks.values():
+                    if lock.acquire(timeout=2):
+                        lock.release()
+                    else:
+                        free = False
+                if free:
+                    carbonspan_metrics.metrics_for(None)  # takes the registry's
+                    code = 0
+            finally:
+                os._exit(code)
+    finally:
+        done.set()
+        thread.join()
+    deadline = time.monotonic() + 30.0
+    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the child hung on a lock held at the fork")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(ended[1]) == 0
