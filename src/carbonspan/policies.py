@@ -139,7 +139,7 @@ class TimeShare:
 class _CpuWindow:
     """cpu_time's state of one open request."""
 
-    __slots__ = ("b_seen", "charge", "clock", "cpu_seen")
+    __slots__ = ("b_seen", "charge", "clock", "cpu_seen", "last")
 
     def __init__(self, clock: CpuClock | None, b0: float) -> None:
         self.clock = clock
@@ -148,6 +148,7 @@ class _CpuWindow:
         self.cpu_seen = 0.0 if clock is None or clock.fresh else clock.seconds
         self.b_seen = b0  # the shared-time integral at the last tick
         self.charge = 0.0  # CPU joules of the intervals that have ended
+        self.last: float | None = None  # the clock at its last read
 
     def seen(self) -> float:
         """The request's CPU seconds so far (0 without a clock)."""
@@ -155,8 +156,9 @@ class _CpuWindow:
         return clock.seconds if clock is not None else 0.0
 
     def used(self) -> float:
-        """CPU seconds since the last tick."""
-        return self.seen() - self.cpu_seen
+        """CPU seconds since the last tick (and the clock read, kept)."""
+        seen = self.last = self.seen()
+        return seen - self.cpu_seen
 
 
 class CpuTime(TimeShare):
@@ -177,9 +179,7 @@ class CpuTime(TimeShare):
     def __init__(self) -> None:
         super().__init__()
         self._open: dict[Window, _CpuWindow] = {}
-        # The requests closed since the last tick: their tails' CPU is read at
-        # the tick, once their clocks have stopped.
-        self._closed: list[_CpuWindow] = []
+        self._tails_cpu = 0.0  # CPU seconds of tails closed since the last tick
         self._joules_per_cpu = Ratio(memory=5.0)
         #: J per request CPU second to guess tails with; None until CPU busy
         #: power is known. Changes only where the model learns (settle, prior).
@@ -203,7 +203,11 @@ class CpuTime(TimeShare):
     def closed(self, window: Window) -> None:
         state = self._open.pop(window, None)
         if state is not None:
-            self._closed.append(state)
+            # Its clock as charged a moment ago, when the ledger priced its
+            # tail (a read of a running step is a system call): what it counts
+            # after its window closed is not its own.
+            seen = state.last if state.last is not None else state.seen()
+            self._tails_cpu += seen - state.cpu_seen
 
     def charge(
         self, name: str, window: Window, measured: float, tail: float, rate: float
@@ -236,8 +240,7 @@ class CpuTime(TimeShare):
         # Each clock read once: what it counted since is the next interval's.
         seen = {state: state.seen() for state in self._open.values()}
         used = {state: now - state.cpu_seen for state, now in seen.items()}
-        tails_cpu = sum(state.used() for state in self._closed)
-        self._closed.clear()
+        tails_cpu, self._tails_cpu = self._tails_cpu, 0.0
         total = sum(used.values()) + tails_cpu
         if total > MIN_CPU:
             k = busy_joules / total
