@@ -222,9 +222,11 @@ def _children_cpu_s() -> float:
 
 def sampler_state(app: FastAPI) -> tuple[bool, dict[str, Any]]:
     """Whether b's sampler has its first readings, and what it measures."""
-    from carbonspan.instrumentor import runtime_of  # b only: a and c never load it
+    from carbonspan.otel.instrumentor import (
+        instrumentation_of,  # b only: a and c never load it
+    )
 
-    runtime = runtime_of(app)
+    runtime = instrumentation_of(app)
     if runtime is None:
         return True, {}
     sampler = runtime.sampler

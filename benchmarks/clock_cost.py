@@ -16,26 +16,27 @@ import asyncio
 import time
 import timeit
 
-from carbonspan import cputime
-from carbonspan.ledger import Ledger
-from carbonspan.source import EnergyReading
+from carbonspan.attribution import cpu_clock
+from carbonspan.attribution.ledger import Ledger
+from carbonspan.attribution.policies import CpuTime
+from carbonspan.power.source import EnergyReading
 
 
 async def measure(number: int) -> None:
-    clock = cputime.CpuClock(True)
+    clock = cpu_clock.CpuClock(True)
     read = timeit.timeit(lambda: clock.seconds, number=number) / number
-    pair = timeit.timeit(lambda: cputime.end(*cputime.begin()), number=number)
-    ledger = Ledger(policy="cpu_time")
+    pair = timeit.timeit(lambda: cpu_clock.end(*cpu_clock.begin()), number=number)
+    ledger = Ledger(CpuTime())
     ledger.tick(EnergyReading(time=0.0, cpu=0.0))
     ledger.tick(EnergyReading(time=0.1, cpu=1.0))
 
     def request() -> None:
-        began = cputime.begin()
+        began = cpu_clock.begin()
         assert began is not None
         window = ledger.open(time.monotonic(), began[0])
         ledger.peek(window, time.monotonic())
         ledger.close(window, time.monotonic())
-        cputime.end(*began)
+        cpu_clock.end(*began)
 
     requests = number // 4
     whole = timeit.timeit(request, number=requests) / requests
@@ -48,11 +49,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--number", type=int, default=200_000)
     args = parser.parse_args()
-    cputime.patch()
+    cpu_clock.patch()
     try:
         asyncio.run(measure(args.number))
     finally:
-        cputime.unpatch()
+        cpu_clock.unpatch()
 
 
 if __name__ == "__main__":

@@ -142,11 +142,11 @@ async def _run_httpx(app: Any, plan: Plan) -> dict[str, Any]:
 
 
 async def _until_read(app: Any) -> None:
-    from carbonspan.instrumentor import runtime_of
+    from carbonspan.otel.instrumentor import instrumentation_of
 
-    runtime = runtime_of(app)
+    runtime = instrumentation_of(app)
     deadline = time.monotonic() + 30.0
-    while runtime is not None and runtime.ledger.last_reading is None:
+    while runtime is not None and runtime.ledger.last_time is None:
         if time.monotonic() > deadline:
             raise RuntimeError("the sampler took no reading")
         await asyncio.sleep(0.05)

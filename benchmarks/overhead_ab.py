@@ -55,7 +55,7 @@ from bench_app import (
     tracker_kwargs,
 )
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel.instrumentor import instrumentation_of
 from harness import (
     ab_ratios,
     find_thread,
@@ -69,7 +69,7 @@ from harness import (
 )
 
 if TYPE_CHECKING:
-    from carbonspan.runtime import Runtime
+    from carbonspan.otel.instrumentation import Instrumentation
     from carbonspan.types import ASGIApp, Message, Receive, Scope, Send
 
 COUNTRY = "FRA"
@@ -209,7 +209,7 @@ class Bench:
     b: Variant
     c: Variant | None  # the tracker per request, unless left out
     others: list[Variant]  # d, e, z, those asked for
-    runtime: Runtime  # b's
+    runtime: Instrumentation  # b's
     instrumented_at: float  # perf_counter() when b's instrument_app began
     instrument_s: float  # how long it took
     first_c_s: float | None  # c's first request: CodeCarbon's cold start
@@ -261,7 +261,7 @@ async def build(args: argparse.Namespace, loops: int) -> Bench:
     t0 = time.perf_counter()
     with_carbonspan(app_b, otel)
     instrument_s = time.perf_counter() - t0
-    runtime = runtime_of(app_b)
+    runtime = instrumentation_of(app_b)
     assert runtime is not None
     label = "+ carbonspan" + (" (resource det.)" if resource is not None else "")
     b = Variant("b", label, app_b)
@@ -493,7 +493,7 @@ def with_sampler(endpoints: list[dict[str, Any]], core_percent: float) -> None:
 def stop_carbonspan(bench: Bench) -> None:
     """Stop the live samplers (b's, e's)."""
     for v in bench.every:
-        if runtime_of(v.app) is not None:
+        if instrumentation_of(v.app) is not None:
             CodeCarbonInstrumentor.uninstrument_app(v.app)
 
 

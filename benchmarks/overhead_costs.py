@@ -29,10 +29,10 @@ from opentelemetry.trace import SpanKind, Tracer
 
 import netguard  # noqa: F401  (installs the loopback-only guard on import)
 from carbonspan import CodeCarbonMiddleware, CodeCarbonPowerSource, EnergyReading
+from carbonspan.attribution.ledger import Ledger
 from carbonspan.config import Settings
-from carbonspan.ledger import Ledger
-from carbonspan.runtime import Runtime
-from carbonspan.sampler import PowerSampler
+from carbonspan.otel.instrumentation import Instrumentation
+from carbonspan.power.sampler import PowerSampler
 from harness import http_scope, median_us
 from overhead_ab import COUNTRY, Otel, SyncFloor
 
@@ -66,11 +66,11 @@ async def trivial(scope: Scope, receive: Receive, send: Send) -> None:
 
 def ablated_runtime(
     *, attributes: bool, metrics: bool
-) -> tuple[Runtime, MeterProvider] | None:
+) -> tuple[Instrumentation, MeterProvider] | None:
     """A runtime on the shared default sampler, with its own MeterProvider, and
     the span attributes and/or the histogram record switched off."""
     provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-    runtime = Runtime(
+    runtime = Instrumentation(
         Settings.load({"country_iso_code": COUNTRY, "meter_provider": provider})
     )
     try:
@@ -94,7 +94,7 @@ class Rows:
             "bare trivial app": trivial,
             "+ pass-through ASGI layer": PassThrough(trivial),
         }
-        self.owned: list[tuple[Runtime, MeterProvider]] = []
+        self.owned: list[tuple[Instrumentation, MeterProvider]] = []
         for label, attributes, metrics in (
             ("+ carbonspan, no attrs, no metrics", False, False),
             ("+ carbonspan, no span attributes", False, True),
@@ -104,7 +104,9 @@ class Rows:
             made = ablated_runtime(attributes=attributes, metrics=metrics)
             if made is not None:
                 self.owned.append(made)
-                self.apps[label] = CodeCarbonMiddleware(trivial, runtime=made[0])
+                self.apps[label] = CodeCarbonMiddleware(
+                    trivial, instrumentation=made[0]
+                )
         self.tracers: dict[str, Tracer] = dict.fromkeys(self.apps, tracer)
         if otel.others and ALL in self.apps:
             label = ALL + ", plain Resource"
@@ -263,7 +265,11 @@ def ledger_costs(out: dict[str, float], number: int) -> Any:
 
 
 def attribute_costs(
-    out: dict[str, float], runtime: Runtime, otel: Otel, measurement: Any, number: int
+    out: dict[str, float],
+    runtime: Instrumentation,
+    otel: Otel,
+    measurement: Any,
+    number: int,
 ) -> None:
     """Making the span attributes and setting them, with the resource detected
     and with a plain Resource, and what each constant attribute adds."""
@@ -274,16 +280,16 @@ def attribute_costs(
     span = tracer.start_span("x")
     plain_span = plain.get_tracer("bench").start_span("x")
     if takes_span:
-        out["Runtime.span_attributes(), resource detected"] = per_call_ns(
+        out["Instrumentation.span_attributes(), resource detected"] = per_call_ns(
             lambda: span_attributes(measurement, span), number
         )
-        out["Runtime.span_attributes(), plain Resource"] = per_call_ns(
+        out["Instrumentation.span_attributes(), plain Resource"] = per_call_ns(
             lambda: span_attributes(measurement, plain_span), number
         )
         attrs = span_attributes(measurement, span) or {}
         full = span_attributes(measurement, plain_span) or {}
     else:
-        out["Runtime.span_attributes()"] = per_call_ns(
+        out["Instrumentation.span_attributes()"] = per_call_ns(
             lambda: span_attributes(measurement), number
         )
         attrs = full = span_attributes(measurement) or {}
@@ -311,7 +317,10 @@ def attribute_costs(
 
 
 def queue_and_drain(
-    out: dict[str, float], runtime: Runtime, record_args: tuple[Any, ...], number: int
+    out: dict[str, float],
+    runtime: Instrumentation,
+    record_args: tuple[Any, ...],
+    number: int,
 ) -> None:
     """The request path only queues the point: time the queue, and the drain
     per point (with the live sampler kept from draining meanwhile)."""
@@ -341,7 +350,7 @@ def queue_and_drain(
 
 def metrics_costs(
     out: dict[str, float],
-    runtime: Runtime,
+    runtime: Instrumentation,
     tracer: Tracer,
     measurement: Any,
     number: int,
@@ -395,7 +404,9 @@ def histogram_cost(
         )
 
 
-def component_costs(runtime: Runtime, otel: Otel, number: int) -> dict[str, float]:
+def component_costs(
+    runtime: Instrumentation, otel: Otel, number: int
+) -> dict[str, float]:
     """Pieces of the request path, each timed alone (ns per call)."""
     out: dict[str, float] = {}
     measurement = ledger_costs(out, number)
@@ -420,7 +431,7 @@ def print_pieces(comp: dict[str, float]) -> None:
 def sampler_cost(samples: int, interval: float) -> dict[str, float]:
     """CPU time of `PowerSampler.sample()` (source.read() + ledger.tick()) on a fresh
     sampler over a fresh CodeCarbonPowerSource, called every 10 ms."""
-    sampler = PowerSampler(CodeCarbonPowerSource(), interval)
+    sampler = PowerSampler(CodeCarbonPowerSource(), interval, Ledger())
     t0 = time.perf_counter()
     sampler.sample()  # hardware detection
     detect_s = time.perf_counter() - t0

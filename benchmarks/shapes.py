@@ -45,8 +45,8 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan.instrumentor import runtime_of
-from carbonspan.source import Measurement
+from carbonspan.attribution.measurement import Measurement
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ProcessCpuPowerSource
 
 SHAPES = ("async_one", "async_awaits", "sync", "dependency", "streaming", "background")
@@ -189,11 +189,11 @@ def build(policy: str, source: str = "physics", *, contrib: bool = True) -> Fast
 
     @app.get("/hardware")
     def hardware() -> dict[str, Any]:
-        runtime = runtime_of(app)
+        runtime = instrumentation_of(app)
         if runtime is None:
             return {"ready": False, "busy_watts": {}}
         return {
-            "ready": runtime.ledger.last_reading is not None,
+            "ready": runtime.ledger.last_time is not None,
             "busy_watts": runtime.sampler.info.busy_watts,
         }
 

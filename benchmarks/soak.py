@@ -50,11 +50,11 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import SpanKind
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan import attributes as a
-from carbonspan import sampler as carbonspan_sampler
-from carbonspan.instrumentor import runtime_of
-from carbonspan.ledger import RING
-from carbonspan.runtime import Runtime
+from carbonspan.attribution.ledger import RING
+from carbonspan.otel import attributes as a
+from carbonspan.otel.instrumentation import Instrumentation
+from carbonspan.otel.instrumentor import instrumentation_of
+from carbonspan.power import sampler as carbonspan_sampler
 from carbonspan.testing import ConstantPowerSource
 from harness import timed_request
 
@@ -186,7 +186,7 @@ def rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def sizes(runtime: Runtime) -> dict[str, int]:
+def sizes(runtime: Instrumentation) -> dict[str, int]:
     """Every structure carbonspan keeps, by size."""
     ledger, metrics = runtime.ledger, runtime.metrics
     return {
@@ -223,7 +223,7 @@ class Soak:
         reader: InMemoryMetricReader,
         tracer_provider: TracerProvider,
         meter_provider: MeterProvider,
-        runtime: Runtime,
+        runtime: Instrumentation,
         batch: int,
         progress: Callable[[str], None] | None,
     ) -> None:
@@ -272,7 +272,7 @@ class Soak:
         """(attributed + unattributed) / measured, per component."""
         ledger = self.runtime.ledger
         totals = ledger.totals()
-        first, last = ledger.first_reading, ledger.last_reading
+        first, last = ledger.first_time, ledger.last_time
         out: dict[str, float] = {}
         if first is None or last is None:
             return out
@@ -326,11 +326,11 @@ def instrumented(
         sample_interval=interval,
         attribution=attribution,
     )
-    runtime = runtime_of(app)
+    runtime = instrumentation_of(app)
     assert runtime is not None
     runtime.sampler.start()
     deadline = time.monotonic() + 30
-    while runtime.ledger.last_reading is None and time.monotonic() < deadline:
+    while runtime.ledger.last_time is None and time.monotonic() < deadline:
         time.sleep(0.01)
     return Soak(
         app, served, exporter, reader, tracer_provider, meter_provider, runtime,

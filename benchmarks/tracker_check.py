@@ -20,7 +20,8 @@ import time
 from codecarbon import OfflineEmissionsTracker
 
 from carbonspan import CodeCarbonPowerSource
-from carbonspan.sampler import PowerSampler
+from carbonspan.attribution.ledger import Ledger
+from carbonspan.power.sampler import PowerSampler
 
 JOULES_PER_KWH = 3.6e6
 
@@ -41,19 +42,19 @@ def main() -> None:
         country_iso_code="FRA", measure_power_secs=1, tracking_mode="machine",
         log_level="error", save_to_file=False,
     )  # fmt: skip
-    sampler = PowerSampler(CodeCarbonPowerSource("machine"), args.interval)
+    sampler = PowerSampler(CodeCarbonPowerSource("machine"), args.interval, Ledger())
     sampler.start()
-    while sampler.ledger.last_reading is None:
+    while sampler.ledger.last_time is None:
         time.sleep(0.05)
     stop = threading.Event()
     load = threading.Thread(target=busy, args=(stop,), daemon=True)
     load.start()
     tracker.start()
-    reading = sampler.ledger.last_reading
+    reading = sampler.ledger.last_time
     start, t0 = sampler.ledger.totals().measured, reading.time
     time.sleep(args.seconds)
     tracker.stop()
-    reading = sampler.ledger.last_reading
+    reading = sampler.ledger.last_time
     end, t1 = sampler.ledger.totals().measured, reading.time
     stop.set()
     sampler.stop()

@@ -15,7 +15,7 @@ sampler thread and the middleware do. The "exact" share of a request is the
 integral of P(t)/n(t) over its lifetime, computed segment by segment from the
 scripted power, so it owes nothing to the ledger.
 
-Under `cpu_time`, each request also gets a `carbonspan.cputime.CpuClock`, the
+Under `cpu_time`, each request also gets a `carbonspan.cpu_clock.CpuClock`, the
 object the middleware hands the ledger; the script advances its
 `loop_seconds` by the request's scripted CPU rate as the fake clock moves, as
 the timed coroutine wrapper does for a real request. The exact `cpu_time`
@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carbonspan import Measurement
-from carbonspan.cputime import CpuClock
-from carbonspan.ledger import Ledger, Totals
+from carbonspan.attribution.cpu_clock import CpuClock
+from carbonspan.attribution.ledger import Ledger
+from carbonspan.attribution.totals import Totals
 from carbonspan.testing import ScriptedPowerSource
 
 Watts = Callable[[float], float]

@@ -42,8 +42,8 @@ try:  # the imports take about 1 s: a Ctrl-C meanwhile leaves quietly too
     from opentelemetry.trace import SpanKind
 
     from carbonspan import CodeCarbonInstrumentor
-    from carbonspan.instrumentor import runtime_of
-    from carbonspan.runtime import Runtime
+    from carbonspan.otel.instrumentation import Instrumentation
+    from carbonspan.otel.instrumentor import instrumentation_of
 except KeyboardInterrupt:
     print("\ninterrupted", file=sys.stderr)
     raise SystemExit(130) from None
@@ -216,11 +216,11 @@ async def traffic(url: str, multiplier: int) -> list[Sent]:
 # -- reading the results -------------------------------------------------------
 
 
-def wait_for_hardware(runtime: Runtime, timeout: float) -> None:
+def wait_for_hardware(runtime: Instrumentation, timeout: float) -> None:
     """Block until the sampler has detected the hardware and ticked the ledger."""
     deadline = time.monotonic() + timeout
     sampler = runtime.sampler
-    while not (sampler.info.measurement and runtime.ledger.last_reading is not None):
+    while not (sampler.info.measurement and runtime.ledger.last_time is not None):
         if time.monotonic() > deadline:
             raise DemoError(
                 f"no power reading after {timeout:.0f} s "
@@ -229,7 +229,7 @@ def wait_for_hardware(runtime: Runtime, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def print_hardware(runtime: Runtime, elapsed: float) -> None:
+def print_hardware(runtime: Instrumentation, elapsed: float) -> None:
     info = runtime.sampler.info
     intensity = runtime.intensity
     settings = runtime.settings
@@ -365,7 +365,10 @@ def metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
 
 
 def print_totals(
-    app: FastAPI, runtime: Runtime, reader: InMemoryMetricReader, from_spans: float
+    app: FastAPI,
+    runtime: Instrumentation,
+    reader: InMemoryMetricReader,
+    from_spans: float,
 ) -> None:
     totals = CodeCarbonInstrumentor.energy_totals(app)
     if totals is None:
@@ -473,7 +476,7 @@ def run(args: argparse.Namespace) -> None:
             )
         except ValueError as exc:  # a bad setting, such as an unknown country
             raise DemoError(str(exc)) from None
-        runtime = runtime_of(app)
+        runtime = instrumentation_of(app)
         if runtime is None:  # not after a successful instrument_app
             raise DemoError("carbonspan is not measuring the app")
 

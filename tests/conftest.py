@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from carbonspan import config
+from carbonspan import checks
 from support.otel import Instrumented, Otel
 
 
@@ -28,4 +28,4 @@ def instrument() -> Iterator[Instrumented]:
 @pytest.fixture
 def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unknown variables are warned about once per process: start afresh."""
-    monkeypatch.setattr(config, "_warned_env", set())
+    monkeypatch.setattr(checks, "_warned_env", set())

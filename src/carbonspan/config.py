@@ -1,52 +1,78 @@
-"""Settings: keyword arguments first, `CARBONSPAN_*` environment second.
+"""Settings, defined once: the table below, keyword arguments first,
+`CARBONSPAN_*` environment second.
+
+Each field of `Settings` is one setting: its default, the parser that checks
+its value (`carbonspan.parsers`; None for the Python objects, which are
+keyword arguments only), and what docs/configuration.md says of it (its
+type and the values it accepts). `carbonspan.types.InstrumentSettings`, the
+keyword arguments' types, is checked against this table, and the reference
+table in docs/configuration.md is written from it (`docs/gen_settings.py`).
 
 A bad keyword argument raises `ValueError` naming the setting and what it
 accepts. A bad environment value is logged and the default is used instead,
 so a typo in a deployment's environment never stops the service (this is
 also what happens under `opentelemetry-instrument`, where settings come from
-the environment only). The checks that involve two settings (`cloud_region`
-with `cloud_provider`, `region` with `country_iso_code`) raise as soon as one
-of the two is a keyword argument. An unknown `CARBONSPAN_*` variable is
-warned about once, with the closest known name.
+the environment only); `carbonspan.checks` has those rules.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
-import logging
 import os
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
-from carbonspan import emissions, intensity, parsers
-from carbonspan.policies import POLICIES
-from carbonspan.source import PowerSource, SourceScope
+from carbonspan import checks, parsers
+from carbonspan.attribution.policies import POLICIES
+from carbonspan.carbon import grid
+from carbonspan.carbon.intensity import CarbonIntensity, resolve
+from carbonspan.power.source import PowerSource, SourceScope
 from carbonspan.types import MeasurementHook
-
-_log = logging.getLogger(__name__)
 
 SCOPES = ("process", "machine")
 ATTRIBUTIONS = tuple(POLICIES)
 HEADER_FORMATS = ("x-codecarbon", "server-timing", "both")
-ENV_PREFIX = "CARBONSPAN_"
+ENV_PREFIX = checks.ENV_PREFIX
 #: sample_interval bounds, in seconds. Below 10 ms the sampler thread costs
 #: more CPU than the requests it measures; above a minute it hardly follows.
 MIN_INTERVAL, MAX_INTERVAL = 0.01, 60.0
 #: long_request bounds, in seconds: from a second to a day.
 MIN_LONG, MAX_LONG = 1.0, 86400.0
-#: Settings that only keyword arguments can give (objects, not text).
-OBJECT_SETTINGS = (
-    "power_source",
-    "meter_provider",
-    "tracer_provider",
-    "measurement_hook",
-)
+
+
+def _setting(
+    default: Any,
+    parse: Callable[[str, Any], Any] | None,
+    kind: str,
+    accepted: str,
+    *,
+    shown: str | None = None,
+    repr: bool = True,
+) -> Any:
+    """One row of the table: `kind` and `accepted` are the docs' type and
+    accepted values, `shown` the default as the docs say it (else `default`)."""
+    if shown is None:
+        shown = _shown(default)
+    return field(
+        default=default,
+        repr=repr,
+        metadata={"parse": parse, "kind": kind, "accepted": accepted, "shown": shown},
+    )
+
+
+def _shown(default: Any) -> str:
+    if default is None:
+        return "none"
+    return f"`{default:g}`" if isinstance(default, float) else f"`{default}`"
+
+
+_TEXT = "`str`"
+_CASE = "; case-insensitive"
 
 
 @dataclass(frozen=True)
@@ -54,39 +80,37 @@ class Settings:
     """Validated settings (see `carbonspan.types.InstrumentSettings` for what
     each one means); `Settings.load` builds them."""
 
-    country_iso_code: str | None = None
-    region: str | None = None
-    cloud_provider: str | None = None
-    cloud_region: str | None = None
-    carbon_intensity: float | None = None
-    sample_interval: float = 0.1
-    scope: SourceScope = "process"
-    attribution: str = "time_share"
-    excluded_urls: re.Pattern[str] | None = None
-    response_headers: tuple[str, ...] = ()
-    response_headers_format: str = "x-codecarbon"
-    long_request: float = 300.0
-    power_source: PowerSource | None = None
-    meter_provider: MeterProvider | None = None
-    tracer_provider: TracerProvider | None = None  # flushed at shutdown only
-    measurement_hook: MeasurementHook | None = None
-    # Grid intensity and embodied emissions (see carbonspan.intensity,
-    # carbonspan.embodied).
-    intensity_provider: str | intensity.IntensityProvider = "static"
-    intensity_refresh: float = intensity.REFRESH
-    electricitymaps_zone: str | None = None
-    electricitymaps_url: str = intensity.ELECTRICITYMAPS_URL
-    electricitymaps_token: str | None = field(default=None, repr=False)
-    embodied_emissions: float | None = None
-    hardware_lifetime: float | None = None
-    boavizta_url: str | None = None
-    cloud_instance: str | None = None
-    boavizta_archetype: str | None = None
+    country_iso_code: str | None = _setting(None, parsers.country_code, _TEXT, "an ISO 3166-1 alpha-3 code that CodeCarbon has an energy mix for (`FRA`, `USA`, `DEU`, `IND`, ...); case-insensitive, stored upper-case")  # fmt: skip
+    region: str | None = _setting(None, parsers.nonempty_text, _TEXT, "a region CodeCarbon has a figure for within `country_iso_code`, which it needs: a US state (`california`), a Canadian or Chinese province (`quebec`, `beijing`), a Nordic bidding zone (`SE3`, `NO1`, `FI`)" + _CASE)  # fmt: skip
+    cloud_provider: str | None = _setting(None, parsers.cloud_provider_name, _TEXT, "`aws`, `azure`, `gcp`" + _CASE)  # fmt: skip
+    cloud_region: str | None = _setting(None, parsers.nonempty_text, _TEXT, "a region in CodeCarbon's cloud table for `cloud_provider` (for example `europe-west1`); needs `cloud_provider`")  # fmt: skip
+    carbon_intensity: float | None = _setting(None, parsers.grid_intensity, "`float`, g CO2eq/kWh", f"a number from 0 to {parsers.MAX_INTENSITY:g}")  # fmt: skip
+    sample_interval: float = _setting(0.1, parsers.seconds_between(MIN_INTERVAL, MAX_INTERVAL), "`float`, seconds", f"a number from {MIN_INTERVAL:g} to {MAX_INTERVAL:g}")  # fmt: skip
+    scope: SourceScope = _setting("process", parsers.one_of(SCOPES), _TEXT, "`process`, `machine`" + _CASE)  # fmt: skip
+    attribution: str = _setting("time_share", parsers.one_of(ATTRIBUTIONS), _TEXT, ", ".join(f"`{n}`" for n in ATTRIBUTIONS) + _CASE)  # fmt: skip
+    excluded_urls: re.Pattern[str] | None = _setting(None, parsers.url_regexes, "`str`, list of `str`, or compiled `re.Pattern`", f"comma-separated regular expressions, or a list of them; at most {parsers.MAX_GROUPS} groups in one", shown="none (then the OpenTelemetry variables, see below)")  # fmt: skip
+    response_headers: tuple[str, ...] = _setting((), parsers.header_fields, "`bool`, or list of `str`", "`True` / `False`, or a list of `energy`, `emissions`, `duration`; in the environment `true`, `1`, `yes`, `on`, `false`, `0`, `no`, `off`, or a comma-separated list", shown="off")  # fmt: skip
+    response_headers_format: str = _setting("x-codecarbon", parsers.one_of(HEADER_FORMATS), _TEXT, ", ".join(f"`{n}`" for n in HEADER_FORMATS) + _CASE)  # fmt: skip
+    long_request: float = _setting(300.0, parsers.seconds_between(MIN_LONG, MAX_LONG), "`float`, seconds", f"a number from {MIN_LONG:g} to {MAX_LONG:g}")  # fmt: skip
+    power_source: PowerSource | None = _setting(None, None, "a `carbonspan.PowerSource`", "any object with `read()` and `describe()`", shown="`CodeCarbonPowerSource(scope)`")  # fmt: skip
+    meter_provider: MeterProvider | None = _setting(None, None, "an OpenTelemetry `MeterProvider`", "any `MeterProvider`", shown="the global one")  # fmt: skip
+    tracer_provider: TracerProvider | None = _setting(None, None, "an OpenTelemetry `TracerProvider`", "any `TracerProvider`; only flushed at shutdown", shown="the global one")  # fmt: skip
+    measurement_hook: MeasurementHook | None = _setting(None, None, "callable `(span, scope, measurement) -> None`", "a plain (not `async`) callable")  # fmt: skip
+    intensity_provider: str | grid.IntensityProvider = _setting("static", parsers.intensity_source, "`str`, or (keyword only) an object with `current()`", "`static`, `electricitymaps`; case-insensitive; or any `carbonspan.IntensityProvider`")  # fmt: skip
+    intensity_refresh: float = _setting(grid.REFRESH, parsers.refresh_seconds, "`float`, seconds", "a number in (0, 86400]")  # fmt: skip
+    electricitymaps_zone: str | None = _setting(None, parsers.nonempty_text, _TEXT, "an Electricity Maps zone (`FR`, `DE`, `US-CAL-CISO`, ...); needed by `electricitymaps`")  # fmt: skip
+    electricitymaps_token: str | None = _setting(None, parsers.secret, _TEXT, "the API token; needed by `electricitymaps`; never logged", repr=False)  # fmt: skip
+    electricitymaps_url: str = _setting(grid.ELECTRICITYMAPS_URL, parsers.http_url, _TEXT, "an `http://` or `https://` URL")  # fmt: skip
+    embodied_emissions: float | None = _setting(None, parsers.kilograms, "`float`, kg CO2eq", "a finite number > 0; not with `boavizta_url`")  # fmt: skip
+    hardware_lifetime: float | None = _setting(None, parsers.years, "`float`, years", "a number in (0, 100]", shown="4 with `embodied_emissions`, BoaviztAPI's own with `boavizta_url`")  # fmt: skip
+    boavizta_url: str | None = _setting(None, parsers.http_url, _TEXT, "an `http://` or `https://` URL of a BoaviztAPI server; needs `cloud_provider` + `cloud_instance`, or `boavizta_archetype`")  # fmt: skip
+    cloud_instance: str | None = _setting(None, parsers.nonempty_text, _TEXT, "a cloud instance type BoaviztAPI knows for `cloud_provider` (`m5.large`, ...)")  # fmt: skip
+    boavizta_archetype: str | None = _setting(None, parsers.nonempty_text, _TEXT, "a BoaviztAPI server archetype (`platform_compute_medium`, ...)")  # fmt: skip
 
-    def offline_intensity(self) -> emissions.CarbonIntensity:
+    def offline_intensity(self) -> CarbonIntensity:
         """The intensity these settings give without any network: explicit,
         cloud region, country (and region), or CodeCarbon's world average."""
-        return emissions.resolve(
+        return resolve(
             carbon_intensity=self.carbon_intensity,
             cloud_provider=self.cloud_provider,
             cloud_region=self.cloud_region,
@@ -100,16 +124,16 @@ class Settings:
     ) -> Settings:
         """Validated settings from `kwargs`, falling back on the environment."""
         environ = os.environ if environ is None else environ
-        unknown = set(kwargs) - _NAMES
+        unknown = set(kwargs) - set(NAMES)
         if unknown:
             raise ValueError(
                 f"unknown setting(s) {', '.join(sorted(unknown))}; "
-                f"accepted: {', '.join(sorted(_NAMES))}"
+                f"accepted: {', '.join(sorted(NAMES))}"
             )
-        _warn_unknown_env(environ)
+        checks.warn_unknown_env(environ, PARSERS, OBJECT_SETTINGS)
         values: dict[str, Any] = {}
         from_env: dict[str, str] = {}  # setting -> the raw variable it came from
-        for name, parse in _PARSERS.items():
+        for name, parse in PARSERS.items():
             if name in kwargs and kwargs[name] is not None:
                 values[name] = parse(name, kwargs[name])
                 continue
@@ -120,208 +144,48 @@ class Settings:
                 values[name] = parse(name, raw)
                 from_env[name] = raw
             except ValueError as exc:
-                _env_error(name, raw, exc)
+                checks.env_error(name, raw, exc)
         for name in OBJECT_SETTINGS:
             if kwargs.get(name) is not None:
-                values[name] = kwargs[name]
-        hook = values.get("measurement_hook")
-        if hook is not None and (
-            not callable(hook) or inspect.iscoroutinefunction(hook)
-        ):
-            raise ValueError(
-                "measurement_hook: expected a plain (not async) callable "
-                f"(span, scope, measurement), got {hook!r}"
-            )
-        for name, method in (
-            ("meter_provider", "get_meter"),
-            ("tracer_provider", "get_tracer"),
-        ):
-            provider = values.get(name)
-            if provider is not None and not callable(getattr(provider, method, None)):
-                raise ValueError(
-                    f"{name}: expected an OpenTelemetry provider with {method}(), "
-                    f"got {provider!r}"
-                )
-        if values.get("power_source") is not None and not isinstance(
-            values["power_source"], PowerSource
-        ):
-            raise ValueError(
-                "power_source: expected an object with read() and describe() "
-                f"(the carbonspan.PowerSource protocol), got {values['power_source']!r}"
-            )
-        _check_pair(
-            values, from_env, ("cloud_provider", "cloud_region"), parsers.check_cloud
-        )
-        _check_pair(
-            values,
-            from_env,
-            ("country_iso_code", "region"),
-            parsers.check_region,
-            keep_first=True,
-        )
-        _check_sci(values, from_env)
+                values[name] = _checked_object(name, kwargs[name])
+        checks.check_all(values, from_env)
         return cls(**values)
 
 
-def _env_error(name: str, raw: Any, exc: ValueError) -> None:
-    _log.error(
-        "carbonspan: ignoring %s%s=%r: %s; using the default",
-        ENV_PREFIX,
-        name.upper(),
-        raw,
-        exc,
-    )
-
-
-_warned_env: set[str] = set()
-
-
-def _warn_unknown_env(environ: Mapping[str, str]) -> None:
-    """Warn, once per process and name, about `CARBONSPAN_*` names we do not read."""
-    known = sorted(ENV_PREFIX + name.upper() for name in _PARSERS)
-    for var in environ:
-        if not var.startswith(ENV_PREFIX) or var in known or var in _warned_env:
-            continue
-        _warned_env.add(var)
-        setting = var[len(ENV_PREFIX) :].lower()
-        if setting in OBJECT_SETTINGS:
-            hint = f"{setting} is a Python object, given as a keyword argument only"
-        else:
-            close = difflib.get_close_matches(setting, _PARSERS, n=1, cutoff=0.6)
-            hint = (
-                f"did you mean {ENV_PREFIX}{close[0].upper()}?"
-                if close
-                else "no setting has that name"
-            )
-        _log.warning(
-            "carbonspan: %s is not a carbonspan setting and is ignored; %s",
-            var,
-            hint,
-        )
-
-
-def _check_pair(
-    values: dict[str, Any],
-    from_env: Mapping[str, str],
-    names: tuple[str, str],
-    check: Callable[[Any, Any], None],
-    keep_first: bool = False,
-) -> None:
-    """A check on two settings (the second refines the first).
-
-    If either value is a keyword argument, a failure raises `ValueError`: the
-    mistake is in the code. If both come from the environment, it is logged,
-    naming the variables actually set, and the settings are dropped: both, or
-    with `keep_first` only the refinement (a country stands without a region).
-    """
-    first, second = names
-    try:
-        check(values.get(first), values.get(second))
-    except ValueError as exc:
-        given = [n for n in names if values.get(n) is not None]
-        env = [n for n in given if n in from_env]
-        if len(env) < len(given):
-            if env:  # say which half came from the environment
-                origin = ", ".join(f"{n} came from {_var(n, from_env[n])}" for n in env)
-                raise ValueError(f"{exc}; {origin}") from None
-            raise
-        dropped = [second] if keep_first else given
-        context = "".join(
-            f" (with {ENV_PREFIX}{n.upper()} set to {from_env[n]!r})"
-            for n in given
-            if n not in dropped
-        )
-        _log.error(
-            "carbonspan: ignoring %s%s: %s; using the default",
-            " and ".join(_var(n, from_env[n]) for n in dropped),
-            context,
-            exc,
-        )
-        for name in dropped:
-            values.pop(name, None)
-
-
-def _var(name: str, raw: str) -> str:
-    return f"{ENV_PREFIX}{name.upper()}={raw!r}"
-
-
-def _check_sci(values: dict[str, Any], from_env: Collection[str]) -> None:
-    """Checks between the grid-intensity and embodied-emissions settings.
-
-    As for `cloud_region`: a mistake raises when a setting involved was a
-    keyword argument; from the environment only it is logged, and the
-    setting that needs the others is dropped (its default applies).
-    """
-    checks: list[tuple[str, tuple[str, ...], str | None]] = []
-    if values.get("intensity_provider") == "electricitymaps" and not (
-        values.get("electricitymaps_zone") and values.get("electricitymaps_token")
-    ):
-        checks.append(
-            (
-                "intensity_provider",
-                ("intensity_provider", "electricitymaps_zone", "electricitymaps_token"),
-                "'electricitymaps' needs electricitymaps_zone (such as FR or "
-                f"US-CAL-CISO) and a token in {intensity.TOKEN_ENV}",
-            )
-        )
-    if values.get("boavizta_url"):
-        if values.get("embodied_emissions") is not None:
-            checks.append(
-                (
-                    "boavizta_url",
-                    ("boavizta_url", "embodied_emissions"),
-                    "give embodied_emissions or boavizta_url, not both",
-                )
-            )
-        elif not (
-            (values.get("cloud_provider") and values.get("cloud_instance"))
-            or values.get("boavizta_archetype")
-        ):
-            checks.append(
-                (
-                    "boavizta_url",
-                    (
-                        "boavizta_url",
-                        "cloud_provider",
-                        "cloud_instance",
-                        "boavizta_archetype",
-                    ),
-                    "needs cloud_provider and cloud_instance (such as aws and "
-                    "m5.large), or boavizta_archetype (such as "
-                    "platform_compute_medium)",
-                )
-            )
-    for setting, involved, problem in checks:
-        message = f"{setting}: {problem}"
-        given = [n for n in involved if n in values]
-        if any(n not in from_env for n in given):
-            raise ValueError(message)
-        _env_error(setting, values.get(setting), ValueError(message))
-        values.pop(setting, None)
-
-
-_PARSERS: dict[str, Callable[[str, Any], Any]] = {
-    "country_iso_code": parsers.country_code,
-    "region": parsers.nonempty_text,
-    "cloud_provider": parsers.cloud_provider_name,
-    "cloud_region": parsers.nonempty_text,
-    "carbon_intensity": parsers.grid_intensity,
-    "sample_interval": parsers.seconds_between(MIN_INTERVAL, MAX_INTERVAL),
-    "long_request": parsers.seconds_between(MIN_LONG, MAX_LONG),
-    "scope": parsers.one_of(SCOPES),
-    "attribution": parsers.one_of(ATTRIBUTIONS),
-    "excluded_urls": parsers.url_regexes,
-    "response_headers": parsers.header_fields,
-    "response_headers_format": parsers.one_of(HEADER_FORMATS),
-    "intensity_provider": parsers.intensity_source,
-    "intensity_refresh": parsers.refresh_seconds,
-    "electricitymaps_zone": parsers.nonempty_text,
-    "electricitymaps_url": parsers.http_url,
-    "electricitymaps_token": parsers.secret,
-    "embodied_emissions": parsers.kilograms,
-    "hardware_lifetime": parsers.years,
-    "boavizta_url": parsers.http_url,
-    "cloud_instance": parsers.nonempty_text,
-    "boavizta_archetype": parsers.nonempty_text,
+#: The objects' checks: what each must offer.
+_OBJECTS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "power_source": (
+        lambda v: isinstance(v, PowerSource),
+        "an object with read() and describe() (the carbonspan.PowerSource protocol)",
+    ),
+    "meter_provider": (
+        lambda v: callable(getattr(v, "get_meter", None)),
+        "an OpenTelemetry provider with get_meter()",
+    ),
+    "tracer_provider": (
+        lambda v: callable(getattr(v, "get_tracer", None)),
+        "an OpenTelemetry provider with get_tracer()",
+    ),
+    "measurement_hook": (
+        lambda v: callable(v) and not inspect.iscoroutinefunction(v),
+        "a plain (not async) callable (span, scope, measurement)",
+    ),
 }
-_NAMES = frozenset(f.name for f in fields(Settings))
+
+
+def _checked_object(name: str, value: Any) -> Any:
+    accepts, expected = _OBJECTS[name]
+    if not accepts(value):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return value
+
+
+#: Every setting's name, in the table's order.
+NAMES = tuple(f.name for f in fields(Settings))
+#: The parser of each setting read from text (or a keyword argument).
+PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    f.name: f.metadata["parse"] for f in fields(Settings) if f.metadata["parse"]
+}
+#: Settings that only keyword arguments can give (objects, not text).
+OBJECT_SETTINGS = tuple(name for name in NAMES if name not in PARSERS)
+assert set(OBJECT_SETTINGS) == set(_OBJECTS)

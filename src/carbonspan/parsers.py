@@ -1,16 +1,17 @@
 """One parser per kind of setting value: a keyword argument's value or an
 environment variable's text in, the checked value out, or a `ValueError` that
-names the setting and what it accepts. `carbonspan.config` maps each setting
-to its parser."""
+names the setting and what it accepts. `carbonspan.config`'s table gives each
+setting its parser."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from typing import Any
 
-from carbonspan import emissions, intensity
+from carbonspan.carbon import intensity
+from carbonspan.carbon.grid import IntensityProvider
+from carbonspan.numbers import is_finite
 
 #: carbon_intensity bound, g CO2eq/kWh: above every grid in CodeCarbon's
 #: tables (the highest, Turkmenistan, is about 1306), so what is higher is a
@@ -26,10 +27,10 @@ def check_cloud(provider: str | None, region: str | None) -> None:
     if region and not provider:
         raise ValueError(
             "cloud_region: needs cloud_provider too "
-            f"(one of {', '.join(emissions.CLOUD_PROVIDERS)})"
+            f"(one of {', '.join(intensity.CLOUD_PROVIDERS)})"
         )
     if provider and region:
-        known = emissions.cloud_regions(provider)
+        known = intensity.cloud_regions(provider)
         # CodeCarbon has factors for some providers only (3.3: gcp): there a
         # region must be one of its; elsewhere any region name is taken.
         if known and region not in known:
@@ -47,14 +48,14 @@ def check_region(country: str | None, region: str | None) -> None:
             "a country)"
         )
     if country and region:
-        known = emissions.regions(country)
+        known = intensity.regions(country)
         if not known:
             raise ValueError(
                 f"region: CodeCarbon has no figures by region for {country} (it has "
-                f"for {', '.join(emissions.REGIONAL_COUNTRIES)}); leave region "
+                f"for {', '.join(intensity.REGIONAL_COUNTRIES)}); leave region "
                 f"unset to use {country}'s figure"
             )
-        if emissions.region_key(country, region) is None:
+        if intensity.region_key(country, region) is None:
             more = f", ... ({len(known)} in all)" if len(known) > 6 else ""
             raise ValueError(
                 f"region: {region!r} is not a {country} region CodeCarbon knows; "
@@ -70,7 +71,7 @@ def nonempty_text(name: str, value: Any) -> str:
 
 def country_code(name: str, value: Any) -> str:
     code = nonempty_text(name, value).upper()
-    if code not in emissions.countries():
+    if code not in intensity.countries():
         raise ValueError(
             f"{name}: {value!r} is not a country CodeCarbon has data for; "
             "accepted: ISO 3166-1 alpha-3 codes such as FRA, USA, DEU, IND"
@@ -80,10 +81,10 @@ def country_code(name: str, value: Any) -> str:
 
 def cloud_provider_name(name: str, value: Any) -> str:
     provider = nonempty_text(name, value).lower()
-    if provider not in emissions.CLOUD_PROVIDERS:
+    if provider not in intensity.CLOUD_PROVIDERS:
         raise ValueError(
             f"{name}: {value!r} is not accepted; use one of "
-            f"{', '.join(emissions.CLOUD_PROVIDERS)}"
+            f"{', '.join(intensity.CLOUD_PROVIDERS)}"
         )
     return provider
 
@@ -96,7 +97,7 @@ def finite_number(name: str, value: Any) -> float:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    if not math.isfinite(number):
+    if not is_finite(number):
         raise ValueError(f"{name}: expected a finite number, got {value!r}")
     return number
 
@@ -182,16 +183,15 @@ def header_fields(name: str, value: Any) -> tuple[str, ...]:
     )
 
 
-def intensity_source(name: str, value: Any) -> str | intensity.IntensityProvider:
-    if not isinstance(value, str) and isinstance(value, intensity.IntensityProvider):
+def intensity_source(name: str, value: Any) -> str | IntensityProvider:
+    if not isinstance(value, str) and isinstance(value, IntensityProvider):
         return value
     choices = INTENSITY_PROVIDERS
     if isinstance(value, str) and value.strip().lower() in choices:
         return value.strip().lower()
     raise ValueError(
         f"{name}: {value!r} is not accepted; use one of {', '.join(choices)}, "
-        "or an object with current() (the carbonspan.intensity.IntensityProvider "
-        "protocol)"
+        "or an object with current() (the carbonspan.IntensityProvider protocol)"
     )
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from carbonspan.source import EnergyReading, HardwareInfo
+from carbonspan.power.source import EnergyReading, HardwareInfo
 
 Watts = Callable[[float], float]
 

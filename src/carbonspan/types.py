@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import Span, TracerProvider
 
-    from carbonspan.intensity import IntensityProvider
-    from carbonspan.source import Measurement, PowerSource
+    from carbonspan.attribution.measurement import Measurement
+    from carbonspan.carbon.grid import IntensityProvider
+    from carbonspan.power.source import PowerSource
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,7 +40,9 @@ class InstrumentSettings(TypedDict, total=False):
     """The keyword arguments of `CodeCarbonInstrumentor().instrument()`,
     `instrument_app()` and `CodeCarbonMiddleware`, with their units. Every
     one but the objects can also come from `CARBONSPAN_<NAME>` in the
-    environment; docs/configuration.md has their defaults and checks.
+    environment; docs/configuration.md has their defaults and checks. The
+    one table of settings is `carbonspan.config.Settings`; a test checks
+    that these keys and types follow it.
 
     `None` counts as not given. The `Literal`s name the canonical values;
     the settings are case-insensitive where docs/configuration.md says so.

@@ -11,9 +11,10 @@ from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carbonspan import attributes as a
-from carbonspan.cputime import CpuClock
-from carbonspan.ledger import Ledger
+from carbonspan.attribution.cpu_clock import CpuClock
+from carbonspan.attribution.ledger import Ledger
+from carbonspan.attribution.policies import CpuTime
+from carbonspan.otel import attributes as a
 from carbonspan.testing import (
     ConstantPowerSource,
     ProcessCpuPowerSource,
@@ -122,7 +123,7 @@ def test_cpu_time_is_accepted_from_the_environment(
 def test_ram_stays_time_share_under_cpu_time() -> None:
     now = [0.0]
     source = ConstantPowerSource(cpu=10.0, ram=4.0, clock=lambda: now[0])
-    ledger = Ledger(policy="cpu_time")
+    ledger = Ledger(CpuTime())
     ledger.tick(source.read())
     now[0] = 1.0
     ledger.tick(source.read())
@@ -144,7 +145,7 @@ def test_ram_stays_time_share_under_cpu_time() -> None:
 def test_no_cpu_used_falls_back_to_time_share() -> None:
     now = [0.0]
     source = ConstantPowerSource(cpu=10.0, clock=lambda: now[0])
-    ledger = Ledger(policy="cpu_time")
+    ledger = Ledger(CpuTime())
     ledger.tick(source.read())
     now[0] = 1.0
     ledger.tick(source.read())
@@ -180,7 +181,7 @@ def test_cpu_time_attributed_plus_unattributed_equals_measured(
         resolution=0.005,
         clock=lambda: now[0],
     )
-    ledger = Ledger(policy="cpu_time")
+    ledger = Ledger(CpuTime())
     ledger.tick(source.read())
     open_windows: list[tuple[Any, CpuClock]] = []
     charged = 0.0
@@ -204,7 +205,7 @@ def test_cpu_time_attributed_plus_unattributed_equals_measured(
     now[0] += 0.01
     ledger.tick(source.read())
     totals = ledger.totals()
-    first, last = ledger.first_reading, ledger.last_reading
+    first, last = ledger.first_time, ledger.last_time
     assert first is not None and last is not None
     truth = last.cpu - first.cpu  # type: ignore[operator]
     assert totals.attributed[0] == pytest.approx(charged, rel=1e-9, abs=1e-9)

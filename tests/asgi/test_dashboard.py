@@ -18,7 +18,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import REGISTRY, generate_latest
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support import ROOT
 from support.apps import build_app
@@ -55,7 +55,7 @@ def exposition() -> str:
         embodied_emissions=900.0,
     )  # fmt: skip
     try:
-        runtime = runtime_of(app)
+        runtime = instrumentation_of(app)
         assert runtime is not None
         wait_ready(runtime)
         fetch(app, ["/items/1", "/later"])

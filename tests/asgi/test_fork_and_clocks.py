@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from carbonspan import attributes as a
-from carbonspan import middleware
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel import attributes as a
+from carbonspan.otel import middleware
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.asgi import client, fetch
 from support.checks import assert_no_open_window, wait_for
@@ -30,24 +30,24 @@ CPU_W, RAM_W = 10.0, 2.0
 
 def child_run(app: Any, otel: Otel, forked_at: float) -> dict[str, Any]:
     """In the forked child: what it inherited, then its own measurements."""
-    runtime = runtime_of(app)
+    runtime = instrumentation_of(app)
     assert runtime is not None
     ledger = runtime.ledger
     got: dict[str, Any] = {
         "inherited_thread": runtime.sampler.started,
-        "inherited_reading": ledger.first_reading is not None,
+        "inherited_reading": ledger.first_time is not None,
         "inherited_in_flight": ledger.in_flight,
     }
     otel.exporter.clear()
     got["first"] = fetch(app, ["/sleep?seconds=0.02"])  # starts the sampler
     got["thread_after_first"] = runtime.sampler.running
-    wait_for(lambda: ledger.last_reading is not None, timeout=10)
+    wait_for(lambda: ledger.last_time is not None, timeout=10)
     time.sleep(0.05)  # a few readings of its own
     got["second"] = fetch(app, ["/sleep?seconds=0.05"])
     runtime.sampler.sample()
     spans = otel.server_spans()
     got["spans"] = [attrs(s) for s in spans]
-    first = ledger.first_reading
+    first = ledger.first_time
     got["first_reading_after_fork"] = first is not None and first.time > forked_at
     totals = ledger.totals()
     got["attributed_cpu"] = totals.attributed[0] - totals.after_response[0]
@@ -63,7 +63,7 @@ def test_fork_child_measures_on_its_own_and_parent_is_unaffected(
         instrument, otel, power_source=source, sample_interval=0.01
     )
     assert fetch(app, ["/sleep?seconds=0.02"]) == [200]
-    parent_first = runtime.ledger.first_reading
+    parent_first = runtime.ledger.first_time
     read_end, write_end = os.pipe()
     forked_at = time.monotonic()
     pid = os.fork()
@@ -81,9 +81,9 @@ def test_fork_child_measures_on_its_own_and_parent_is_unaffected(
     os.close(write_end)
     try:
         # Meanwhile the parent goes on: same thread, same ledger, more ticks.
-        ticks_before = runtime.ledger.last_reading
+        ticks_before = runtime.ledger.last_time
         assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
-        wait_for(lambda: runtime.ledger.last_reading is not ticks_before)
+        wait_for(lambda: runtime.ledger.last_time is not ticks_before)
         raw = _read_all(read_end, timeout=30)
     finally:
         _reap(pid)
@@ -104,12 +104,12 @@ def test_fork_child_measures_on_its_own_and_parent_is_unaffected(
     assert child["in_flight"] == 0
     # The parent is unaffected: its sampler thread, its readings, its figures.
     assert runtime.sampler.running
-    assert runtime.ledger.first_reading is parent_first
+    assert runtime.ledger.first_time is parent_first
     runtime.sampler.sample()
     spans = otel.server_spans()
     assert len(spans) == 2
     assert attrs(spans[1])[a.POWER["cpu"]] == pytest.approx(CPU_W, rel=0.1)
-    totals, last = runtime.ledger.totals(), runtime.ledger.last_reading
+    totals, last = runtime.ledger.totals(), runtime.ledger.last_time
     assert parent_first is not None and last is not None
     on_spans = sum(attrs(s)[a.ENERGY["cpu"]] for s in spans)
     measured = last.cpu - parent_first.cpu  # type: ignore[operator]
@@ -263,12 +263,15 @@ def test_a_lock_another_thread_held_at_the_fork_is_free_in_the_child() -> None:
     # A forked child has one thread: a lock held by another thread of the
     # parent would stay held there for good. Every module-level lock is in
     # the fork registry; the metrics registry's, held here, was not renewed.
-    from carbonspan import cputime, embodied, forks, sampler
-    from carbonspan import metrics as carbonspan_metrics
+    from carbonspan import forks
+    from carbonspan.attribution import cpu_clock
+    from carbonspan.carbon import embodied
+    from carbonspan.otel import metrics as carbonspan_metrics
+    from carbonspan.power import sampler
 
-    assert {"metrics.registry", "embodied.cache", "cputime.patch",
+    assert {"metrics.registry", "embodied.cache", "cpu_clock.patch",
             "sampler.registry"} <= set(forks.locks)  # fmt: skip
-    assert cputime and embodied and sampler
+    assert cpu_clock and embodied and sampler
     holding, done = threading.Event(), threading.Event()
 
     def hold() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 import shapes
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel.instrumentor import instrumentation_of
 from support.checks import assert_shapes_between_truths, wait_for
 
 
@@ -31,10 +31,10 @@ def served_in_process(policy: str, rounds: int) -> list[shapes.Record]:
                     assert response.status_code == 200
 
                 await get("/sync", 1.0)  # starts the sampler
-                runtime = runtime_of(app)
+                runtime = instrumentation_of(app)
                 assert runtime is not None
                 await asyncio.to_thread(
-                    wait_for, lambda: runtime.ledger.last_reading is not None
+                    wait_for, lambda: runtime.ledger.last_time is not None
                 )
                 await asyncio.sleep(0.25)  # a few ticks: the estimator's prior
                 app.state.records.clear()

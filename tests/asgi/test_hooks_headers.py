@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from carbonspan import Measurement
-from carbonspan import attributes as a
+from carbonspan.otel import attributes as a
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import get

@@ -16,8 +16,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from carbonspan import CodeCarbonInstrumentor, CodeCarbonMiddleware
-from carbonspan import attributes as a
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel import attributes as a
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import fetch, get
@@ -53,7 +53,7 @@ def test_instrument_covers_apps_built_afterwards(
     try:
         app = build_app()
         assert get(app, "/fast").status_code == 200
-        runtime = runtime_of(app)  # the global instrumentation's
+        runtime = instrumentation_of(app)  # the global instrumentation's
         assert runtime is not None
         wait_ready(runtime)
         assert get(app, "/sleep?seconds=0.05").status_code == 200
@@ -130,7 +130,7 @@ def test_starlette_experimental_span_creator_is_recognised(otel: Otel) -> None:
         meter_provider=otel.meter_provider,
     )
     try:
-        runtime = runtime_of(app)
+        runtime = instrumentation_of(app)
         assert runtime is not None
         wait_ready(runtime)
         assert get(app, "/sleep?seconds=0.05").status_code == 200
@@ -187,7 +187,7 @@ def test_energy_totals_give_an_apps_books_against_the_source(
     totals = CodeCarbonInstrumentor.energy_totals(app)
     assert totals is not None and totals.in_flight == 0
     assert set(totals.measured) == {"cpu", "ram"}  # no GPU: no key, not a 0
-    first, last = runtime.ledger.first_reading, runtime.ledger.last_reading
+    first, last = runtime.ledger.first_time, runtime.ledger.last_time
     assert first is not None and last is not None
     for component, watts in (("cpu", 10.0), ("ram", 2.0)):
         drawn = getattr(last, component) - getattr(first, component)
@@ -215,7 +215,7 @@ def test_energy_totals_under_instrument_once_the_app_has_served(otel: Otel) -> N
         app = build_app()
         assert CodeCarbonInstrumentor.energy_totals(app) is None  # no stack yet
         assert get(app, "/fast").status_code == 200
-        runtime = runtime_of(app)
+        runtime = instrumentation_of(app)
         assert runtime is not None
         wait_ready(runtime)
         by_app = CodeCarbonInstrumentor.energy_totals(app)

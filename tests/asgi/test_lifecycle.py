@@ -19,8 +19,8 @@ from fastapi import FastAPI
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
 from carbonspan import CodeCarbonMiddleware
-from carbonspan import attributes as a
-from carbonspan.runtime import Runtime
+from carbonspan.otel import attributes as a
+from carbonspan.otel.instrumentation import Instrumentation
 from carbonspan.testing import ConstantPowerSource
 from support import lifecycle
 from support.apps import build_app
@@ -37,7 +37,7 @@ from support.otel import Instrumented, Otel, attrs, wait_ready
 
 
 @pytest.fixture
-def measured(otel: Otel, instrument: Instrumented) -> tuple[FastAPI, Runtime]:
+def measured(otel: Otel, instrument: Instrumented) -> tuple[FastAPI, Instrumentation]:
     app = lifecycle_app()
     runtime = instrument(
         app, otel, power_source=ConstantPowerSource(cpu=CPU_W), sample_interval=0.01
@@ -56,7 +56,7 @@ def histogram_points(otel: Otel) -> list[Any]:
 @pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
 def test_client_disconnect_mid_stream_closes_the_window(
     spec_version: str,
-    measured: tuple[FastAPI, Runtime],
+    measured: tuple[FastAPI, Instrumentation],
     otel: Otel,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -152,7 +152,7 @@ def test_cancelled_request_task_closes_its_window(
 
 
 def test_websocket_holds_a_window_paused_while_it_waits(
-    measured: tuple[FastAPI, Runtime],
+    measured: tuple[FastAPI, Instrumentation],
     otel: Otel,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -335,7 +335,7 @@ def test_shutdown_flush_waits_for_cancelled_requests_to_close(
 class Watching(Exchange):
     """Notes how many windows were open when each message reached the server."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Instrumentation) -> None:
         super().__init__()
         self.runtime = runtime
         self.open_at: dict[str, int] = {}
@@ -346,7 +346,7 @@ class Watching(Exchange):
 
 
 def test_pathsend_closes_the_window_before_the_file_goes(
-    measured: tuple[FastAPI, Runtime], otel: Otel
+    measured: tuple[FastAPI, Instrumentation], otel: Otel
 ) -> None:
     app, runtime = measured
     exchange = Watching(runtime)
@@ -414,7 +414,7 @@ def test_trailers_follow_the_closed_window_untouched(otel: Otel) -> None:
 
 
 def test_head_requests_are_measured_and_labelled(
-    measured: tuple[FastAPI, Runtime], otel: Otel
+    measured: tuple[FastAPI, Instrumentation], otel: Otel
 ) -> None:
     app, runtime = measured
     page = asyncio.run(call(app, "/page", method="HEAD"))

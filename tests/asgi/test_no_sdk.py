@@ -31,7 +31,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from support.apps import build_app
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 
 app = build_app()
@@ -39,7 +39,7 @@ FastAPIInstrumentor.instrument_app(app)
 CodeCarbonInstrumentor().instrument_app(
     app, power_source=ConstantPowerSource(cpu=10.0), sample_interval=0.01
 )
-runtime = runtime_of(app)
+runtime = instrumentation_of(app)
 built, spans = [], []
 span_attributes = runtime.span_attributes
 def spy(measurement):
@@ -65,7 +65,7 @@ print(json.dumps({
     "attributes_built": len(built),
     "hook_spans_recording": hook_spans,
     "in_flight": runtime.ledger.in_flight,
-    "readings": runtime.ledger.last_reading is not None,
+    "readings": runtime.ledger.last_time is not None,
     "warnings": [r.getMessage() for r in records],
 }))
 """

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support import ROOT
 from support.asgi import get
@@ -125,7 +125,7 @@ def test_the_stack_app_serves_and_is_measured(path: str) -> None:
     )
     try:
         assert get(app, path).status_code == 200
-        runtime = runtime_of(app)
+        runtime = instrumentation_of(app)
         assert runtime is not None and runtime.ledger.in_flight == 0
     finally:
         CodeCarbonInstrumentor.uninstrument_app(app)

@@ -13,7 +13,7 @@ import asyncio
 import json
 from typing import Any
 
-from carbonspan import attributes as a
+from carbonspan.otel import attributes as a
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import call

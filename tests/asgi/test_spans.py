@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from opentelemetry import metrics, trace
 
-from carbonspan import attributes as a
-from carbonspan.emissions import resolve
+from carbonspan.carbon.intensity import resolve
+from carbonspan.otel import attributes as a
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import client, fetch
@@ -199,12 +199,12 @@ def test_instrumenting_twice_does_nothing_the_second_time(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
     from carbonspan import CodeCarbonInstrumentor, CodeCarbonMiddleware
-    from carbonspan.instrumentor import runtime_of
+    from carbonspan.otel.instrumentor import instrumentation_of
 
     app = build_app()
     runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
     CodeCarbonInstrumentor().instrument_app(app, power_source=source)
-    assert runtime_of(app) is runtime
+    assert instrumentation_of(app) is runtime
     wait_ready(runtime)
     assert fetch(app, ["/fast"]) == [200]
     node, count = app.middleware_stack, 0

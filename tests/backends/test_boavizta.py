@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from carbonspan import attributes as a
-from carbonspan import embodied
-from carbonspan.embodied import Boavizta
+from carbonspan.carbon import embodied
+from carbonspan.carbon.embodied import Boavizta
+from carbonspan.otel import attributes as a
 from carbonspan.testing import ConstantPowerSource
 from support.asgi import fetch
 from support.backends import BoaviztAPI
@@ -56,9 +56,9 @@ def test_spans_carry_sci_with_boavizta_embodied_emissions(
         cloud_instance="m5.large", scope="machine", sample_interval=0.02,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while runtime.books.factors.embodied is None and time.monotonic() < deadline:
+    while runtime.accounts.factors.embodied is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    known = runtime.books.embodied.value
+    known = runtime.accounts.embodied.value
     assert known is not None and known.source == "boavizta"
     assert fetch(app, ["/sleep?seconds=0.1"] * 3) == [200, 200, 200]
     spans = [attrs(s) for s in otel.server_spans()]

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from carbonspan import attributes as a
+from carbonspan.otel import attributes as a
 from support.backends import Phoenix
 from support.server import Server, uvicorn
 

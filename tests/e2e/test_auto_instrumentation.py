@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from carbonspan import attributes as a
+from carbonspan.otel import attributes as a
 from support import TESTS
 from support.otlp import Receiver
 from support.server import Server

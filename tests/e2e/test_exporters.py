@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from carbonspan import attributes as a
+from carbonspan.otel import attributes as a
 from support.otlp import Receiver
 from support.server import Server, free_port, send_all, server_spans_in
 

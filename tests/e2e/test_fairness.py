@@ -17,7 +17,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from carbonspan import attributes as a
+from carbonspan.otel import attributes as a
 from support.checks import wait_for
 from support.server import Server, uvicorn
 

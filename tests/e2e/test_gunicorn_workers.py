@@ -12,8 +12,9 @@ import psutil
 import pytest
 
 from carbonspan import CodeCarbonPowerSource
-from carbonspan import attributes as a
-from carbonspan.sampler import PowerSampler
+from carbonspan.attribution.ledger import Ledger
+from carbonspan.otel import attributes as a
+from carbonspan.power.sampler import PowerSampler
 from support.checks import wait_for
 from support.otlp import Receiver
 from support.server import Server
@@ -108,10 +109,10 @@ def test_two_workers_add_up_to_the_machine(preload: bool) -> None:
             time.sleep(1.0)
             # The machine, read at the workers' own cadence: CodeCarbon's load
             # model is not linear, so a single long window would read less.
-            machine = PowerSampler(CodeCarbonPowerSource("machine"), 0.1)
+            machine = PowerSampler(CodeCarbonPowerSource("machine"), 0.1, Ledger())
             machine.start()
             wait_for(
-                lambda: machine.ledger.last_reading is not None,
+                lambda: machine.ledger.last_time is not None,
                 timeout=30.0,
                 interval=0.1,
             )

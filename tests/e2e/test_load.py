@@ -13,8 +13,8 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 import soak
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan import attributes as a
-from carbonspan.ledger import RING
+from carbonspan.attribution.ledger import RING
+from carbonspan.otel import attributes as a
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import fetch
@@ -146,7 +146,7 @@ def test_500_concurrent_requests_while_other_apps_are_instrumented(
     # Conservation, against the source's own first and last readings.
     on_spans = {c: sum(attrs(s)[a.ENERGY[c]] for s in spans) for c in ("cpu", "ram")}
     conserved(runtime, on_spans)
-    first, last = runtime.ledger.first_reading, runtime.ledger.last_reading
+    first, last = runtime.ledger.first_time, runtime.ledger.last_time
     assert first is not None and last is not None
     for component, joules in on_spans.items():
         measured = getattr(last, component) - getattr(first, component)

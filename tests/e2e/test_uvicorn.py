@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from carbonspan import attributes as a
+from carbonspan.otel import attributes as a
 from support.server import Server, send_all, server_spans_in, uvicorn
 
 pytestmark = pytest.mark.e2e

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from carbonspan import attributes as a
-from carbonspan.runtime import Runtime
+from carbonspan.otel import attributes as a
+from carbonspan.otel.instrumentation import Instrumentation
 from support.otel import Otel
 
 
@@ -55,7 +55,7 @@ def in_flight_metric(otel: Otel) -> float:
     return float(points[0].value)
 
 
-def assert_no_open_window(runtime: Runtime, otel: Otel) -> None:
+def assert_no_open_window(runtime: Instrumentation, otel: Otel) -> None:
     assert runtime.ledger.in_flight == 0
     assert in_flight_metric(otel) == 0
 
@@ -68,12 +68,14 @@ def carbonspan_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRec
     ]
 
 
-def conserved(runtime: Runtime, spans_j: dict[str, float], rel: float = 0.01) -> None:
+def conserved(
+    runtime: Instrumentation, spans_j: dict[str, float], rel: float = 0.01
+) -> None:
     """The books balance, per component in `spans_j` (the joules on the spans):
     spans + what requests drew after their responses == the attributed joules,
     and + the unattributed joules == the source's own last - first reading."""
     ledger = runtime.ledger
-    first, last = ledger.first_reading, ledger.last_reading
+    first, last = ledger.first_time, ledger.last_time
     assert first is not None and last is not None
     totals = ledger.totals()
     for i, component in enumerate(("cpu", "gpu", "ram")):

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 from opentelemetry.trace import SpanKind
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import burn
 
@@ -101,7 +101,7 @@ def burn_sync(seconds: float = 0.05) -> dict[str, int]:
 
 @app.get("/state")
 async def state() -> dict[str, Any]:
-    runtime = runtime_of(app)
+    runtime = instrumentation_of(app)
     assert runtime is not None
     spans = [
         dict(s.attributes or {})

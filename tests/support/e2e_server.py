@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 
@@ -42,7 +42,7 @@ source = ConstantPowerSource(cpu=10.0, ram=2.0)
 
 @asynccontextmanager
 async def lifespan(app: object) -> AsyncIterator[None]:
-    runtime = runtime_of(app)
+    runtime = instrumentation_of(app)
     assert runtime is not None
     deadline = time.monotonic() + 10
     while source.reads < 3 and time.monotonic() < deadline:
@@ -50,7 +50,7 @@ async def lifespan(app: object) -> AsyncIterator[None]:
     yield
     runtime.sampler.sample()  # a last tick, after every request has closed
     ledger = runtime.ledger
-    first, last = ledger.first_reading, ledger.last_reading
+    first, last = ledger.first_time, ledger.last_time
     totals = ledger.totals()
     state = {
         "in_flight": ledger.in_flight,

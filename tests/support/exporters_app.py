@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import (
 )
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 
@@ -65,7 +65,7 @@ def serve() -> Any:
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         yield
-        runtime = runtime_of(app)
+        runtime = instrumentation_of(app)
         assert runtime is not None
         runtime.sampler.sample()
         with open(os.environ["REL_STATE"], "w") as f:

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 from opentelemetry.trace import SpanKind
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import burn
 
@@ -107,7 +107,7 @@ def _points() -> dict[str, list[dict[str, Any]]]:
 
 @app.get("/state")
 async def state() -> dict[str, Any]:
-    runtime = runtime_of(app)
+    runtime = instrumentation_of(app)
     assert runtime is not None
     runtime.sampler.sample()  # a reading now: the open energy is up to date
     spans = [

@@ -20,7 +20,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 
@@ -54,7 +54,7 @@ def lifecycle_app(**fastapi_kwargs: Any) -> FastAPI:
 
     @app.get("/in-flight")
     async def in_flight() -> dict[str, int]:
-        runtime = runtime_of(app)
+        runtime = instrumentation_of(app)
         assert runtime is not None
         return {"in_flight": runtime.ledger.in_flight - 1}  # less this one
 
@@ -67,7 +67,7 @@ def serve() -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         yield
-        runtime = runtime_of(app)
+        runtime = instrumentation_of(app)
         assert runtime is not None
         at_shutdown = runtime.ledger.in_flight
         began = time.monotonic()

@@ -27,9 +27,9 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import SpanKind
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan import attributes as a
-from carbonspan.instrumentor import runtime_of
-from carbonspan.runtime import Runtime
+from carbonspan.otel import attributes as a
+from carbonspan.otel.instrumentation import Instrumentation
+from carbonspan.otel.instrumentor import instrumentation_of
 from support.apps import build_app
 
 
@@ -84,7 +84,7 @@ class Instrumented:
         *,
         contrib: str | None = "before",
         **settings: Any,
-    ) -> Runtime:
+    ) -> Instrumentation:
         if otel is not None:
             settings.setdefault("meter_provider", otel.meter_provider)
         if contrib == "before" and otel is not None:
@@ -93,7 +93,7 @@ class Instrumented:
         self.carbon.append(app)
         if contrib == "after" and otel is not None:
             self._contrib(app, otel)
-        runtime = runtime_of(app)
+        runtime = instrumentation_of(app)
         assert runtime is not None
         return runtime
 
@@ -116,7 +116,9 @@ def attrs(span: ReadableSpan, prefix: str = "codecarbon.") -> dict[str, Any]:
     return {k: v for k, v in (span.attributes or {}).items() if k.startswith(prefix)}
 
 
-def wait_ready(runtime: Runtime, readings: int = 2, timeout: float = 10.0) -> None:
+def wait_ready(
+    runtime: Instrumentation, readings: int = 2, timeout: float = 10.0
+) -> None:
     """Start the sampler as a server's startup would, and wait for readings."""
     runtime.sampler.start()
     source = runtime.sampler.source
@@ -131,7 +133,7 @@ def wait_ready(runtime: Runtime, readings: int = 2, timeout: float = 10.0) -> No
 
 def ready_app(
     instrument: Instrumented, otel: Otel | None, **settings: Any
-) -> tuple[FastAPI, Runtime]:
+) -> tuple[FastAPI, Instrumentation]:
     """The test app (support.apps), instrumented with `settings` under `otel`,
     its sampler started and read twice: requests have figures from the first."""
     app = build_app()

@@ -12,7 +12,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import start_http_server
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 
@@ -27,7 +27,7 @@ CodeCarbonInstrumentor().instrument_app(
     sample_interval=0.05,
     country_iso_code="FRA",
 )
-runtime = runtime_of(app)
+runtime = instrumentation_of(app)
 assert runtime is not None
 
 
@@ -36,5 +36,5 @@ def freeze() -> dict[str, float]:
     """Test hook: a last reading, then stop, so the counters hold still."""
     runtime.sampler.sample()
     runtime.sampler.stop()
-    first, last = runtime.ledger.first_reading, runtime.ledger.last_reading
+    first, last = runtime.ledger.first_time, runtime.ledger.last_time
     return {"cpu": last.cpu - first.cpu, "ram": last.ram - first.ram}

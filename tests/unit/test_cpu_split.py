@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from carbonspan import CodeCarbonPowerSource
-from carbonspan.codecarbon_source import CpuSplit
+from carbonspan.power.process_share import CpuSplit
 from support.checks import carbonspan_warnings
 
 TDP = 8.0  # W: CodeCarbon's load model, TDP x (0.1 + 0.9 x load^3), 2 CPUs

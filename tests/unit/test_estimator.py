@@ -12,11 +12,12 @@ import statistics
 
 import pytest
 
-from carbonspan import EnergyReading, policies
-from carbonspan.cputime import CpuClock
-from carbonspan.estimator import PowerModel
-from carbonspan.ledger import Ledger
-from carbonspan.policies import CpuTime, TimeShare
+from carbonspan import EnergyReading
+from carbonspan.attribution import policies
+from carbonspan.attribution.cpu_clock import CpuClock
+from carbonspan.attribution.estimator import PowerModel
+from carbonspan.attribution.ledger import Ledger
+from carbonspan.attribution.policies import POLICIES, CpuTime, TimeShare
 from carbonspan.testing import ConstantPowerSource
 
 IDLE_W, BUSY_W = 2.0, 30.0
@@ -40,7 +41,7 @@ class Physics:
 def sporadic(policy: str, seed: int, n: int = 300) -> tuple[list[float], list[float]]:
     """One request at a time, 2-20 ms each, 30-120 ms apart; ticks every 0.1 s."""
     rng = random.Random(seed)
-    physics, ledger = Physics(), Ledger(policy=policy)
+    physics, ledger = Physics(), Ledger(POLICIES[policy]())
     requests, t = [], 0.5
     for _ in range(n):
         duration = rng.uniform(0.002, 0.020)
@@ -189,7 +190,7 @@ def test_zero_joules_only_where_the_source_measured_zero() -> None:
 def test_policies_are_looked_up_by_name(name: str) -> None:
     policy = policies.make(name)
     assert isinstance(policy, policies.POLICIES[name]) and policy.name == name
-    assert Ledger(policy=name).policy.name == name
+    assert Ledger(POLICIES[name]()).policy.name == name
     assert isinstance(policy, TimeShare)  # cpu_time shares RAM and GPU by time
     assert policy.timed is (name == "cpu_time") is isinstance(policy, CpuTime)
 
@@ -216,7 +217,7 @@ def test_power_that_does_not_follow_the_requests_is_not_theirs() -> None:
 @pytest.mark.parametrize("policy", ["time_share", "cpu_time"])
 def test_a_paused_request_is_charged_nothing_while_it_waits(policy: str) -> None:
     """Two requests for 1 s; one waits on its client for the middle 0.6 s."""
-    ledger = Ledger(policy=policy)
+    ledger = Ledger(POLICIES[policy]())
     for k in range(3):  # 10 W, known from two idle intervals
         ledger.tick(EnergyReading(time=k * TICK, cpu=10.0 * k * TICK))
     working, waiting = CpuClock(), CpuClock()

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from carbonspan import attributes as a
-from carbonspan import embodied
-from carbonspan.embodied import Boavizta, EmbodiedSource
-from carbonspan.emissions import resolve
-from carbonspan.intensity import ElectricityMapsIntensity
+from carbonspan.carbon import embodied
+from carbonspan.carbon.embodied import Boavizta, EmbodiedEmissions
+from carbonspan.carbon.grid import ElectricityMapsIntensity
+from carbonspan.carbon.intensity import resolve
+from carbonspan.otel import attributes as a
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import fetch
@@ -187,7 +187,7 @@ def test_boavizta_answers_without_a_figure_are_not_asked_again(
     status: int, body: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     with Canned(status, body) as api:
-        source = EmbodiedSource(
+        source = EmbodiedEmissions(
             boavizta=Boavizta(api.url, cloud_provider="aws", cloud_instance="m9.huge"),
             threaded=False,
         )
@@ -211,11 +211,11 @@ def test_boavizta_unreachable_means_no_embodied_figures_and_a_single_warning(
         )  # fmt: skip
         wait_ready(runtime)
         deadline = time.monotonic() + 10
-        while runtime.books.embodied.failures < 1 and time.monotonic() < deadline:
+        while runtime.accounts.embodied.failures < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert fetch(app, ["/sleep?seconds=0.02"] * 3) == [200, 200, 200]
         # Asked again every 5 minutes, silently: one warning.
-        source = runtime.books.embodied
+        source = runtime.accounts.embodied
         source._due = 0.0
         source.poll(1.0)
         while source._busy and time.monotonic() < deadline:
@@ -239,7 +239,7 @@ def test_boavizta_answer_reaches_spans_and_metrics(
             cloud_instance="m5.large", sample_interval=0.02,
         )  # fmt: skip
         deadline = time.monotonic() + 10
-        while runtime.books.factors.embodied is None and time.monotonic() < deadline:
+        while runtime.accounts.factors.embodied is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert fetch(app, ["/items/3"] * 4) == [200] * 4
         assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
@@ -274,7 +274,7 @@ def test_boavizta_answer_reaches_spans_and_metrics(
     # span creator ending the span, the app returning), attributed too.
     on_spans = sum(spans_by_route.values())
     assert on_spans <= process[True] <= on_spans * 1.1
-    books = runtime.books
+    books = runtime.accounts
     assert process[True] + books.embodied_unattributed == pytest.approx(
         books.embodied_total, rel=1e-9
     )

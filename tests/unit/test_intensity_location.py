@@ -9,10 +9,10 @@ import logging
 import pytest
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan import attributes as a
+from carbonspan.carbon.intensity import cloud_regions, regions, resolve, world_average
 from carbonspan.config import Settings
-from carbonspan.emissions import cloud_regions, regions, resolve, world_average
-from carbonspan.instrumentor import runtime_of
+from carbonspan.otel import attributes as a
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import get
@@ -236,7 +236,7 @@ def test_a_cloud_keyword_raises_even_with_its_partner_from_the_env(
     message = str(info.value)
     assert message.startswith("cloud_region: 'nowhere' is not a gcp region")
     assert message.endswith(from_env)
-    assert runtime_of(app) is None
+    assert instrumentation_of(app) is None
 
 
 def test_bad_cloud_region_from_env_is_logged_not_raised(

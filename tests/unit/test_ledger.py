@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carbonspan import EnergyReading, Measurement
-from carbonspan.ledger import Ledger
+from carbonspan.attribution.ledger import Ledger
 from carbonspan.testing import ConstantPowerSource, ScriptedPowerSource
 from support.fakes import Clock
 
@@ -43,7 +43,7 @@ def balanced(ledger: Ledger) -> None:
 
 def measured(ledger: Ledger, component: str = "cpu") -> float:
     """Joules between the first and last reading, from the source's own numbers."""
-    first, last = ledger.first_reading, ledger.last_reading
+    first, last = ledger.first_time, ledger.last_time
     assert first is not None and last is not None
     return float(getattr(last, component) - getattr(first, component))
 

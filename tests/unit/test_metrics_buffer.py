@@ -27,9 +27,9 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan import attributes as a
-from carbonspan.emissions import resolve
-from carbonspan.runtime import Runtime
+from carbonspan.carbon.intensity import resolve
+from carbonspan.otel import attributes as a
+from carbonspan.otel.instrumentation import Instrumentation
 from carbonspan.testing import ConstantPowerSource
 from support.asgi import client, fetch
 from support.otel import Instrumented, Otel, attrs, ready_app
@@ -76,7 +76,7 @@ def exporting() -> tuple[Otel, KeepingExporter]:
     return Otel(reader=reader), exporter  # type: ignore[arg-type]
 
 
-def hold_draining(runtime: Runtime) -> None:
+def hold_draining(runtime: Instrumentation) -> None:
     """Only collections, flushes and closes drain from now on, not the sampler."""
     runtime.sampler.after_tick.clear()
 
@@ -88,7 +88,7 @@ def source() -> ConstantPowerSource:
 
 def ready(
     instrument: Instrumented, otel: Otel, source: ConstantPowerSource, **kw: Any
-) -> tuple[Any, Runtime]:
+) -> tuple[Any, Instrumentation]:
     app, runtime = ready_app(
         instrument, otel, power_source=source, sample_interval=0.02, **kw
     )

@@ -8,7 +8,7 @@ import pytest
 from opentelemetry.sdk.resources import Resource, get_aggregated_resources
 
 from carbonspan import Measurement
-from carbonspan import attributes as a
+from carbonspan.otel import attributes as a
 from carbonspan.resource import CodeCarbonResourceDetector
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app

@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 
 from carbonspan import CodeCarbonInstrumentor
-from carbonspan.instrumentor import runtime_of
-from carbonspan.sampler import PowerSampler
+from carbonspan.attribution.ledger import Ledger
+from carbonspan.otel.instrumentor import instrumentation_of
+from carbonspan.power.sampler import PowerSampler
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import fetch
@@ -37,13 +38,13 @@ def test_apps_with_the_same_source_share_one_sampler(otel: Otel) -> None:
             app, power_source=source, meter_provider=otel.meter_provider
         )
     try:
-        first, second = (runtime_of(app) for app in apps)
+        first, second = (instrumentation_of(app) for app in apps)
         assert first is not None and second is not None
         samplers = {id(first.sampler), id(second.sampler)}
         assert len(samplers) == 1
         assert fetch(apps[0], ["/fast"]) == [200]
         CodeCarbonInstrumentor.uninstrument_app(apps[0])
-        still = runtime_of(apps[1])
+        still = instrumentation_of(apps[1])
         assert still is not None and still.sampler.running
     finally:
         CodeCarbonInstrumentor.uninstrument_app(apps[1])
@@ -51,7 +52,7 @@ def test_apps_with_the_same_source_share_one_sampler(otel: Otel) -> None:
 
 
 def test_stop_joins_the_thread() -> None:
-    sampler = PowerSampler(ConstantPowerSource(cpu=1.0), 0.01)
+    sampler = PowerSampler(ConstantPowerSource(cpu=1.0), 0.01, Ledger())
     sampler.start()
     assert sampler.running
     thread = sampler._thread
@@ -66,7 +67,7 @@ def test_the_sampler_starts_with_the_server_not_at_import(otel: Otel) -> None:
         app, power_source=source, meter_provider=otel.meter_provider
     )
     try:
-        runtime = runtime_of(app)
+        runtime = instrumentation_of(app)
         assert runtime is not None
         assert not runtime.sampler.started and source.reads == 0
         assert fetch(app, ["/fast"]) == [200]

@@ -16,8 +16,10 @@ from dataclasses import replace
 
 import pytest
 
-from carbonspan import EnergyReading, HardwareInfo, sampler
-from carbonspan import attributes as a
+from carbonspan import EnergyReading, HardwareInfo
+from carbonspan.attribution.ledger import Ledger
+from carbonspan.otel import attributes as a
+from carbonspan.power import sampler
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import fetch
@@ -177,7 +179,7 @@ def test_power_source_fault_is_absorbed_by_the_sampler(
     # Readings resumed: the ledger took the meter's last reading, and the last
     # request was charged the meter's real power (within a tick's jitter).
     with runtime.sampler._read_lock:  # no read in progress
-        assert runtime.ledger.last_reading is source.out
+        assert runtime.ledger.last_time is source.out
     after = attrs(spans[-1])
     assert after[a.POWER["cpu"]] == pytest.approx(CPU_W, rel=0.1)
     assert after[a.POWER["ram"]] == pytest.approx(RAM_W, rel=0.1)
@@ -201,7 +203,7 @@ def test_power_source_fault_is_absorbed_by_the_sampler(
 def test_fault_kinds_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
     """Several kinds of fault at once: one line per kind, counts kept for all."""
     source = FaultySource()
-    s = sampler.PowerSampler(source, 0.01)
+    s = sampler.PowerSampler(source, 0.01, Ledger())
     kinds = [nan_cpu, negative_cpu, raises_always, nan_time]
     with caplog.at_level(logging.WARNING, logger="carbonspan"):
         assert s.sample()
@@ -313,6 +315,6 @@ def test_describe_failure_counts_as_a_failed_read() -> None:
         def describe(self) -> HardwareInfo:
             raise RuntimeError("no info")
 
-    s = sampler.PowerSampler(NoDescribe(cpu=1.0), 0.01)
+    s = sampler.PowerSampler(NoDescribe(cpu=1.0), 0.01, Ledger())
     assert s.sample() is False
     assert s.errors == 1

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carbonspan import attributes as a
+from carbonspan.attribution.window import Window
+from carbonspan.carbon.embodied import HOURS_PER_YEAR
 from carbonspan.config import Settings
-from carbonspan.embodied import HOURS_PER_YEAR
-from carbonspan.ledger import Window
-from carbonspan.runtime import Runtime
+from carbonspan.otel import attributes as a
+from carbonspan.otel.instrumentation import Instrumentation
 from carbonspan.testing import ConstantPowerSource
 from support.fakes import Clock
 
@@ -71,17 +71,19 @@ class Harness:
     def __init__(self, source: ConstantPowerSource, clock: Clock, **kw: Any) -> None:
         self.clock = clock
         self.source = source
-        self.runtime = Runtime(Settings.load({"power_source": source, **kw}, {}))
+        self.runtime = Instrumentation(
+            Settings.load({"power_source": source, **kw}, {})
+        )
         self.runtime.grid.threaded = False
-        self.runtime.books.embodied.threaded = False
+        self.runtime.accounts.embodied.threaded = False
         # What was in force after each reading (for the next interval).
         self.readings: list[tuple[float, float | None, float]] = []
 
     def tick(self) -> None:
         self.runtime.sampler.sample()
-        reading = self.runtime.ledger.last_reading
+        reading = self.runtime.ledger.last_time
         assert reading is not None
-        factors = self.runtime.books.factors
+        factors = self.runtime.accounts.factors
         self.readings.append((reading.time, reading.cpu, factors.intensity.g_per_kwh))
 
     def open(self) -> Window:
@@ -157,7 +159,7 @@ def test_sci_of_lone_and_overlapping_requests_by_hand(
     # 3 s went to requests (1 + 1.5 + 0.5) and 1 s of idle time is
     # unattributed.
     h.tick()
-    books = h.runtime.books
+    books = h.runtime.accounts
     assert books.embodied_total == pytest.approx(4 * G_PER_S, rel=1e-12)
     assert books.embodied_attributed == pytest.approx(3 * G_PER_S, rel=1e-12)
     assert books.embodied_unattributed == pytest.approx(1 * G_PER_S, rel=1e-12)
@@ -195,8 +197,8 @@ def test_without_a_source_of_embodied_emissions_there_are_none(
     assert got is not None and got[a.ENERGY_TOTAL] == pytest.approx(5.0)
     assert a.EMBODIED not in got and a.SCI not in got
     h.tick()
-    assert h.runtime.books.embodied_total == 0.0
-    assert h.runtime.books.factors.embodied is None
+    assert h.runtime.accounts.embodied_total == 0.0
+    assert h.runtime.accounts.factors.embodied is None
 
 
 # --- conservation, property-based ----------------------------------------------
@@ -275,7 +277,7 @@ def test_attributed_plus_unattributed_equals_the_elapsed_time_and_energy(
         for _ in range(60):  # settle the ledger's tail corrections
             clock.now += 0.5
             h.tick()
-        books = h.runtime.books
+        books = h.runtime.accounts
         rate = kg * 1000 / (years * HOURS_PER_YEAR * 3600)
         # The truth, from the readings: interval j ran under the share the
         # source gave at reading j, and the intensity in force after j - 1.
@@ -323,7 +325,7 @@ def test_a_constant_share_leaves_idle_and_excluded_time_unattributed(
     assert h.close(w2, attributed=False) is None
     clock.now += 0.5  # idle
     h.tick()
-    books = h.runtime.books
+    books = h.runtime.accounts
     idle = 0.2 + 0.3 + 0.5
     excluded = 0.1 + 0.2
     assert books.embodied_unattributed == pytest.approx(
@@ -367,7 +369,7 @@ def test_each_request_uses_the_intensity_in_force_when_it_ran(
     assert second[a.CARBON_INTENSITY] == 400.0
     assert second[a.EMISSIONS] == pytest.approx(36.0 / 3.6e6 * 400.0, rel=1e-12)
     h.tick()
-    books = h.runtime.books
+    books = h.runtime.accounts
     # The process's grams: each interval's joules at its own intensity.
     truth = 36.0 / 3.6e6 * 0.5 * (50 + 100 + 100 + 400)
     assert books.measured == pytest.approx(truth, rel=1e-12)

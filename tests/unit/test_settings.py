@@ -15,10 +15,10 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import pytest
 
 from carbonspan import CodeCarbonInstrumentor, config
+from carbonspan.carbon.grid import ELECTRICITYMAPS_URL, REFRESH
+from carbonspan.carbon.intensity import world_average
 from carbonspan.config import Settings
-from carbonspan.emissions import world_average
-from carbonspan.instrumentor import runtime_of
-from carbonspan.intensity import ELECTRICITYMAPS_URL, REFRESH
+from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.checks import log_messages
@@ -69,7 +69,7 @@ def test_instrument_app_raises_before_touching_the_app(
     with pytest.raises(ValueError, match=name):
         CodeCarbonInstrumentor().instrument_app(app, **{name: value})
     assert app.build_middleware_stack == original
-    assert runtime_of(app) is None
+    assert instrumentation_of(app) is None
 
 
 def test_instrument_raises_and_stays_uninstrumented() -> None:
@@ -196,7 +196,7 @@ def test_unknown_variable_is_warned_about_once_with_the_closest_name(
 
 def test_known_variables_raise_no_warning(caplog: pytest.LogCaptureFixture) -> None:
     env = {
-        config.ENV_PREFIX + name.upper(): "" for name in config._PARSERS
+        config.ENV_PREFIX + name.upper(): "" for name in config.PARSERS
     }  # every known name, blank (unset)
     with caplog.at_level(logging.DEBUG, logger="carbonspan.config"):
         Settings.load({}, environ=env)
@@ -344,9 +344,11 @@ def test_the_typed_settings_are_the_settings_the_parsers_accept() -> None:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import Span, TracerProvider
 
-    from carbonspan import emissions, parsers, types
-    from carbonspan.intensity import IntensityProvider
-    from carbonspan.source import Measurement, PowerSource
+    from carbonspan import parsers, types
+    from carbonspan.attribution.measurement import Measurement
+    from carbonspan.carbon import intensity as emissions
+    from carbonspan.carbon.grid import IntensityProvider
+    from carbonspan.power.source import PowerSource
 
     names = {
         **vars(types),
@@ -358,7 +360,7 @@ def test_the_typed_settings_are_the_settings_the_parsers_accept() -> None:
         "PowerSource": PowerSource,
     }
     hints = get_type_hints(types.InstrumentSettings, localns=names)
-    assert set(hints) == set(config._PARSERS) | set(config.OBJECT_SETTINGS)
+    assert set(hints) == set(config.PARSERS) | set(config.OBJECT_SETTINGS)
 
     def literals(annotation: Any) -> set[str]:
         return {

@@ -26,12 +26,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from carbonspan import config, parsers
 from carbonspan.config import ENV_PREFIX, OBJECT_SETTINGS, Settings
-from carbonspan.runtime import Runtime
+from carbonspan.otel.instrumentation import Instrumentation
 from carbonspan.testing import ConstantPowerSource
 from support import TESTS
 
 NAMES = sorted(f.name for f in fields(Settings))
-TEXT_NAMES = sorted(config._PARSERS)
+TEXT_NAMES = sorted(config.PARSERS)
 assert set(TEXT_NAMES) | set(OBJECT_SETTINGS) == set(NAMES)
 
 
@@ -106,7 +106,7 @@ def records(logger: str) -> Iterator[list[logging.LogRecord]]:
 
 def built(s: Settings) -> None:
     """A runtime comes out of the settings (then goes, leaving nothing)."""
-    runtime = Runtime(s)
+    runtime = Instrumentation(s)
     try:
         assert runtime.settings is s
         assert config.MIN_INTERVAL <= s.sample_interval <= config.MAX_INTERVAL
@@ -156,7 +156,7 @@ def test_env_settings_are_used_or_logged_and_defaulted(env: dict[str, str]) -> N
             assert getattr(s, name) == getattr(default, name)
         elif value.strip():
             # Taken as given: a pair that is refused names each variable it drops.
-            expected = config._PARSERS[name](name, value)
+            expected = config.PARSERS[name](name, value)
             assert getattr(s, name) == expected, (name, value)
         else:
             assert getattr(s, name) == getattr(default, name)  # blank: unset

@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 from carbonspan import CodeCarbonPowerSource, PowerSource
-from carbonspan import attributes as a
-from carbonspan.runtime import Runtime
+from carbonspan.otel import attributes as a
+from carbonspan.otel.instrumentation import Instrumentation
 from carbonspan.testing import ConstantPowerSource, ScriptedPowerSource
 from support.apps import build_app, burn
 from support.asgi import fetch
@@ -164,13 +164,13 @@ DETECTION = {
 }
 
 
-def wait_reads(runtime: Runtime, n: int) -> None:
+def wait_reads(runtime: Instrumentation, n: int) -> None:
     """Start the sampler and wait for `n` new readings in the ledger."""
     runtime.sampler.start()
-    seen: list[object] = [runtime.ledger.last_reading]
+    seen: list[object] = [runtime.ledger.last_time]
 
     def more() -> bool:
-        reading = runtime.ledger.last_reading
+        reading = runtime.ledger.last_time
         if reading is not None and reading is not seen[-1]:
             seen.append(reading)
         return len(seen) > n

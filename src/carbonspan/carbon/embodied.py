@@ -22,17 +22,16 @@ Nothing is ever invented.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import threading
 import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 from carbonspan import forks
+from carbonspan.carbon.http import get_json
+from carbonspan.carbon.refresher import Refresher
+from carbonspan.numbers import checked
 
 _log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class Embodied:
 
     kg: float  # TE: kg CO2eq to manufacture the machine (or the instance's share)
     lifetime_hours: float
-    source: str  # config, boavizta
+    origin: str  # config, boavizta
 
     @property
     def grams_per_second(self) -> float:
@@ -110,17 +109,12 @@ class Boavizta:
         with forks.locks[_CACHE_LOCK]:
             answer = _cache.get(url)
         if answer is None:
-            request = urllib.request.Request(
-                url, headers={"accept": "application/json"}
-            )
-            with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-                body = json.loads(reply.read().decode("utf-8"))
-            answer = _parse(body)
+            answer = _parse(get_json(url, {}, self.timeout))
             with forks.locks[_CACHE_LOCK]:
                 _cache[url] = answer
         if self.lifetime_years is not None:
             hours = self.lifetime_years * HOURS_PER_YEAR
-            answer = Embodied(answer.kg, hours, answer.source)
+            answer = Embodied(answer.kg, hours, answer.origin)
         return answer
 
     def __repr__(self) -> str:
@@ -136,15 +130,9 @@ def _parse(body: Any) -> Embodied:
             "BoaviztAPI's answer has no impacts.gwp.embedded.value "
             "or verbose.hours_life_time.value"
         ) from None
-    for name, value in (("embedded", kg), ("hours_life_time", hours)):
-        if (
-            not isinstance(value, (int, float))
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-            or value <= 0
-        ):
-            raise ValueError(f"BoaviztAPI's {name} is not a positive number: {value!r}")
-    return Embodied(float(kg), float(hours), "boavizta")
+    kg = checked(kg, "BoaviztAPI's embedded", positive=True)
+    hours = checked(hours, "BoaviztAPI's hours_life_time", positive=True)
+    return Embodied(kg, hours, "boavizta")
 
 
 _cache: dict[str, Embodied] = {}
@@ -152,13 +140,13 @@ _CACHE_LOCK = "embodied.cache"
 forks.lock(_CACHE_LOCK)
 
 
-class EmbodiedSource:
+class EmbodiedEmissions:
     """The embodied emissions, once known; fetched off the request path.
 
-    `value` is None until known (and for good, with no source). `poll()` is
-    called by the sampler thread after each reading: the first time, and
-    every `RETRY` seconds after a failure to reach the server, it asks
-    BoaviztAPI in a short-lived thread.
+    `value` is None until known (and for good, with no server to ask).
+    `poll()` is called by the sampler thread after each reading: the first
+    time, and every `RETRY` seconds after a failure to reach the server, it
+    asks BoaviztAPI through a `Refresher`.
     """
 
     def __init__(
@@ -170,28 +158,14 @@ class EmbodiedSource:
     ) -> None:
         self.value = known
         self.boavizta = boavizta if known is None else None
-        self.threaded = threaded
         self.failures = 0
-        self._due: float | None = None
-        self._busy = False
-        self._gave_up = False
-        self._lock = threading.Lock()
-        forks.track(self, forks.SOURCES)
+        self.refresher = Refresher(
+            self.fetch, RETRY, "carbonspan-boavizta", threaded=threaded
+        )
+        self.refresher.stopped = self.boavizta is None
 
     def poll(self, now: float) -> None:
-        if self.value is not None or self.boavizta is None or self._gave_up:
-            return
-        with self._lock:
-            if self._busy or (self._due is not None and now < self._due):
-                return
-            self._busy = True
-            self._due = now + RETRY
-        if self.threaded:
-            threading.Thread(
-                target=self.fetch, name="carbonspan-boavizta", daemon=True
-            ).start()
-        else:
-            self.fetch()
+        self.refresher.poll(now)
 
     def fetch(self) -> bool:
         boavizta = self.boavizta
@@ -205,7 +179,7 @@ class EmbodiedSource:
             final = (
                 isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500
             ) or isinstance(exc, ValueError)
-            self._gave_up = final
+            self.refresher.stopped = final
             if self.failures == 1 or final:
                 _log.warning(
                     "carbonspan: BoaviztAPI %s failed (%s); no embodied emissions "
@@ -215,10 +189,8 @@ class EmbodiedSource:
                     "" if final else " until it answers (asked every 5 minutes)",
                 )
             return False
-        finally:
-            with self._lock:
-                self._busy = False
         self.value = value
+        self.refresher.stopped = True
         _log.info(
             "carbonspan: embodied emissions from BoaviztAPI: %.6g kg CO2eq over "
             "%.6g hours (%.6g g/h)",
@@ -227,8 +199,3 @@ class EmbodiedSource:
             value.grams_per_second * 3600,
         )
         return True
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
-        self._busy = False
-        self._due = None

@@ -219,7 +219,7 @@ class _Patch:
     users = 0
 
 
-_PATCH_LOCK = "cputime.patch"
+_PATCH_LOCK = "cpu_clock.patch"
 forks.lock(_PATCH_LOCK)
 
 

@@ -6,14 +6,14 @@ running integral C of power times shared time per component, and the busy
 power of the interval that ended there. A window that opened after tick j0 is
 charged C's growth since its first tick, its head before that tick at that
 interval's power, and its tail after the last tick at a guess (see
-`carbonspan.ledger` for the whole algorithm).
+`carbonspan.attribution.ledger` for the whole algorithm).
 """
 
 from __future__ import annotations
 
-from carbonspan.policies import AttributionPolicy
-from carbonspan.source import COMPONENTS
-from carbonspan.windows import UNKNOWN, ZERO, Tick, Window
+from carbonspan.attribution.policies import AttributionPolicy
+from carbonspan.attribution.window import UNKNOWN, ZERO, Tick, Window
+from carbonspan.power.source import COMPONENTS
 
 #: An interval's busy power is pulled towards the learned one as if that had
 #: been seen for this fraction of the interval's idle seconds: a few busy
@@ -21,7 +21,7 @@ from carbonspan.windows import UNKNOWN, ZERO, Tick, Window
 SHRINK = 0.05
 
 
-class Prices:
+class TickRing:
     """The ring of ticks and the tail rates, under the ledger's lock."""
 
     def __init__(self, size: int, policy: AttributionPolicy) -> None:

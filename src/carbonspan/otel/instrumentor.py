@@ -23,11 +23,10 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
     BaseInstrumentor,
 )
 
+from carbonspan.attribution.totals import EnergyTotals
 from carbonspan.config import Settings
-from carbonspan.middleware import CodeCarbonMiddleware
-from carbonspan.package import _instruments
-from carbonspan.runtime import Runtime
-from carbonspan.source import EnergyTotals
+from carbonspan.otel.instrumentation import Instrumentation
+from carbonspan.otel.middleware import CodeCarbonMiddleware
 from carbonspan.types import (
     ASGIApp,
     InstrumentorSettings,
@@ -38,7 +37,9 @@ from carbonspan.types import (
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-_APP_ATTR = "_carbonspan_runtime"
+#: What `opentelemetry-instrument` checks before it loads the instrumentor.
+_instruments = ("fastapi >= 0.100",)
+_APP_ATTR = "_carbonspan_instrumentation"
 _PATCH_ATTR = "_carbonspan_patch"
 
 
@@ -72,50 +73,52 @@ def _measuring(stack: object) -> CodeCarbonMiddleware | None:
     )
 
 
-def insert_middleware(stack: ASGIApp, runtime: Runtime) -> ASGIApp:
+def insert_middleware(stack: ASGIApp, instrumentation: Instrumentation) -> ASGIApp:
     """Put `CodeCarbonMiddleware` into a built stack, just inside the span creator."""
     if _measuring(stack) is not None:
         return stack  # already measured (both instrument() and instrument_app)
     for node in _layers(stack):
         if _creates_server_span(node):
-            node.app = CodeCarbonMiddleware(node.app, runtime=runtime)
+            node.app = CodeCarbonMiddleware(node.app, instrumentation=instrumentation)
             return stack
     outer: Any = stack
     if type(outer).__name__ == "ServerErrorMiddleware" and hasattr(outer, "app"):
-        outer.app = CodeCarbonMiddleware(outer.app, runtime=runtime)
+        outer.app = CodeCarbonMiddleware(outer.app, instrumentation=instrumentation)
         return stack
-    return CodeCarbonMiddleware(stack, runtime=runtime)
+    return CodeCarbonMiddleware(stack, instrumentation=instrumentation)
 
 
-def runtime_of(app: object) -> Runtime | None:
+def instrumentation_of(app: object) -> Instrumentation | None:
     """The instrumentation measuring `app`, for tests and tools that look
     inside (users read `CodeCarbonInstrumentor.energy_totals`): its own
     (`instrument_app`), else the one whose middleware its built stack holds
     (`instrument()`, from the app's first request on). None where none is,
     or once it is uninstrumented."""
-    own: Runtime | None = getattr(app, _APP_ATTR, None)
+    own: Instrumentation | None = getattr(app, _APP_ATTR, None)
     if own is not None:
         return own if own.active else None
     found = _measuring(getattr(app, "middleware_stack", None))
-    return found.runtime if found is not None and found.runtime.active else None
+    return (
+        found.instrumentation
+        if found is not None and found.instrumentation.active
+        else None
+    )
 
 
 class _Patch:
-    """The global `FastAPI.build_middleware_stack` patch and its runtime."""
+    """The global `FastAPI.build_middleware_stack` patch and its instrumentation."""
 
     original: Callable[[Any], Any] | None = None
-    runtime: Runtime | None = None
+    instrumentation: Instrumentation | None = None
 
 
 class CodeCarbonInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Energy and CO2eq of every HTTP request on its server span and in metrics.
 
-    Settings (keyword arguments, or `CARBONSPAN_<NAME>` in the environment):
-    `country_iso_code`, `region`, `cloud_provider`, `cloud_region`,
-    `carbon_intensity`, `sample_interval`, `scope`, `attribution`,
-    `excluded_urls`, `response_headers`, `response_headers_format`; and as
-    keyword arguments only: `power_source`, `meter_provider`,
-    `tracer_provider`, `measurement_hook`. See docs/configuration.md.
+    Settings are keyword arguments, or `CARBONSPAN_<NAME>` in the
+    environment; `carbonspan.types.InstrumentSettings` lists them with their
+    units, and docs/configuration.md with their defaults and checks (both
+    come from the one table, `carbonspan.config.Settings`).
     """
 
     def instrumentation_dependencies(self) -> Collection[str]:
@@ -134,20 +137,20 @@ class CodeCarbonInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         if _Patch.original is not None:
             return
-        runtime = Runtime(Settings.load(kwargs))
+        instrumentation = Instrumentation(Settings.load(kwargs))
         cls = fastapi.applications.FastAPI
         original = cls.build_middleware_stack
 
         def build_middleware_stack(app: Any) -> Any:
             stack = original(app)
             own = getattr(app, _APP_ATTR, None)
-            active = _Patch.runtime
+            active = _Patch.instrumentation
             if (own is not None and own.active) or active is None or not active.active:
                 return stack
             return insert_middleware(stack, active)
 
         _Patch.original = original
-        _Patch.runtime = runtime
+        _Patch.instrumentation = instrumentation
         setattr(cls, "build_middleware_stack", build_middleware_stack)  # noqa: B010
 
     def _uninstrument(self, **kwargs: Any) -> None:
@@ -156,27 +159,27 @@ class CodeCarbonInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if _Patch.original is not None:
             cls = fastapi.applications.FastAPI
             setattr(cls, "build_middleware_stack", _Patch.original)  # noqa: B010
-        if _Patch.runtime is not None:
-            _Patch.runtime.close()
+        if _Patch.instrumentation is not None:
+            _Patch.instrumentation.close()
         _Patch.original = None
-        _Patch.runtime = None
+        _Patch.instrumentation = None
 
     @staticmethod
     def instrument_app(app: Starlette, **settings: Unpack[InstrumentSettings]) -> None:
         """Measure every request of one FastAPI (or Starlette) app."""
-        existing: Runtime | None = getattr(app, _APP_ATTR, None)
+        existing: Instrumentation | None = getattr(app, _APP_ATTR, None)
         if existing is not None and existing.active:
             return
-        runtime = Runtime(Settings.load(settings))
+        instrumentation = Instrumentation(Settings.load(settings))
         original = app.build_middleware_stack
 
         def build_middleware_stack() -> Any:
             stack = original()
-            if not runtime.active:
+            if not instrumentation.active:
                 return stack
-            return insert_middleware(stack, runtime)
+            return insert_middleware(stack, instrumentation)
 
-        setattr(app, _APP_ATTR, runtime)
+        setattr(app, _APP_ATTR, instrumentation)
         setattr(app, _PATCH_ATTR, (original, build_middleware_stack))
         setattr(app, "build_middleware_stack", build_middleware_stack)  # noqa: B010
         if getattr(app, "middleware_stack", None) is not None:
@@ -185,14 +188,14 @@ class CodeCarbonInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     @staticmethod
     def uninstrument_app(app: Starlette) -> None:
         """Stop measuring `app` and take the middleware out of its stack."""
-        runtime: Runtime | None = getattr(app, _APP_ATTR, None)
-        if runtime is None:
+        instrumentation: Instrumentation | None = getattr(app, _APP_ATTR, None)
+        if instrumentation is None:
             return
-        runtime.close()
+        instrumentation.close()
         original, wrapper = app.__dict__.pop(_PATCH_ATTR)
         if app.__dict__.get("build_middleware_stack") is wrapper:
             # Nobody patched over us; otherwise our wrapper stays in their
-            # chain and passes the stack through, as the runtime is closed.
+            # chain and passes the stack through, as the instrumentation is closed.
             setattr(app, "build_middleware_stack", original)  # noqa: B010
         delattr(app, _APP_ATTR)
         if getattr(app, "middleware_stack", None) is not None:
@@ -206,7 +209,9 @@ class CodeCarbonInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         settings share one sampler, and so these totals. None where nothing
         measures the app (under `instrument()`, until its first request), or
         before the first reading."""
-        runtime = _Patch.runtime if app is None else runtime_of(app)
-        if runtime is None or not runtime.active:
+        instrumentation = (
+            _Patch.instrumentation if app is None else instrumentation_of(app)
+        )
+        if instrumentation is None or not instrumentation.active:
             return None
-        return runtime.energy_totals()
+        return instrumentation.energy_totals()

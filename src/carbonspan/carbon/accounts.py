@@ -1,11 +1,11 @@
-"""SCI per request: the factors in force, and the books kept in grams.
+"""SCI per request: the factors in force, and the accounts kept in grams.
 
 The Software Carbon Intensity (ISO/IEC 21031:2024) of one request is
 
     SCI = E x I + M
 
 - E x I, the operational emissions: the request's joules times the carbon
-  intensity in force (`carbonspan.intensity.Grid`);
+  intensity in force (`carbonspan.carbon.grid.GridIntensity`);
 - M, its share of the embodied emissions: TE x (time reserved / lifespan) x
   (resources reserved / total resources). The time a request reserves is its
   shared time, duration / concurrency, which the ledger already integrates
@@ -14,12 +14,13 @@ The Software Carbon Intensity (ISO/IEC 21031:2024) of one request is
   `scope="machine"`; under `scope="process"` it is the process's share by
   the rule for CPU energy: its CPU time over the machine's busy CPU time.
 
-A request reads one object, `Books.factors`, when it closes: the intensity
+A request reads one object, `EmissionsAccounts.factors`, when it is
+valued: the intensity
 in force (g/kWh) and the embodied rate in force (g per second of reserved
 time, RS included). Both change only at a tick, in the sampler thread, so
 every request that closes between two ticks is valued with the same factors.
 
-The books, kept at each tick from the ledger's own totals, make the process
+The accounts, kept at each tick from the ledger's own totals, make the process
 counters exact when the factors change:
 
 - measured grams: the sum over intervals of the interval's joules x its
@@ -38,39 +39,40 @@ force, attributed + unattributed + in flight == measured.
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import Callable
+from math import exp
 
 from carbonspan import forks
-from carbonspan.embodied import EmbodiedSource
-from carbonspan.emissions import JOULES_PER_KWH, CarbonIntensity
-from carbonspan.estimator import MEMORY
-from carbonspan.intensity import Grid
-from carbonspan.ledger import Ledger
-from carbonspan.source import Measurement
+from carbonspan.attribution.estimator import MEMORY
+from carbonspan.attribution.ledger import Ledger
+from carbonspan.attribution.measurement import Measurement
+from carbonspan.carbon.embodied import EmbodiedEmissions
+from carbonspan.carbon.grid import GridIntensity
+from carbonspan.carbon.intensity import CarbonIntensity
+from carbonspan.numbers import JOULES_PER_KWH, is_finite
+from carbonspan.power.source import EnergyReading
 
 
 class Factors:
     """What a request is valued at when it closes."""
 
-    __slots__ = ("embodied", "intensity")
+    __slots__ = ("embodied_rate", "intensity")
 
-    def __init__(self, intensity: CarbonIntensity, embodied: float | None) -> None:
+    def __init__(self, intensity: CarbonIntensity, embodied_rate: float | None) -> None:
         self.intensity = intensity
         #: g CO2eq per second of reserved (shared) time, RS included; None
         #: when the embodied emissions are not known.
-        self.embodied = embodied
+        self.embodied_rate = embodied_rate
 
     def embodied_grams(self, measurement: Measurement) -> float | None:
         """M for one request: its reserved time x the embodied rate."""
-        rate = self.embodied
+        rate = self.embodied_rate
         if rate is None:
             return None
         return rate * reserved(measurement)
 
     def __repr__(self) -> str:
-        return f"Factors({self.intensity!r}, embodied={self.embodied!r})"
+        return f"Factors({self.intensity!r}, embodied_rate={self.embodied_rate!r})"
 
 
 def reserved(measurement: Measurement) -> float:
@@ -79,32 +81,28 @@ def reserved(measurement: Measurement) -> float:
     return measurement.duration / concurrency if concurrency > 0 else 0.0
 
 
-class Books:
+class EmissionsAccounts:
     """One ledger's emissions in grams, kept at each tick; the factors in force.
 
     `tick()` runs in the sampler thread after each reading (and after the
     last one, at shutdown). It accounts the interval just measured at the
     factors that were in force during it, then takes any new intensity from
     the grid and the embodied rate, and publishes the new `factors`.
+    `measured` is what the other accounts balance against.
     """
 
     def __init__(
-        self,
-        ledger: Ledger,
-        grid: Grid,
-        embodied: EmbodiedSource,
-        share: Callable[[], float | None] | None = None,
+        self, ledger: Ledger, grid: GridIntensity, embodied: EmbodiedEmissions
     ) -> None:
         self.ledger = ledger
         self.grid = grid
         self.embodied = embodied
-        self._share = share
         self._lock = threading.Lock()
         self.reset()
         forks.track(self, forks.READERS)
 
     def _after_fork_in_child(self) -> None:
-        # The ledgers were reset: the child's books start from nothing too.
+        # The ledgers were reset: the child's accounts start from nothing too.
         self._lock = threading.Lock()
         self.reset(forked=True)
 
@@ -134,14 +132,14 @@ class Books:
         )
         self._times = (times.idle, times.busy, times.attributed, times.unattributed)
 
-    def tick(self, now: float) -> None:
+    def tick(self, reading: EnergyReading) -> None:
         """Account the interval that just ended; publish the factors in force."""
         with self._lock:
-            self._tick()
-        self.grid.poll(now)
-        self.embodied.poll(now)
+            self._tick(reading.share)
+        self.grid.poll(reading.time)
+        self.embodied.poll(reading.time)
 
-    def _tick(self) -> None:
+    def _tick(self, reading_share: float | None) -> None:
         ledger = self.ledger
         totals = ledger.totals()
         times = ledger.times()
@@ -162,10 +160,10 @@ class Books:
         d_idle, d_busy = times.idle - idle0, times.busy - busy0
         d_sa, d_su = times.attributed - sa0, times.unattributed - su0
         self._times = (times.idle, times.busy, times.attributed, times.unattributed)
-        share = self._interval_share(d_busy)
+        share = self._interval_share(reading_share, d_busy)
         known = self.embodied.value
         rate = known.grams_per_second if known is not None else None
-        used = factors.embodied  # what requests closing in the interval used
+        used = factors.embodied_rate  # what requests closing in the interval used
         if rate is not None and used is not None:
             worth = rate * share  # what the interval's seconds are worth
             self.embodied_total += worth * (d_idle + d_busy)
@@ -194,17 +192,19 @@ class Books:
         if intensity is not factors.intensity or embodied != used:
             self.factors = Factors(intensity, embodied)
 
-    def _interval_share(self, busy: float) -> float:
-        """RS of the interval just measured (1.0 without a rule to apply)."""
-        share = self._share() if self._share is not None else 1.0
-        if share is None or not math.isfinite(share):
+    def _interval_share(self, share: float | None, busy: float) -> float:
+        """RS of the interval just measured, from its reading (None: the
+        whole machine, 1.0)."""
+        if share is None:
+            share = 1.0
+        elif not is_finite(share):
             share = self.reserved_share if self.reserved_share is not None else 0.0
         share = min(max(share, 0.0), 1.0)
         self.reserved_share = share
         # The value requests are charged with: the RS of the intervals when
         # requests were in flight, weighted by their busy seconds and
         # forgotten after about MEMORY busy seconds.
-        keep = math.exp(-busy / MEMORY)
+        keep = exp(-busy / MEMORY)
         self._rs_seconds = self._rs_seconds * keep + busy
         self._rs_sum = self._rs_sum * keep + share * busy
         return share

@@ -1,4 +1,5 @@
-"""Carbon intensity (g CO2eq/kWh), resolved once, offline, from CodeCarbon's data.
+"""Carbon intensity (g CO2eq/kWh): the factor in force (`CarbonIntensity`),
+and the one settings give offline, from CodeCarbon's data (`resolve`).
 
 Order: explicit `carbon_intensity` -> `cloud_provider` + `cloud_region` ->
 `country_iso_code` (+ `region`) -> CodeCarbon's world average. The choice is
@@ -7,19 +8,20 @@ logged once, at INFO, with the reason for it.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from dataclasses import dataclass
 
+from carbonspan import codecarbon_api as cc
+from carbonspan.numbers import JOULES_PER_KWH
+
 _log = logging.getLogger(__name__)
 
-JOULES_PER_KWH = 3.6e6
 CLOUD_PROVIDERS = ("aws", "azure", "gcp")
 #: Countries for which CodeCarbon has figures per region (state, province or
 #: bidding zone); elsewhere it has one figure per country.
 REGIONAL_COUNTRIES = ("CAN", "CHN", "FIN", "NOR", "SWE", "USA")
-_NORDIC_PREFIX = {"SWE": "SE", "NOR": "NO", "FIN": "FI"}
+_NORDIC = ("SWE", "NOR", "FIN")
 # CodeCarbon's normalisation of Chinese province names (codecarbon.core.emissions).
 _CHINA_SUFFIX = re.compile(
     r"\s+(autonomous region|municipality|province|sheng|shi|zizhiqu)$"
@@ -31,7 +33,9 @@ class CarbonIntensity:
     """The emission factor in force and where it came from."""
 
     g_per_kwh: float
-    source: str  # config, cloud, country, geo, default
+    #: Where it came from (`codecarbon.location.source`): config, cloud,
+    #: country, default, or a provider's name.
+    location_source: str
     country_iso_code: str | None = None
     region: str | None = None
     cloud_provider: str | None = None
@@ -44,9 +48,9 @@ class CarbonIntensity:
     def explain(self) -> str:
         """One line: the factor, and which setting (or the lack of one) chose it."""
         factor = f"carbon intensity {self.g_per_kwh:.6g} g CO2eq/kWh"
-        if self.source == "config":
+        if self.location_source == "config":
             return f"{factor}, from the carbon_intensity setting"
-        if self.source == "cloud":
+        if self.location_source == "cloud":
             return (
                 f"{factor}, CodeCarbon's figure for {self.cloud_provider} region "
                 f"{self.cloud_region}"
@@ -59,7 +63,7 @@ class CarbonIntensity:
             )
         elif self.cloud_provider:
             note = f" (cloud_provider {self.cloud_provider} without cloud_region)"
-        if self.source == "country":
+        if self.location_source == "country":
             place = str(self.country_iso_code)
             if self.region:
                 place += f" region {self.region}"
@@ -126,59 +130,20 @@ def _resolve(
             return CarbonIntensity(factor, "cloud", **where)
     if country_iso_code:
         return CarbonIntensity(
-            _country_factor(country_iso_code, region), "country", **where
+            cc.country_factor(country_iso_code, region), "country", **where
         )
     return CarbonIntensity(world_average(), "default", **where)
 
 
-def _kwh_grams(compute: object) -> float:
-    from codecarbon.core.units import Energy
-
-    one_kwh = Energy.from_energy(kWh=1.0)
-    kilograms = compute(one_kwh)  # type: ignore[operator]
-    return float(kilograms) * 1000.0
-
-
-def _country_factor(country_iso_code: str, region: str | None) -> float:
-    from codecarbon.core.emissions import Emissions
-    from codecarbon.external.geography import GeoMetadata
-    from codecarbon.input import DataSource
-
-    emissions = Emissions(DataSource())
-    geo = GeoMetadata(country_iso_code=country_iso_code, region=region)
-    return _kwh_grams(lambda e: emissions.get_private_infra_emissions(e, geo))
-
-
-@functools.cache
 def regions(country_iso_code: str) -> tuple[str, ...]:
     """The regions CodeCarbon has a figure for within a country; () if none."""
-    from codecarbon.input import DataSource
-
-    data = DataSource()
-    country = country_iso_code.upper()
-    try:
-        if country == "USA":
-            names = list(data.get_country_emissions_data("usa"))
-        elif country == "CAN":
-            names = list(data.get_country_energy_mix_data("can"))
-        elif country == "CHN":
-            provinces = data.get_china_provincial_emissions_data()["data"].values()
-            names = [name for p in provinces for name in p["names"]]
-        elif country in _NORDIC_PREFIX:
-            zones = data.get_nordic_country_energy_mix_data()["data"]
-            names = [z for z in zones if z.startswith(_NORDIC_PREFIX[country])]
-        else:
-            return ()
-    except (AttributeError, KeyError, OSError, TypeError):  # an older CodeCarbon
-        _log.debug("carbonspan: no regional data for %s", country, exc_info=True)
-        return ()
-    return tuple(sorted(str(n) for n in names if not str(n).startswith("_")))
+    return cc.region_names(country_iso_code.upper())
 
 
 def region_key(country_iso_code: str, region: str) -> str | None:
     """`region` as CodeCarbon looks it up in `country_iso_code`, or None if unknown."""
     country = country_iso_code.upper()
-    if country in _NORDIC_PREFIX:
+    if country in _NORDIC:
         key = region.strip().upper()
     elif country == "CHN":
         key = _CHINA_SUFFIX.sub("", " ".join(region.lower().split()))
@@ -187,39 +152,15 @@ def region_key(country_iso_code: str, region: str) -> str | None:
     return key if key in regions(country) else None
 
 
-@functools.lru_cache(maxsize=1)
-def world_average() -> float:
-    from codecarbon.input import DataSource
-
-    value = DataSource().get_carbon_intensity_per_source_data()["world_average"]
-    return float(value)
+world_average = cc.world_average
+countries = cc.countries
 
 
-@functools.lru_cache(maxsize=1)
-def countries() -> frozenset[str]:
-    """ISO 3166-1 alpha-3 codes CodeCarbon has an energy mix for."""
-    from codecarbon.input import DataSource
-
-    return frozenset(DataSource().get_global_energy_mix_data())
-
-
-@functools.cache
 def cloud_regions(provider: str) -> dict[str, float]:
     """Region -> g CO2eq/kWh for one cloud provider, from CodeCarbon's table."""
-    from codecarbon.input import DataSource
-
-    df = DataSource().get_cloud_emissions_data()
-    rows = df[df["provider"] == provider]
-    return {
-        str(r): float(i) for r, i in zip(rows["region"], rows["impact"], strict=True)
-    }
+    return {region: factor for region, factor, _ in cc.cloud_table(provider)}
 
 
 def cloud_country(provider: str, region: str) -> str | None:
     """ISO alpha-3 country of a cloud region, from CodeCarbon's table."""
-    from codecarbon.input import DataSource
-
-    df = DataSource().get_cloud_emissions_data()
-    rows = df[(df["provider"] == provider) & (df["region"] == region)]
-    codes = [str(c) for c in rows["countryIsoCode"] if isinstance(c, str)]
-    return codes[0] if codes else None
+    return next((c for r, _, c in cc.cloud_table(provider) if r == region), None)

@@ -1,10 +1,10 @@
 """Requests' figures recorded off the request path.
 
-The request path makes no SDK call: `Recorder.record` appends the request's
-figures to a bounded buffer. `Recorder.drain` records them in a batch, one
+The request path makes no SDK call: `PointQueue.record` appends the request's
+valuation to a bounded buffer. `PointQueue.drain` records them in a batch, one
 histogram point each, with the request's span in an explicit context so that
 exemplars still link to traces, and adds their grams to the per-route sums
-that the observable counters of `carbonspan.metrics` report. The sampler
+that the observable counters of `carbonspan.otel.metrics` report. The sampler
 thread drains after each tick, and so does every collection.
 """
 
@@ -13,23 +13,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.context import Context
 from opentelemetry.metrics import Histogram
 from opentelemetry.trace import Span, set_span_in_context
 
-from carbonspan import attributes as a
-from carbonspan.emissions import CarbonIntensity
-from carbonspan.sci import Factors
-from carbonspan.source import Measurement
+from carbonspan.otel import attributes as a
 from carbonspan.throttle import Throttle
 
+if TYPE_CHECKING:
+    from carbonspan.otel.reporter import Valuation
+
 RouteKey = tuple[str | None, str, int]
-#: One finished request waiting to be recorded: what it was charged, route,
-#: method, status, the factors in force when it closed, and its server span
-#: (for the exemplar).
-Pending = tuple[Measurement, str | None, str, int, Factors, Span]
+#: One finished request waiting to be recorded: its valuation, its route key
+#: and its server span (for the exemplar).
+Pending = tuple["Valuation", RouteKey, Span]
 #: Requests the buffer holds at most; beyond, requests are dropped and counted.
 #: At the 0.1 s default interval that is 160,000 requests/s, or a sampler
 #: stalled for 1.6 s at 10,000 requests/s.
@@ -41,60 +40,49 @@ _METHODS = frozenset(
 _log = logging.getLogger(__name__)
 
 
-class Recorder:
-    """The queue of finished requests and the per-route sums they feed."""
+class PointQueue:
+    """The queue of valued requests, and the per-route sums they feed."""
 
-    request_energy: Histogram  # set by the subclass that creates instruments
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._route_grams: dict[RouteKey, float] = {}
-        self._background: dict[RouteKey, float] = {}  # J after the response
-        self._route_embodied: dict[RouteKey, float] = {}
-        self._attrs: dict[RouteKey, dict[str, Any]] = {}
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self.lock = threading.Lock()  # guards the sums below
+        #: Per route key: g CO2eq (the requests' and what they left running),
+        #: J after the responses, embodied g, and the metric attributes.
+        self.route_grams: dict[RouteKey, float] = {}
+        self.background_joules: dict[RouteKey, float] = {}
+        self.route_embodied: dict[RouteKey, float] = {}
+        self.attributes: dict[RouteKey, dict[str, Any]] = {}
         self._pending: deque[Pending] = deque()
         self._drain_lock = threading.Lock()
         self.buffer_size = BUFFER_SIZE
         self.dropped = 0  # requests not recorded because the buffer was full
         self._throttle = Throttle()
 
-    def record(
-        self,
-        measurement: Measurement,
-        route: str | None,
-        method: str,
-        status: int,
-        factors: Factors,
-        span: Span,
-    ) -> None:
-        """Queue one finished request; the SDK call happens in `drain`.
+    def record(self, valuation: Valuation, key: RouteKey, span: Span) -> None:
+        """Queue one valued request; the SDK call happens in `drain`.
 
         Never blocks: when the buffer is full the request is dropped and
         counted (`codecarbon.requests.dropped`).
         """
         pending = self._pending
         if len(pending) < self.buffer_size:
-            pending.append((measurement, route, method, status, factors, span))
+            pending.append((valuation, key, span))
         else:
             self._drop()
 
-    def background(
-        self,
-        joules: float,
-        route: str | None,
-        method: str,
-        status: int,
-        intensity: CarbonIntensity,
-    ) -> None:
+    def background(self, joules: float, grams: float, key: RouteKey) -> None:
         """Add the work a request left running after its response to its
         route's figures (and its emissions to `codecarbon.request.emissions`)."""
-        key = route_key(route, method, status)
-        with self._lock:
-            if key not in self._attrs:
-                self._attrs[key] = _route_attributes(key)
-            self._background[key] = self._background.get(key, 0.0) + joules
-            grams = self._route_grams
-            grams[key] = grams.get(key, 0.0) + intensity.grams(joules)
+        with self.lock:
+            self._attributes(key)
+            self.background_joules[key] = self.background_joules.get(key, 0.0) + joules
+            self.route_grams[key] = self.route_grams.get(key, 0.0) + grams
+
+    def _attributes(self, key: RouteKey) -> dict[str, Any]:
+        attrs = self.attributes.get(key)
+        if attrs is None:
+            attrs = self.attributes[key] = _route_attributes(key)
+        return attrs
 
     def drain(self) -> int:
         """Record every queued request (one histogram point each); how many.
@@ -106,8 +94,7 @@ class Recorder:
         pending = self._pending
         if not pending:
             return 0
-        histogram = self.request_energy.record
-        attrs_by_key = self._attrs
+        histogram = self.histogram.record
         grams: dict[RouteKey, float] = {}
         embodied: dict[RouteKey, float] = {}
         done = 0
@@ -115,41 +102,35 @@ class Recorder:
             try:
                 while True:
                     try:
-                        measurement, route, method, status, factors, span = (
-                            pending.popleft()
-                        )
+                        valuation, key, span = pending.popleft()
                     except IndexError:
                         break
-                    key = route_key(route, method, status)
-                    attrs = attrs_by_key.get(key)
-                    if attrs is None:
-                        attrs = attrs_by_key[key] = _route_attributes(key)
+                    with self.lock:
+                        attrs = self._attributes(key)
                     # The request's own span, never the draining thread's.
                     context = (
                         set_span_in_context(span, _EMPTY)
                         if span.get_span_context().is_valid
                         else _EMPTY
                     )
-                    joules = measurement.total or 0.0
-                    histogram(joules, attrs, context=context)
-                    grams[key] = grams.get(key, 0.0) + factors.intensity.grams(joules)
-                    m = factors.embodied_grams(measurement)
-                    if m is not None:
-                        embodied[key] = embodied.get(key, 0.0) + m
+                    histogram(valuation.joules, attrs, context=context)
+                    grams[key] = grams.get(key, 0.0) + valuation.grams
+                    if valuation.embodied is not None:
+                        embodied[key] = embodied.get(key, 0.0) + valuation.embodied
                     done += 1
             finally:
                 if grams:
-                    with self._lock:
+                    with self.lock:
                         for sums, new in (
-                            (self._route_grams, grams),
-                            (self._route_embodied, embodied),
+                            (self.route_grams, grams),
+                            (self.route_embodied, embodied),
                         ):
                             for key, value in new.items():
                                 sums[key] = sums.get(key, 0.0) + value
         return done
 
     def _drop(self) -> None:
-        with self._lock:
+        with self.lock:
             self.dropped += 1
             count = self.dropped
             if not self._throttle.allow("dropped"):
@@ -166,7 +147,7 @@ class Recorder:
         # The parent records what it had queued; the child starts empty.
         self._pending = deque()
         self._drain_lock = threading.Lock()
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self.dropped = 0
         self._throttle = Throttle()
 

@@ -11,14 +11,11 @@ from typing import Any
 
 import psutil
 
-from carbonspan.codecarbon_cpu import (
-    CPU_FALLBACK,
-    ConstantCpu,
-    CpuMeter,
-    detect_cpu,
-)
-from carbonspan.nvml import NvmlGpus
-from carbonspan.source import EnergyReading, HardwareInfo, SourceScope
+from carbonspan import codecarbon_api as cc
+from carbonspan.power.cpu import CPU_FALLBACK, ConstantCpu, CpuMeter, detect_cpu
+from carbonspan.power.nvml import NvmlGpus
+from carbonspan.power.process_share import IDLE_POWER, CpuSplit, memory_share
+from carbonspan.power.source import EnergyReading, HardwareInfo, SourceScope
 
 _log = logging.getLogger(__name__)
 
@@ -28,73 +25,6 @@ CONSTANT_PROCESS = (
     "under scope='process' (scope='machine' charges the whole machine's)"
 )
 RAM_REFRESH = 30.0  # seconds between two asks of CodeCarbon's RAM model
-#: Seconds over which a measured idle power (the lowest seen) rises back
-#: toward the interval's power.
-FLOOR_MEMORY = 60.0
-
-
-#: How each scope charges the CPU's idle power (`HardwareInfo.idle_power`):
-#: the machine's, requests paying it while in flight; or not the process's.
-IDLE_POWER: dict[str, str] = {"machine": "included", "process": "excluded"}
-
-
-class CpuSplit:
-    """This process's part of the machine's CPU joules, under ``scope="process"``.
-
-    The machine's CPU draws an idle power whatever runs, and a dynamic power
-    above it that follows the load. A process is charged the dynamic power
-    it causes, as Kepler does; the idle power is the machine's, drawn
-    whether the process runs or not, and is left out (``scope="machine"``
-    counts it). So a request's power depends neither on its length nor on
-    whether other processes happened to be busy in its interval:
-
-    - **dynamic** joules go by the process's share of the machine's busy CPU
-      time in the interval. CodeCarbon's load model evaluates the interval's
-      *mean* load, and its cubic makes a core busy for 5 ms of 100 ms read
-      as almost nothing; the process's CPU seconds are therefore priced at no
-      less than a busy core's dynamic power (`core_dynamic`, W per busy CPU),
-      the model's own figure for one core kept busy. On a loaded machine the
-      model prices a CPU second higher, and so does the split;
-
-    `idle` is the model's idle power (W), or None where it is measured
-    (RAPL): the lowest power seen lately stands in for it, rising back
-    toward the interval's power over `FLOOR_MEMORY` seconds.
-    """
-
-    __slots__ = ("_floor", "core_dynamic", "idle", "share")
-
-    def __init__(self, idle: float | None, core_dynamic: float | None) -> None:
-        self.idle = idle
-        self.core_dynamic = core_dynamic
-        self._floor: float | None = None  # W, the measured idle power
-        #: The process's share of the machine's busy CPU time in the last
-        #: interval; None before one was measured.
-        self.share: float | None = None
-
-    def process_joules(
-        self, joules: float, dt: float, used: float, busy: float
-    ) -> float:
-        """The process's part of `joules`, the machine's over `dt` seconds, in
-        which it used `used` CPU seconds of the machine's `busy`."""
-        used, busy = max(used, 0.0), max(busy, used, 0.0)
-        share = self.share = used / busy if busy > 0 else 0.0
-        idle = min(self._idle_watts(joules, dt) * dt, joules)
-        dynamic = (joules - idle) * share
-        if self.core_dynamic is not None:
-            dynamic = max(dynamic, used * self.core_dynamic)
-        return dynamic
-
-    def _idle_watts(self, joules: float, dt: float) -> float:
-        if self.idle is not None:
-            return self.idle
-        power = joules / dt
-        floor = self._floor
-        if floor is None or power < floor:
-            floor = power
-        else:
-            floor += (power - floor) * min(dt / FLOOR_MEMORY, 1.0)
-        self._floor = floor
-        return floor
 
 
 class CodeCarbonPowerSource:
@@ -150,9 +80,7 @@ class CodeCarbonPowerSource:
             _log.warning(CPU_FALLBACK, exc_info=True)
             self._cpu, measurement["cpu"], cpu_model = ConstantCpu.fallback()
         try:
-            from codecarbon.external.ram import RAM
-
-            self._ram = RAM(tracking_mode="machine")
+            self._ram = cc.ram_model()
             measurement["ram"] = "model"
         except Exception:
             _log.warning(
@@ -216,22 +144,21 @@ class CodeCarbonPowerSource:
     def describe(self) -> HardwareInfo:
         return self._info
 
-    def reserved_share(self) -> float | None:
-        """The share of the machine charged to the process in the last
-        interval, by the rule for CPU energy: its CPU time over the machine's
-        busy CPU time (1.0 under ``scope="machine"``; None before an
-        interval was measured). Embodied emissions use it as SCI's
-        resources reserved over total resources."""
-        return 1.0 if self.scope == "machine" else self._cpu_share
-
     # -- internals ---------------------------------------------------------
 
     def _reading(self, at: float) -> EnergyReading:
+        # The share of the machine charged to the process in the interval, by
+        # the rule for CPU energy: its CPU time over the machine's busy CPU
+        # time (0 before an interval was measured); the whole machine under
+        # scope="machine". Embodied emissions use it as SCI's resources
+        # reserved over total resources.
+        share = None if self.scope == "machine" else (self._cpu_share or 0.0)
         return EnergyReading(
             time=at,
             cpu=self._total.get("cpu"),
             gpu=self._total.get("gpu"),
             ram=self._total.get("ram"),
+            share=share,
         )
 
     def _integrate(self, dt: float) -> None:
@@ -284,7 +211,7 @@ class CodeCarbonPowerSource:
         now = time.monotonic()
         if now - self._share_at >= 1.0:
             self._share_at = now
-            self._share = _memory_share(self._process)
+            self._share = memory_share(self._process)
         return self._share
 
     def _ram_watts(self) -> float:
@@ -293,7 +220,7 @@ class CodeCarbonPowerSource:
         now = time.monotonic()
         if now - self._ram_at >= RAM_REFRESH:
             self._ram_at = now
-            self._ram_w = float(self._ram.total_power().W)
+            self._ram_w = cc.ram_watts(self._ram)
         return self._ram_w
 
     def _cpu_times(self, machine: Any = None) -> tuple[float, float]:
@@ -323,11 +250,3 @@ class CodeCarbonPowerSource:
                     exc_info=True,
                 )
         return own, (os.cpu_count() or 1) * time.monotonic()
-
-
-def _memory_share(process: psutil.Process) -> float:
-    vm = psutil.virtual_memory()
-    used = float(vm.total - vm.available)
-    if used <= 0:
-        return 0.0
-    return min(float(process.memory_info().rss) / used, 1.0)

@@ -4,15 +4,15 @@ each component drew since its last valid value."""
 from __future__ import annotations
 
 import math
-import numbers
 
-from carbonspan.source import COMPONENTS
+from carbonspan.numbers import is_finite
+from carbonspan.power.source import COMPONENTS
 
 #: What was wrong with a reading: (kind, detail), see `Ledger.tick`.
 Fault = tuple[str, str]
 
 
-class Deltas:
+class ReadingDeltas:
     """Per component: the last valid value and when it came, whether the
     component is measured (`known`), the sum of its valid deltas
     (`measured`, J) and the last interval's mean power (`drawn`, W)."""
@@ -38,7 +38,7 @@ class Deltas:
         values were invalid. Counted in `measured` and `drawn`."""
         if value is None:
             return None  # not measured
-        if not is_number(value):
+        if not is_finite(value):
             faults.append(("invalid", f"{name}={value!r}"))
             return None  # no information: the next valid value covers it
         if value < 0:
@@ -61,12 +61,3 @@ class Deltas:
         self.measured[name] += delta
         self.drawn[name] = delta / drawn_over if drawn_over > 0 else 0.0
         return delta, drawn_over
-
-
-def is_number(value: object) -> bool:
-    """A finite real number (numpy's included), not a bool."""
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )

@@ -19,12 +19,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carbonspan import forks
-from carbonspan.ledger import Ledger
-from carbonspan.source import HardwareInfo, PowerSource
+from carbonspan.power.source import EnergyReading, HardwareInfo, PowerSource
 from carbonspan.throttle import Throttle
+
+if TYPE_CHECKING:
+    from carbonspan.attribution.ledger import Ledger
 
 _log = logging.getLogger(__name__)
 
@@ -60,12 +62,10 @@ _FAILED = (
 class PowerSampler:
     """Reads `source` every `interval` seconds and ticks `ledger` with it."""
 
-    def __init__(
-        self, source: PowerSource, interval: float = 0.1, policy: str = "time_share"
-    ) -> None:
+    def __init__(self, source: PowerSource, interval: float, ledger: Ledger) -> None:
         self.source = source
         self.interval = interval
-        self.ledger = Ledger(policy=policy)
+        self.ledger = ledger
         self._read_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,9 +77,9 @@ class PowerSampler:
         #: Called by the thread after each reading (the metrics' deferred
         #: records); failures are logged like the source's.
         self.after_tick: list[Callable[[], Any]] = []
-        #: Called with the reading's time after each successful tick, by
-        #: whichever thread took the reading (the books of emissions).
-        self.on_tick: list[Callable[[float], Any]] = []
+        #: Called with the reading after each successful tick, by whichever
+        #: thread took it (the emissions accounts).
+        self.on_tick: list[Callable[[EnergyReading], Any]] = []
         _live.add(self)
         forks.track(self, forks.SOURCES)
 
@@ -130,10 +130,10 @@ class PowerSampler:
             ticked = not any(kind == "bad_time" for kind, _ in faults)
             if ticked:
                 for callback in list(self.on_tick):
-                    self._call(callback, "keeping the emissions books", reading.time)
+                    self._call(callback, "keeping the emissions accounts", reading)
             return True
 
-    def _call(self, callback: Callable[..., object], what: str, *args: float) -> None:
+    def _call(self, callback: Callable[..., object], what: str, *args: object) -> None:
         """A tick hook: what it raises is logged at most once a minute."""
         try:
             callback(*args)

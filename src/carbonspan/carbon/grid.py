@@ -6,31 +6,32 @@ g CO2eq/kWh (`IntensityProvider.current()`), in the spirit of Zeus's
 latest intensity of an Electricity Maps zone (`GET
 /carbon-intensity/latest?zone=...` with an `auth-token` header). Without a
 provider (`intensity_provider="static"`, the default) the factor
-`carbonspan.emissions.resolve` finds offline stays in force, and nothing is
+`carbonspan.carbon.intensity.resolve` finds offline stays in force, and nothing is
 asked of the network.
 
-`Grid` keeps the value in force. A provider is never called on the request
-path: the sampler thread asks it every `intensity_refresh` seconds (15 minutes
-by default), in a short-lived worker thread so that a slow answer never
-delays a reading, and the answer takes effect at the next tick (see
-`carbonspan.sci.Books`). When a refresh fails, the last good value stays in
-force and a warning is logged (the first time, then at most once a minute).
+`GridIntensity` keeps the value in force. A provider is never called on the
+request path: the sampler thread asks it every `intensity_refresh` seconds
+(15 minutes by default) through a `carbonspan.carbon.refresher.Refresher`,
+and the answer takes effect at the next tick (see
+`carbonspan.carbon.accounts.EmissionsAccounts`). When a refresh fails, the
+last good value stays in force and a warning is logged (the first time,
+then at most once a minute).
 Until a provider's first answer, the offline factor is in force, labelled with
 its own source.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import threading
 import urllib.parse
-import urllib.request
 from typing import Protocol, runtime_checkable
 
 from carbonspan import forks
-from carbonspan.emissions import CarbonIntensity
+from carbonspan.carbon.http import get_json
+from carbonspan.carbon.intensity import CarbonIntensity
+from carbonspan.carbon.refresher import Refresher
+from carbonspan.numbers import checked
 from carbonspan.throttle import Throttle
 
 _log = logging.getLogger(__name__)
@@ -47,10 +48,16 @@ TIMEOUT = 10.0
 
 @runtime_checkable
 class IntensityProvider(Protocol):
-    """Anything that can tell the grid's carbon intensity now."""
+    """Anything that can tell the grid's carbon intensity now.
+
+    An optional `name` attribute (a string) labels its figures'
+    `codecarbon.location.source`; without one they say ``provider``.
+    """
 
     def current(self) -> float:
-        """g CO2eq/kWh now. Raise when it cannot be known."""
+        """The grid's carbon intensity now, in g CO2eq/kWh (a finite number
+        >= 0). Raise when it cannot be known: the last good value stays in
+        force. Called from a carbonspan thread, never on a request."""
         ...
 
 
@@ -84,23 +91,10 @@ class ElectricityMapsIntensity:
         return f"{self.base_url}/carbon-intensity/latest?{query}"
 
     def current(self) -> float:
-        request = urllib.request.Request(
-            self.url, headers={"auth-token": self._token, "accept": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-            body = json.loads(reply.read().decode("utf-8"))
+        body = get_json(self.url, {"auth-token": self._token}, self.timeout)
         value = body.get("carbonIntensity") if isinstance(body, dict) else None
-        if (
-            not isinstance(value, (int, float))
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise ValueError(
-                f"Electricity Maps gave no carbon intensity for zone {self.zone!r}: "
-                f"carbonIntensity={value!r}"
-            )
-        return float(value)
+        what = f"Electricity Maps' carbonIntensity for zone {self.zone!r}"
+        return checked(value, what)
 
     def __repr__(self) -> str:  # never the token
         return (
@@ -114,13 +108,13 @@ def provider_name(provider: object) -> str:
     return name if isinstance(name, str) and name else "provider"
 
 
-class Grid:
+class GridIntensity:
     """The carbon intensity in force, and the provider that refreshes it.
 
     `current` is the value in force. It only changes when `take()` is
-    called, which the books do at a tick (requests read it from the books'
-    factors); `poll()` asks the provider when a refresh is due, from the
-    sampler thread.
+    called, which the emissions accounts do at a tick (requests read it from
+    their factors); `poll()` asks the provider when a refresh is due, from
+    the sampler thread.
     """
 
     def __init__(
@@ -133,53 +127,39 @@ class Grid:
     ) -> None:
         self.fallback = fallback
         self.provider = provider
-        self.refresh = refresh
-        self.threaded = threaded
         self.current = fallback
-        self.dynamic = provider is not None
-        self.source = provider_name(provider) if self.dynamic else fallback.source
         self.failures = 0  # refreshes that failed
         self._pending: CarbonIntensity | None = None
-        self._due: float | None = None  # when the next refresh is due
-        self._busy = False  # a refresh is under way
         self._lock = threading.Lock()
         self._throttle = Throttle()
+        self.refresher = Refresher(
+            self.fetch, refresh, "carbonspan-intensity", threaded=threaded
+        )
+        self.refresher.stopped = provider is None
         forks.track(self, forks.SOURCES)
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether a provider refreshes the intensity (each span carries its own)."""
+        return self.provider is not None
 
     def poll(self, now: float) -> None:
         """From the sampler thread: ask the provider if a refresh is due."""
-        if not self.dynamic:
-            return
-        with self._lock:
-            if self._busy or (self._due is not None and now < self._due):
-                return
-            self._busy = True
-            self._due = now + self.refresh
-        if self.threaded:
-            threading.Thread(
-                target=self.fetch, name="carbonspan-intensity", daemon=True
-            ).start()
-        else:
-            self.fetch()
+        self.refresher.poll(now)
 
     def fetch(self) -> bool:
         """Ask the provider once; the answer waits for the next tick."""
         provider = self.provider
         assert provider is not None
         try:
-            value = float(provider.current())
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"not a carbon intensity: {value!r}")
+            value = checked(provider.current(), "the carbon intensity")
         except Exception as exc:
             self._failed(exc)
             return False
-        finally:
-            with self._lock:
-                self._busy = False
         fallback = self.fallback
         answer = CarbonIntensity(
             value,
-            self.source,
+            provider_name(provider),
             fallback.country_iso_code,
             fallback.region,
             fallback.cloud_provider,
@@ -210,12 +190,9 @@ class Grid:
             exc,
             self.failures,
             current.g_per_kwh,
-            current.source,
+            current.location_source,
         )
 
     def _after_fork_in_child(self) -> None:
-        # A refresh under way in the parent's thread did not survive the fork.
         self._lock = threading.Lock()
-        self._busy = False
-        self._due = None
-        self._throttle = Throttle()
+        self._throttle = Throttle()  # the child logs its own failures

@@ -1,6 +1,10 @@
 """Attribution policies: how a tick's measured joules are split between requests.
 
-The ledger (see `carbonspan.ledger`) measures, for every interval between two
+    ledger = Ledger(CpuTime())          # or TimeShare(), the default
+    POLICIES["cpu_time"]                # the class, by its setting's name
+
+The ledger (see `carbonspan.attribution.ledger`) measures, for every
+interval between two
 ticks, the joules each component drew and how long requests were in flight,
 and keeps each request's shared time. A policy decides the rest:
 
@@ -10,20 +14,21 @@ and keeps each request's shared time. A policy decides the rest:
   guess that the next tick corrects into the unattributed account;
 - for `cpu_time`, how the CPU joules are split by CPU time instead of time.
 
-Policies are looked up by name in `POLICIES`, as the OpenTelemetry SDK looks up
-its samplers.
+A policy is an object given to the ledger, which calls it under its lock;
+the `attribution` setting names one in `POLICIES`, as the OpenTelemetry SDK
+names its samplers in the environment.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from carbonspan.estimator import PowerModel, Ratio
-from carbonspan.source import COMPONENTS
+from carbonspan.attribution.estimator import PowerModel, Ratio
+from carbonspan.power.source import COMPONENTS
 
 if TYPE_CHECKING:
-    from carbonspan.cputime import CpuClock
-    from carbonspan.windows import Window
+    from carbonspan.attribution.cpu_clock import CpuClock
+    from carbonspan.attribution.window import Window
 
 #: Below this many CPU seconds in an interval, cpu_time splits by time: less
 #: than the clocks resolve, and joules per CPU second would be meaningless.
@@ -45,7 +50,8 @@ class Interval(NamedTuple):
 
 class AttributionPolicy(Protocol):
     """What the ledger asks of a policy. Every call is made under its lock.
-    `label`, `opened` and `closed` are called for `timed` policies only."""
+    `label`, `opened`, `resumed` and `closed` are called for `timed`
+    policies only."""
 
     name: str
     timed: bool  # whether each request needs a CPU clock
@@ -61,8 +67,17 @@ class AttributionPolicy(Protocol):
         """A request opened `window`; `clock` counts its CPU time, if timed."""
         ...
 
+    def resumed(self, window: Window) -> None:
+        """`window` is in flight again after a wait on its client."""
+        ...
+
     def closed(self, window: Window) -> None:
-        """`window` closed; its tail since the last tick awaits the next one."""
+        """`window` closed (or paused); its tail since the last tick awaits
+        the next one."""
+        ...
+
+    def reset(self) -> None:
+        """Forget everything learned and every window (after a fork)."""
         ...
 
     def charge(
@@ -104,12 +119,18 @@ class TimeShare:
     custom: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.models = {name: PowerModel() for name in COMPONENTS}
 
     def label(self, window: Window) -> str:
         return self.name
 
     def opened(self, window: Window, clock: CpuClock | None) -> None:
+        pass
+
+    def resumed(self, window: Window) -> None:
         pass
 
     def closed(self, window: Window) -> None:
@@ -141,11 +162,12 @@ class _CpuWindow:
 
     __slots__ = ("b_seen", "charge", "clock", "cpu_seen", "last")
 
-    def __init__(self, clock: CpuClock | None, b0: float) -> None:
+    def __init__(self, clock: CpuClock | None, b0: float, fresh: bool) -> None:
         self.clock = clock
-        # A clock that has counted nothing yet: the request's CPU since it
-        # began is all its own (spares reading the running step's clock).
-        self.cpu_seen = 0.0 if clock is None or clock.fresh else clock.seconds
+        # A new request's clock that has counted nothing yet: its CPU since
+        # it began is all its own (spares reading the running step's clock).
+        fresh = fresh and (clock is None or clock.fresh)
+        self.cpu_seen = 0.0 if clock is None or fresh else clock.seconds
         self.b_seen = b0  # the shared-time integral at the last tick
         self.charge = 0.0  # CPU joules of the intervals that have ended
         self.last: float | None = None  # the clock at its last read
@@ -176,18 +198,14 @@ class CpuTime(TimeShare):
     timed = True
     custom = frozenset(("cpu",))
 
-    def __init__(self) -> None:
-        super().__init__()
+    def reset(self) -> None:
+        super().reset()
         self._open: dict[Window, _CpuWindow] = {}
         self._tails_cpu = 0.0  # CPU seconds of tails closed since the last tick
         self._joules_per_cpu = Ratio(memory=5.0)
         #: J per request CPU second to guess tails with; None until CPU busy
         #: power is known. Changes only where the model learns (settle, prior).
         self._per_cpu: float | None = None
-
-    @property
-    def open_windows(self) -> int:
-        return len(self._open)
 
     def label(self, window: Window) -> str:
         state = window.state
@@ -196,7 +214,16 @@ class CpuTime(TimeShare):
         return TimeShare.name
 
     def opened(self, window: Window, clock: CpuClock | None) -> None:
-        state = _CpuWindow(clock, window.b0)
+        self._track(window, _CpuWindow(clock, window.b0, fresh=True))
+
+    def resumed(self, window: Window) -> None:
+        # Its earlier stretches' charges are the ledger's (`Stretches`): the
+        # state starts again from its clock as it reads now.
+        state = window.state
+        clock = state.clock if isinstance(state, _CpuWindow) else None
+        self._track(window, _CpuWindow(clock, window.b0, fresh=False))
+
+    def _track(self, window: Window, state: _CpuWindow) -> None:
         window.state = state
         self._open[window] = state
 
@@ -263,13 +290,3 @@ POLICIES: dict[str, type[AttributionPolicy]] = {
     TimeShare.name: TimeShare,
     CpuTime.name: CpuTime,
 }
-
-
-def make(name: str) -> AttributionPolicy:
-    """The policy called `name`; ValueError naming the accepted ones."""
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        raise ValueError(
-            f"attribution: {name!r} is not accepted; use one of {', '.join(POLICIES)}"
-        ) from None

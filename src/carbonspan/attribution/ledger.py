@@ -7,7 +7,7 @@ of "shared time" (a request alone holds its duration).
 
 Power comes from the sampler's ticks: for each interval between two ticks the
 source says how many joules each component drew. The policy (see
-`carbonspan.policies`) says how many of them were idle power, drawn while no
+`carbonspan.attribution.policies`) says how many of them were idle power, drawn while no
 request was in flight; the rest was drawn while requests were, at a mean of
 P_j watts over those busy seconds. A request is charged
 
@@ -34,17 +34,17 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from carbonspan import policies
-from carbonspan.policies import AttributionPolicy, Interval
-from carbonspan.prices import Prices
-from carbonspan.readings import Deltas, Fault, is_number
-from carbonspan.source import COMPONENTS, EnergyReading, Measurement
-from carbonspan.windows import ZERO, Past, Times, Totals, Window, measurement
+from carbonspan.attribution.measurement import Measurement, measure
+from carbonspan.attribution.policies import AttributionPolicy, Interval, TimeShare
+from carbonspan.attribution.readings import Fault, ReadingDeltas
+from carbonspan.attribution.ticks import TickRing
+from carbonspan.attribution.totals import Times, Totals
+from carbonspan.attribution.window import ZERO, Stretches, Window
+from carbonspan.numbers import is_finite
+from carbonspan.power.source import COMPONENTS, EnergyReading
 
 if TYPE_CHECKING:
-    from carbonspan.cputime import CpuClock
-
-__all__ = ["RING", "Ledger", "Times", "Totals", "Window"]
+    from carbonspan.attribution.cpu_clock import CpuClock
 
 #: Ticks kept for windows still open: 8192 ticks is 13.6 min at 0.1 s.
 RING = 8192
@@ -53,16 +53,18 @@ RING = 8192
 class Ledger:
     """Running integrals of shared time and measured power, ticked by the sampler."""
 
-    def __init__(self, ring: int = RING, policy: str = "time_share") -> None:
+    def __init__(
+        self, policy: AttributionPolicy | None = None, ring: int = RING
+    ) -> None:
+        self.policy: AttributionPolicy = policy if policy is not None else TimeShare()
         self._ring_size = ring
-        self.policy_name = policy
+        self._timed = self.policy.timed
         self.reset()
 
     def reset(self) -> None:
         """Forget everything (used after fork: the parent's requests are not ours)."""
         self._lock = threading.Lock()
-        self.policy: AttributionPolicy = policies.make(self.policy_name)
-        self._timed = self.policy.timed
+        self.policy.reset()
         self._t: float | None = None  # last instant the integrals reach
         self._n = 0
         self._b = 0.0  # B(t)
@@ -72,20 +74,20 @@ class Ledger:
         self._closed_shared = [0.0, 0.0]
         self._tick_busy = 0.0  # busy seconds at the last tick
         self._tick_idle = 0.0  # idle seconds at the last tick
-        self._prices = Prices(self._ring_size, self.policy)
+        self._ring = TickRing(self._ring_size, self.policy)
         self._tails = 0.0  # shared time of tails closed since the last tick
         self._guessed = dict(ZERO)  # what those tails were charged, per component
-        self._readings = Deltas()
+        self._readings = ReadingDeltas()
         self._known = self._readings.known
-        self._idle = dict(ZERO)  # unattributed J
+        self._unattributed = dict(ZERO)  # J
         self._attributed = dict(ZERO)  # closed, attributed J
         self._after = dict(ZERO)  # the part of it drawn after the responses
         self._measured = self._readings.measured  # sum of the valid deltas
-        self._last_time: float | None = None
+        #: When the first valid reading, and the last, were taken (monotonic s).
+        self.first_time: float | None = None
+        self.last_time: float | None = None
         self._windows: dict[Window, None] = {}  # open, oldest first
         self._open_at_tick = dict(ZERO)  # J held by open windows at the last tick
-        self.first_reading: EnergyReading | None = None
-        self.last_reading: EnergyReading | None = None
 
     # -- request path ------------------------------------------------------
 
@@ -94,8 +96,8 @@ class Ledger:
         with self._lock:
             self._advance(now)
             self._n += 1
-            prices = self._prices
-            window = Window(now, self._b, prices.j, self._t is not None, prices.last())
+            ring = self._ring
+            window = Window(now, self._b, ring.j, self._t is not None, ring.last())
             self._windows[window] = None
             if self._timed:  # only a policy with clocks keeps per-window state
                 self.policy.opened(window, clock)
@@ -130,7 +132,9 @@ class Ledger:
                 charges, shared, shared_cpu = past.so_far()
             # What a request reports no figure for (opened before the first
             # reading, or excluded) counts as unattributed.
-            account = self._attributed if attributed and window.ready else self._idle
+            account = (
+                self._attributed if attributed and window.ready else self._unattributed
+            )
             # Its shared time, for the embodied emissions: attributed where
             # the request reports figures.
             figures = account is self._attributed and (
@@ -145,7 +149,7 @@ class Ledger:
                     if reported is not None and account is self._attributed:
                         self._after[name] += joules - (getattr(reported, name) or 0.0)
             label = self.policy.label(window) if self._timed else self.policy.name
-        return measurement(window, now, charges, shared, shared_cpu, label)
+        return measure(window, now, charges, shared, shared_cpu, label)
 
     def peek(self, window: Window, now: float) -> Measurement:
         """What `window` has been charged so far, without closing it."""
@@ -155,12 +159,12 @@ class Ledger:
             if past is not None and past.paused_since is not None:
                 charges, shared, shared_cpu = past.so_far()
             else:
-                charges, _, shared_cpu = self._prices.charges(window, self._b)
+                charges, _, shared_cpu = self._ring.charges(window, self._b)
                 shared = self._b - window.b0
                 if past is not None:
                     charges, shared, shared_cpu = past.plus(charges, shared, shared_cpu)
             label = self.policy.label(window) if self._timed else self.policy.name
-        return measurement(window, now, charges, shared, shared_cpu, label)
+        return measure(window, now, charges, shared, shared_cpu, label)
 
     def pause(self, window: Window, now: float) -> None:
         """The request waits on its client (a body to arrive, a slow reader):
@@ -169,7 +173,7 @@ class Ledger:
         with self._lock:
             past = window.past
             if past is None:
-                past = window.past = Past()
+                past = window.past = Stretches()
             elif past.paused_since is not None:
                 return
             self._advance(now)
@@ -187,24 +191,23 @@ class Ledger:
             past.waited += now - past.paused_since
             past.paused_since = None
             self._n += 1
-            window.b0, window.j0 = self._b, self._prices.j
-            window.last_tick = self._prices.last()
+            window.b0, window.j0 = self._b, self._ring.j
+            window.last_tick = self._ring.last()
             if self._timed:
-                state = window.state
-                self.policy.opened(window, getattr(state, "clock", None))
+                self.policy.resumed(window)
 
     def _leave(self, window: Window) -> tuple[dict[str, float | None], float | None]:
         """Take `window` out of n(t): what it was charged since it last
         (re)entered, and the CPU joules of time share. Under the lock."""
         self._n -= 1
-        prices = self._prices
-        charges, guesses, shared_cpu = prices.charges(window, self._b)
+        ring = self._ring
+        charges, guesses, shared_cpu = ring.charges(window, self._b)
         if self._timed:
             self.policy.closed(window)
-        if window.j0 == prices.j:
+        if window.j0 == ring.j:
             self._tails += self._b - window.b0
         else:
-            self._tails += self._b - prices.tick_b
+            self._tails += self._b - ring.tick_b
         for name, guess in guesses.items():
             self._guessed[name] += guess
         return charges, shared_cpu
@@ -227,7 +230,7 @@ class Ledger:
         with self._lock:
             for name, watts in busy_watts.items():
                 self.policy.prior(name, watts)
-            self._prices.rates_changed()
+            self._ring.rates_changed()
 
     def tick(self, reading: EnergyReading) -> tuple[Fault, ...]:
         """Take a new cumulative reading from the power source.
@@ -241,21 +244,20 @@ class Ledger:
         followed from its new value).
         """
         at = reading.time
-        if not is_number(at):
+        if not is_finite(at):
             return (("bad_time", f"time={at!r}"),)
         faults: list[Fault] = []
         with self._lock:
-            if self.first_reading is None:
-                self.first_reading = reading
-            self.last_reading = reading
+            if self.first_time is None:
+                self.first_time = at
             if self._t is None:
                 self._t = at
             else:
                 self._advance(at)
-            first = self._last_time is None
-            gap = at - self._last_time if self._last_time is not None else 0.0
-            self._last_time = at
-            shared = self._b - self._prices.tick_b
+            first = self.last_time is None
+            gap = at - self.last_time if self.last_time is not None else 0.0
+            self.last_time = at
+            shared = self._b - self._ring.tick_b
             idle = self._idle_time - self._tick_idle
             busy = self._busy_time - self._tick_busy
             # The seconds the integrals advanced since the last tick. A request
@@ -265,7 +267,7 @@ class Ledger:
             span = idle + busy
             spread = max(span, gap)
             powers: dict[str, float] = {}
-            prices, readings = self._prices, self._readings
+            ring, readings = self._ring, self._readings
             for name in COMPONENTS:
                 drawn = readings.delta(
                     name, getattr(reading, name), at, gap, first, faults
@@ -273,10 +275,10 @@ class Ledger:
                 if drawn is None:
                     continue
                 delta, drawn_over = drawn
-                power = prices.busy_power(name, delta, drawn_over, idle, busy, spread)
+                power = ring.busy_power(name, delta, drawn_over, idle, busy, spread)
                 powers[name] = power
-                self._idle[name] += delta - power * busy
-                self._idle[name] += self.policy.settle(
+                self._unattributed[name] += delta - power * busy
+                self._unattributed[name] += self.policy.settle(
                     name,
                     Interval(
                         power, power * busy, self._tails, self._guessed[name], self._b
@@ -286,9 +288,11 @@ class Ledger:
             self._tails = 0.0
             for name in COMPONENTS:  # what the invariant leaves to open windows
                 self._open_at_tick[name] = (
-                    self._measured[name] - self._attributed[name] - self._idle[name]
+                    self._measured[name]
+                    - self._attributed[name]
+                    - self._unattributed[name]
                 )
-            prices.tick(self._b, powers, shared, self._known)
+            ring.tick(self._b, powers, shared, self._known)
             self._tick_idle, self._tick_busy = self._idle_time, self._busy_time
         return tuple(faults)
 
@@ -326,7 +330,7 @@ class Ledger:
             return Totals(
                 known=tuple(known[c] for c in COMPONENTS),
                 attributed=tuple(self._attributed[c] for c in COMPONENTS),
-                unattributed=tuple(self._idle[c] for c in COMPONENTS),
+                unattributed=tuple(self._unattributed[c] for c in COMPONENTS),
                 measured=tuple(self._measured[c] for c in COMPONENTS),
                 power=tuple(self._readings.drawn[c] for c in COMPONENTS),
                 open=tuple(self._open_at_tick[c] for c in COMPONENTS),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from carbonspan import codecarbon_api as cc
+
 _log = logging.getLogger(__name__)
 
 
@@ -29,11 +31,9 @@ class NvmlGpus:
     def detect(cls) -> NvmlGpus | None:
         """The machine's NVIDIA GPUs, or None where there are none or NVML fails."""
         try:
-            from codecarbon.core import gpu_nvidia
-
-            if not gpu_nvidia.PYNVML_AVAILABLE or not gpu_nvidia.is_nvidia_system():
+            nvml = cc.pynvml()
+            if nvml is None:
                 return None
-            nvml = gpu_nvidia.pynvml
             nvml.nvmlInit()
             count = nvml.nvmlDeviceGetCount()
             if count == 0:

@@ -1,89 +1,91 @@
-"""What one instrumentation holds: its sampler lease, factor, metrics, excludes."""
+"""What one instrumentation holds, built once from its settings: the sampler
+it leases, the ledger and policy, the emissions accounts, the metrics, and
+the `Reporter` the middleware hands each request to."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable
 
 from opentelemetry import metrics, trace
 from opentelemetry.util.http import get_excluded_urls
 
-from carbonspan import cputime, embodied, emissions, intensity, sampler, sci
-from carbonspan.attributes import SpanAttributes, header_writer
-from carbonspan.codecarbon_source import CodeCarbonPowerSource
+from carbonspan.attribution import cpu_clock
+from carbonspan.attribution.ledger import Ledger
+from carbonspan.attribution.policies import POLICIES
+from carbonspan.attribution.totals import EnergyTotals
+from carbonspan.carbon import embodied
+from carbonspan.carbon.accounts import EmissionsAccounts
+from carbonspan.carbon.grid import (
+    ElectricityMapsIntensity,
+    GridIntensity,
+    IntensityProvider,
+)
+from carbonspan.carbon.intensity import CarbonIntensity
 from carbonspan.config import Settings
-from carbonspan.metrics import metrics_for
-from carbonspan.source import COMPONENTS, EnergyTotals, PowerSource
-from carbonspan.throttle import Throttle
+from carbonspan.otel.headers import header_writer
+from carbonspan.otel.metrics import metrics_for
+from carbonspan.otel.reporter import Reporter
+from carbonspan.otel.span import SpanAttributes
+from carbonspan.power import sampler
+from carbonspan.power.codecarbon import CodeCarbonPowerSource
+from carbonspan.power.source import COMPONENTS
 from carbonspan.types import Scope
 
-_log = logging.getLogger(__name__)
 
-
-class Runtime:
+class Instrumentation:
     """Everything the middleware needs, built once from validated settings."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.grid = intensity.Grid(
+        self.grid = GridIntensity(
             settings.offline_intensity(),
             _provider(settings),
             settings.intensity_refresh,
         )
         source = settings.power_source
         interval, policy = settings.sample_interval, settings.attribution
+        key: tuple[object, ...] = (id(source), interval, policy)
         if source is None:
-            scope = settings.scope
-            self.sampler = sampler.lease(
-                ("codecarbon", scope, interval, policy),
-                lambda: sampler.PowerSampler(
-                    CodeCarbonPowerSource(scope), interval, policy
-                ),
+            key = ("codecarbon", settings.scope, interval, policy)
+
+        def new_sampler() -> sampler.PowerSampler:
+            src = (
+                source if source is not None else CodeCarbonPowerSource(settings.scope)
             )
-        else:
-            src: PowerSource = source
-            self.sampler = sampler.lease(
-                (id(src), interval, policy),
-                lambda: sampler.PowerSampler(src, interval, policy),
-            )
+            return sampler.PowerSampler(src, interval, Ledger(POLICIES[policy]()))
+
+        self.sampler = sampler.lease(key, new_sampler)
         self.ledger = self.sampler.ledger
         # Whether the policy needs each request's CPU clock.
         self.timed = self.ledger.policy.timed
         if self.timed:
-            cputime.patch()
-        share = getattr(self.sampler.source, "reserved_share", None)
-        self.books = sci.Books(
-            self.ledger,
-            self.grid,
-            _embodied(settings),
-            share if callable(share) else None,
-        )
-        self.sampler.on_tick.append(self.books.tick)
+            cpu_clock.patch()
+        self.accounts = EmissionsAccounts(self.ledger, self.grid, _embodied(settings))
+        self.sampler.on_tick.append(self.accounts.tick)
         self.metrics = metrics_for(settings.meter_provider)
-        self.metrics.add(self.ledger, self.books, settings.long_request)
+        self.metrics.add(self.ledger, self.accounts, settings.long_request)
         self.sampler.after_tick.append(self.metrics.drain)
         self.excluded = _exclusion(settings)
-        books = self.books
-        self.headers = header_writer(
-            settings.response_headers, settings.response_headers_format, books
+        self.reporter = Reporter(
+            self.ledger,
+            self.accounts,
+            SpanAttributes(self.grid, self.sampler, settings.scope, policy),
+            self.metrics.queue,
+            header_writer(settings.response_headers, settings.response_headers_format),
+            settings.measurement_hook,
         )
-        self.hook = settings.measurement_hook
         self.active = True
-        self.span_attributes = SpanAttributes(
-            self.grid, books, self.sampler, settings.scope, settings.attribution
-        ).for_span
-        self._throttle = Throttle()
 
     @property
-    def intensity(self) -> emissions.CarbonIntensity:
+    def intensity(self) -> CarbonIntensity:
         """The carbon intensity in force."""
-        return self.books.factors.intensity
+        return self.accounts.factors.intensity
 
     def energy_totals(self) -> EnergyTotals | None:
         """The ledger's books (see `EnergyTotals`); None before a reading."""
         ledger = self.ledger
-        if ledger.first_reading is None:
+        if ledger.first_time is None:
             return None
         totals, in_flight = ledger.totals(), ledger.in_flight
 
@@ -102,11 +104,6 @@ class Runtime:
             power=by_name(totals.power),
             in_flight=in_flight,
         )
-
-    def report(self, exc: BaseException, what: str = "measuring a request") -> None:
-        """Log a failure on the request path: once, then at most once a minute."""
-        if self._throttle.allow(what):
-            _log.warning("carbonspan: %s failed", what, exc_info=exc)
 
     def flush(self, timeout_millis: int = 5000) -> None:
         """At server shutdown: a last reading, then flush spans and metrics.
@@ -127,7 +124,7 @@ class Runtime:
                 try:
                     force_flush(timeout_millis)
                 except Exception as exc:
-                    self.report(exc, "flushing telemetry at shutdown")
+                    self.reporter.failed(exc, "flushing telemetry at shutdown")
 
     def close(self) -> None:
         if self.active:
@@ -135,12 +132,12 @@ class Runtime:
             with contextlib.suppress(ValueError):
                 self.sampler.after_tick.remove(self.metrics.drain)
             with contextlib.suppress(ValueError):
-                self.sampler.on_tick.remove(self.books.tick)
+                self.sampler.on_tick.remove(self.accounts.tick)
             self.metrics.drain()  # what this instrumentation's requests queued
             self.metrics.remove(self.ledger)
             sampler.release(self.sampler)
             if self.timed:
-                cputime.unpatch()
+                cpu_clock.unpatch()
 
 
 def _exclusion(settings: Settings) -> Callable[[Scope], bool] | None:
@@ -168,13 +165,13 @@ def _url(scope: Scope) -> str:
     return f"{scheme}://{netloc}{scope.get('root_path', '')}{scope.get('path', '')}"
 
 
-def _provider(settings: Settings) -> intensity.IntensityProvider | None:
+def _provider(settings: Settings) -> IntensityProvider | None:
     """The provider that refreshes the intensity; None: the offline factor."""
     chosen = settings.intensity_provider
     if chosen == "static":
         return None
     if chosen == "electricitymaps":
-        return intensity.ElectricityMapsIntensity(
+        return ElectricityMapsIntensity(
             str(settings.electricitymaps_zone),
             str(settings.electricitymaps_token),
             base_url=settings.electricitymaps_url,
@@ -183,13 +180,13 @@ def _provider(settings: Settings) -> intensity.IntensityProvider | None:
     return chosen
 
 
-def _embodied(settings: Settings) -> embodied.EmbodiedSource:
+def _embodied(settings: Settings) -> embodied.EmbodiedEmissions:
     """Where TE comes from: the settings, BoaviztAPI, or nowhere."""
     if settings.embodied_emissions is not None:
         known = embodied.from_settings(
             settings.embodied_emissions, settings.hardware_lifetime
         )
-        return embodied.EmbodiedSource(known)
+        return embodied.EmbodiedEmissions(known)
     if settings.boavizta_url:
         server = embodied.Boavizta(
             settings.boavizta_url,
@@ -198,5 +195,5 @@ def _embodied(settings: Settings) -> embodied.EmbodiedSource:
             archetype=settings.boavizta_archetype,
             lifetime_years=settings.hardware_lifetime,
         )
-        return embodied.EmbodiedSource(boavizta=server)
-    return embodied.EmbodiedSource()
+        return embodied.EmbodiedEmissions(boavizta=server)
+    return embodied.EmbodiedEmissions()

@@ -1,0 +1,69 @@
+"""What one request holds in the ledger: its `Window`, and what the
+stretches before its last wait on the client were charged (`Stretches`)."""
+
+from __future__ import annotations
+
+from carbonspan.power.source import COMPONENTS
+
+#: Per component: no charge known, and no joules.
+UNKNOWN: dict[str, float | None] = dict.fromkeys(COMPONENTS)
+ZERO = dict.fromkeys(COMPONENTS, 0.0)
+#: What a window was charged: J per component (None: not measured), its
+#: shared seconds, and the CPU J time share would have charged it.
+Charges = tuple[dict[str, float | None], float, float | None]
+#: A tick in the ledger's ring: B_j, and C_j and P_j per component.
+Tick = tuple[float, dict[str, float], dict[str, float]]
+
+
+class Window:
+    """An open request: where the integrals stood when it (last) resumed."""
+
+    __slots__ = ("b0", "j0", "last_tick", "past", "ready", "start", "state")
+
+    def __init__(
+        self, start: float, b0: float, j0: int, ready: bool, last_tick: Tick | None
+    ) -> None:
+        self.start = start
+        self.b0 = b0  # B(b)
+        self.j0 = j0  # the last tick before b
+        self.ready = ready
+        self.last_tick = last_tick  # that tick's (B, C, P), in case it is evicted
+        self.state: object = None  # the policy's own, if it keeps any
+        self.past: Stretches | None = None  # set once the request has waited
+
+
+class Stretches:
+    """What a window's stretches before its last wait were charged."""
+
+    __slots__ = ("charges", "paused_since", "shared", "shared_cpu", "waited")
+
+    def __init__(self) -> None:
+        self.charges: dict[str, float | None] = dict(UNKNOWN)
+        self.shared = 0.0  # their shared seconds
+        self.shared_cpu: float | None = None  # their time-share CPU joules
+        self.waited = 0.0  # seconds spent waiting, out of n(t)
+        self.paused_since: float | None = None  # waiting since, if it is
+
+    def add(
+        self, charges: dict[str, float | None], shared: float, cpu: float | None
+    ) -> None:
+        mine = self.charges
+        for name, joules in charges.items():
+            if joules is not None:
+                mine[name] = joules + (mine[name] or 0.0)
+        self.shared += shared
+        if cpu is not None:
+            self.shared_cpu = cpu + (self.shared_cpu or 0.0)
+
+    def so_far(self) -> Charges:
+        """Its charges, shared seconds and time-share CPU joules."""
+        return self.charges, self.shared, self.shared_cpu
+
+    def plus(
+        self, charges: dict[str, float | None], shared: float, cpu: float | None
+    ) -> Charges:
+        """`so_far`, with a stretch that is still going on added."""
+        total = Stretches()
+        total.add(self.charges, self.shared, self.shared_cpu)
+        total.add(charges, shared, cpu)
+        return total.so_far()
