@@ -32,7 +32,7 @@ WATTS_PER_CPU = 4.0
 WORLD_AVERAGE = 475.0
 
 
-def _fallback(value: Callable[..., Any]) -> Callable[[_F], _F]:
+def with_fallback(value: Callable[..., Any]) -> Callable[[_F], _F]:
     """Run the wrapped use; on any exception, log it once and return
     `value(*args)` instead."""
 
@@ -62,7 +62,7 @@ def _fallback(value: Callable[..., Any]) -> Callable[[_F], _F]:
 # -- CPU ------------------------------------------------------------------
 
 
-@_fallback(lambda: "tdp")
+@with_fallback(lambda: "tdp")
 def cpu_method() -> str:
     """How CodeCarbon measures the CPU here: rapl, cpu_load or tdp."""
     from codecarbon.core import cpu
@@ -84,7 +84,7 @@ def cpu_hardware(method: str, model: str, max_power: float | None) -> Any:
     return CPU.from_utils(".", mode, model, max_power, tracking_mode="machine")
 
 
-@_fallback(lambda model: None)
+@with_fallback(lambda model: None)
 def registry_tdp(model: str) -> float | None:
     """The TDP (W) of `model` in CodeCarbon's CPU power table, or None.
 
@@ -98,7 +98,7 @@ def registry_tdp(model: str) -> float | None:
     return float(power) if power else None
 
 
-@_fallback(lambda: WATTS_PER_CPU)
+@with_fallback(lambda: WATTS_PER_CPU)
 def watts_per_cpu() -> float:
     """CodeCarbon's TDP per logical CPU for a model it lacks."""
     from codecarbon.core import cpu
@@ -106,7 +106,7 @@ def watts_per_cpu() -> float:
     return float(cpu.DEFAULT_POWER_PER_CORE)
 
 
-@_fallback(lambda: (os.cpu_count() or 1, os.cpu_count() or 1))
+@with_fallback(lambda: (os.cpu_count() or 1, os.cpu_count() or 1))
 def cpu_counts() -> tuple[int, int]:
     """Logical and physical CPUs, as CodeCarbon counts them."""
     from codecarbon.core.util import count_cpus, count_physical_cpus
@@ -114,7 +114,7 @@ def cpu_counts() -> tuple[int, int]:
     return int(count_cpus()), int(count_physical_cpus())
 
 
-@_fallback(lambda: None)
+@with_fallback(lambda: None)
 def detected_cpu_model() -> str | None:
     """CodeCarbon's CPU brand string (py-cpuinfo: a second interpreter)."""
     from codecarbon.core.util import detect_cpu_model
@@ -158,7 +158,7 @@ def ram_watts(ram: Any) -> float:
     return float(ram.total_power().W)
 
 
-@_fallback(lambda: None)
+@with_fallback(lambda: None)
 def pynvml() -> Any:
     """The NVML binding CodeCarbon loads, where this is an NVIDIA system."""
     from codecarbon.core import gpu_nvidia
@@ -179,20 +179,20 @@ def _data() -> Any:
 
 
 @functools.lru_cache(maxsize=1)
-@_fallback(lambda: WORLD_AVERAGE)
+@with_fallback(lambda: WORLD_AVERAGE)
 def world_average() -> float:
     """CodeCarbon's world-average carbon intensity, g CO2eq/kWh."""
     return float(_data().get_carbon_intensity_per_source_data()["world_average"])
 
 
 @functools.lru_cache(maxsize=1)
-@_fallback(frozenset)
+@with_fallback(frozenset)
 def countries() -> frozenset[str]:
     """ISO 3166-1 alpha-3 codes CodeCarbon has an energy mix for."""
     return frozenset(_data().get_global_energy_mix_data())
 
 
-@_fallback(lambda country, region: world_average())
+@with_fallback(lambda country, region: world_average())
 def country_factor(country: str, region: str | None) -> float:
     """g CO2eq/kWh of a country's (or region's) grid, as CodeCarbon computes
     it for private infrastructure."""
@@ -211,7 +211,7 @@ _NORDIC_PREFIX = {"SWE": "SE", "NOR": "NO", "FIN": "FI"}
 
 
 @functools.cache
-@_fallback(lambda country: ())
+@with_fallback(lambda country: ())
 def region_names(country: str) -> tuple[str, ...]:
     """The region names CodeCarbon has figures for in `country`; () if none."""
     data = _data()
@@ -231,7 +231,7 @@ def region_names(country: str) -> tuple[str, ...]:
 
 
 @functools.cache
-@_fallback(lambda provider: ())
+@with_fallback(lambda provider: ())
 def cloud_table(provider: str) -> tuple[tuple[str, float, str | None], ...]:
     """(region, g CO2eq/kWh, ISO alpha-3 country) for one cloud provider."""
     df = _data().get_cloud_emissions_data()

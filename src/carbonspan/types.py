@@ -67,8 +67,8 @@ class InstrumentSettings(TypedDict, total=False):
     intensity_provider: Literal["static", "electricitymaps"] | IntensityProvider | None
     intensity_refresh: float | None  # s
     electricitymaps_zone: str | None
-    electricitymaps_url: str | None
     electricitymaps_token: str | None
+    electricitymaps_url: str | None
     embodied_emissions: float | None  # kg CO2eq over the hardware's lifetime
     hardware_lifetime: float | None  # years
     boavizta_url: str | None
