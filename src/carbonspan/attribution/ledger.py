@@ -1,37 +1,23 @@
 """The attribution ledger: splits measured energy between concurrent requests.
 
-At any instant the process draws power P(t) and n(t) requests are in flight.
-The ledger keeps one running integral, B(t) = integral of 1/n(s) ds over the
-instants when n(s) > 0, so a request open on [b, e] holds B(e) - B(b) seconds
-of "shared time" (a request alone holds its duration).
+With n(t) requests in flight, the ledger integrates B(t) = integral of 1/n ds
+(a request open on [b, e] holds B(e) - B(b) seconds of shared time) and, per
+component, C = sum of P_j x (B_j - B_{j-1}) over the sampler's ticks, P_j
+being the interval's busy power; a ring of the last ticks (`ticks.TickRing`)
+prices any window in O(1). A request still open at a tick gets the interval's
+measured joules; only the tail after the last tick is a guess (its policy's,
+`policies`), corrected into the unattributed account at the next tick, so
+that at every tick
 
-Power comes from the sampler's ticks: for each interval between two ticks the
-source says how many joules each component drew. The policy (see
-`carbonspan.attribution.policies`) says how many of them were idle power, drawn while no
-request was in flight; the rest was drawn while requests were, at a mean of
-P_j watts over those busy seconds. A request is charged
+    closed requests' J + open requests' J + unattributed J == measured J
 
-    sum over the intervals j it overlaps of P_j * (its shared time in j)
-
-which the ledger gets in O(1) from a second running integral per component,
-C_j = sum of P_i * (B_i - B_{i-1}) over the ticks so far, and a bounded ring of
-the last ticks' (B_j, C_j, P_j). A request still open at a tick therefore gets
-the interval's *measured* joules, not a guess.
-
-Only the tail of a request after the last tick is unknown when it closes: the
-policy guesses it from the power it learned requests draw. At the next tick
-the difference between that guess and the measured joules goes to the
-unattributed account, so that at every tick
-
-    sum of closed requests' J + open requests' J + unattributed J == measured J
-
-exactly. The unattributed account (idle power, excluded requests, those
-corrections) can dip when power falls; every request's charge is >= 0.
+exactly. docs/attribution.md derives it.
 """
 
 from __future__ import annotations
 
 import threading
+from itertools import takewhile
 from typing import TYPE_CHECKING
 
 from carbonspan.attribution.measurement import Measurement, measure
@@ -68,12 +54,10 @@ class Ledger:
         self._t: float | None = None  # last instant the integrals reach
         self._n = 0
         self._b = 0.0  # B(t)
-        self._idle_time = 0.0  # seconds with nothing in flight
-        self._busy_time = 0.0  # seconds with something in flight
+        self._idle_time = self._busy_time = 0.0  # s with nothing / some in flight
         # Shared seconds of closed windows: attributed, and not (read by `times`).
         self._closed_shared = [0.0, 0.0]
-        self._tick_busy = 0.0  # busy seconds at the last tick
-        self._tick_idle = 0.0  # idle seconds at the last tick
+        self._tick_idle = self._tick_busy = 0.0  # the two at the last tick
         self._ring = TickRing(self._ring_size, self.policy)
         self._tails = 0.0  # shared time of tails closed since the last tick
         self._guessed = dict(ZERO)  # what those tails were charged, per component
@@ -83,13 +67,11 @@ class Ledger:
         self._attributed = dict(ZERO)  # closed, attributed J
         self._after = dict(ZERO)  # the part of it drawn after the responses
         self._measured = self._readings.measured  # sum of the valid deltas
-        #: When the first valid reading, and the last, were taken (monotonic s).
+        #: When the first valid reading and the last were taken (monotonic s).
         self.first_time: float | None = None
         self.last_time: float | None = None
         self._windows: dict[Window, None] = {}  # open, oldest first
         self._open_at_tick = dict(ZERO)  # J held by open windows at the last tick
-
-    # -- request path ------------------------------------------------------
 
     def open(self, now: float, clock: CpuClock | None = None) -> Window:
         """A request starts. `clock.seconds`, if given, is its CPU time."""
@@ -127,8 +109,7 @@ class Ledger:
                     last, cpu = self._leave(window)
                     past.add(last, self._b - window.b0, cpu)
                 else:  # closed while waiting
-                    past.waited += now - past.paused_since
-                    past.paused_since = None
+                    past.restart(now)
                 charges, shared, shared_cpu = past.so_far()
             # What a request reports no figure for (opened before the first
             # reading, or excluded) counts as unattributed.
@@ -137,10 +118,8 @@ class Ledger:
             )
             # Its shared time, for the embodied emissions: attributed where
             # the request reports figures.
-            figures = account is self._attributed and (
-                charges["cpu"] is not None
-                or charges["gpu"] is not None
-                or charges["ram"] is not None
+            figures = account is self._attributed and any(
+                joules is not None for joules in charges.values()
             )
             self._closed_shared[0 if figures else 1] += shared
             for name, joules in charges.items():
@@ -148,8 +127,7 @@ class Ledger:
                     account[name] += joules
                     if reported is not None and account is self._attributed:
                         self._after[name] += joules - (getattr(reported, name) or 0.0)
-            label = self.policy.label(window) if self._timed else self.policy.name
-        return measure(window, now, charges, shared, shared_cpu, label)
+        return measure(window, now, charges, shared, shared_cpu, self._label(window))
 
     def peek(self, window: Window, now: float) -> Measurement:
         """What `window` has been charged so far, without closing it."""
@@ -163,13 +141,14 @@ class Ledger:
                 shared = self._b - window.b0
                 if past is not None:
                     charges, shared, shared_cpu = past.plus(charges, shared, shared_cpu)
-            label = self.policy.label(window) if self._timed else self.policy.name
-        return measure(window, now, charges, shared, shared_cpu, label)
+        return measure(window, now, charges, shared, shared_cpu, self._label(window))
+
+    def _label(self, window: Window) -> str:
+        return self.policy.label(window) if self._timed else self.policy.name
 
     def pause(self, window: Window, now: float) -> None:
-        """The request waits on its client (a body to arrive, a slow reader):
-        until `resume`, it is not in flight, so it is charged nothing and
-        dilutes no other request's share."""
+        """The request waits on its client (a body, a slow reader): until
+        `resume` it is charged nothing and dilutes no other request's share."""
         with self._lock:
             past = window.past
             if past is None:
@@ -178,8 +157,7 @@ class Ledger:
                 return
             self._advance(now)
             charges, cpu = self._leave(window)
-            past.add(charges, self._b - window.b0, cpu)
-            past.paused_since = now
+            past.stop(charges, self._b - window.b0, cpu, now)
 
     def resume(self, window: Window, now: float) -> None:
         """The request has what it waited for: it is in flight again."""
@@ -188,8 +166,7 @@ class Ledger:
             if past is None or past.paused_since is None:
                 return
             self._advance(now)
-            past.waited += now - past.paused_since
-            past.paused_since = None
+            past.restart(now)
             self._n += 1
             window.b0, window.j0 = self._b, self._ring.j
             window.last_tick = self._ring.last()
@@ -197,17 +174,15 @@ class Ledger:
                 self.policy.resumed(window)
 
     def _leave(self, window: Window) -> tuple[dict[str, float | None], float | None]:
-        """Take `window` out of n(t): what it was charged since it last
-        (re)entered, and the CPU joules of time share. Under the lock."""
+        """Take `window` out of n(t), under the lock: its charges since it last
+        (re)entered, and the CPU joules of time share."""
         self._n -= 1
         ring = self._ring
         charges, guesses, shared_cpu = ring.charges(window, self._b)
         if self._timed:
             self.policy.closed(window)
-        if window.j0 == ring.j:
-            self._tails += self._b - window.b0
-        else:
-            self._tails += self._b - ring.tick_b
+        # Its tail: its shared time since the last tick (or since it entered).
+        self._tails += self._b - (window.b0 if window.j0 == ring.j else ring.tick_b)
         for name, guess in guesses.items():
             self._guessed[name] += guess
         return charges, shared_cpu
@@ -223,7 +198,7 @@ class Ledger:
         else:
             self._idle_time += now - last
 
-    # -- sampler path ------------------------------------------------------
+    # -- the sampler's path (above, the requests'; below, the books) -------
 
     def prior(self, busy_watts: dict[str, float]) -> None:
         """The source's estimate of each component's power while requests run."""
@@ -233,16 +208,10 @@ class Ledger:
             self._ring.rates_changed()
 
     def tick(self, reading: EnergyReading) -> tuple[Fault, ...]:
-        """Take a new cumulative reading from the power source.
-
-        Returns what was wrong with the reading, if anything, as (kind,
-        detail) pairs for the sampler to log: ``bad_time`` (the reading is
-        ignored), ``invalid`` (NaN, infinite or not a number) and ``negative``
-        (cumulative joules below 0) for a component (that value is ignored:
-        the next valid one covers the gap), ``backwards`` (a counter reset or
-        wraparound: that interval's energy is not counted, and the counter is
-        followed from its new value).
-        """
+        """Take a new cumulative reading from the power source. Returns what
+        was wrong with it, as (kind, detail) pairs for the sampler to log:
+        ``bad_time`` (the reading is ignored), or a component's ``invalid``,
+        ``negative`` or ``backwards`` value (see `ReadingDeltas.delta`)."""
         at = reading.time
         if not is_finite(at):
             return (("bad_time", f"time={at!r}"),)
@@ -267,7 +236,12 @@ class Ledger:
             span = idle + busy
             spread = max(span, gap)
             powers: dict[str, float] = {}
-            ring, readings = self._ring, self._readings
+            ring, readings, guessed, b = (
+                self._ring,
+                self._readings,
+                self._guessed,
+                self._b,
+            )
             for name in COMPONENTS:
                 drawn = readings.delta(
                     name, getattr(reading, name), at, gap, first, faults
@@ -278,42 +252,29 @@ class Ledger:
                 power = ring.busy_power(name, delta, drawn_over, idle, busy, spread)
                 powers[name] = power
                 self._unattributed[name] += delta - power * busy
-                self._unattributed[name] += self.policy.settle(
-                    name,
-                    Interval(
-                        power, power * busy, self._tails, self._guessed[name], self._b
-                    ),
-                )
-                self._guessed[name] = 0.0
+                done = Interval(power, power * busy, self._tails, guessed[name], b)
+                self._unattributed[name] += self.policy.settle(name, done)
+                guessed[name] = 0.0
             self._tails = 0.0
+            measured, attributed = self._measured, self._attributed
             for name in COMPONENTS:  # what the invariant leaves to open windows
-                self._open_at_tick[name] = (
-                    self._measured[name]
-                    - self._attributed[name]
-                    - self._unattributed[name]
-                )
+                left = measured[name] - attributed[name] - self._unattributed[name]
+                self._open_at_tick[name] = left
             ring.tick(self._b, powers, shared, self._known)
             self._tick_idle, self._tick_busy = self._idle_time, self._busy_time
         return tuple(faults)
 
-    # -- introspection -----------------------------------------------------
-
     @property
-    def in_flight(self) -> int:
+    def in_flight(self) -> int:  # requests open now
         return self._n
 
     def open_since(self, before: float) -> int:
         """How many requests still open began before `before` (monotonic s)."""
-        with self._lock:
-            count = 0
-            for window in self._windows:  # oldest first
-                if window.start >= before:
-                    break
-                count += 1
-            return count
+        with self._lock:  # oldest first
+            return sum(1 for _ in takewhile(lambda w: w.start < before, self._windows))
 
     def times(self) -> Times:
-        """Seconds the ledger has integrated since its first reading."""
+        """Seconds integrated since the first reading."""
         with self._lock:
             return Times(
                 idle=self._idle_time,
@@ -326,13 +287,12 @@ class Ledger:
     def totals(self) -> Totals:
         """Cumulative joules per component, for metrics and tests."""
         with self._lock:
-            known = self._known
             return Totals(
-                known=tuple(known[c] for c in COMPONENTS),
-                attributed=tuple(self._attributed[c] for c in COMPONENTS),
-                unattributed=tuple(self._unattributed[c] for c in COMPONENTS),
-                measured=tuple(self._measured[c] for c in COMPONENTS),
-                power=tuple(self._readings.drawn[c] for c in COMPONENTS),
-                open=tuple(self._open_at_tick[c] for c in COMPONENTS),
-                after_response=tuple(self._after[c] for c in COMPONENTS),
+                known=tuple(self._known.values()),
+                attributed=tuple(self._attributed.values()),
+                unattributed=tuple(self._unattributed.values()),
+                measured=tuple(self._measured.values()),
+                power=tuple(self._readings.drawn.values()),
+                open=tuple(self._open_at_tick.values()),
+                after_response=tuple(self._after.values()),
             )

@@ -55,6 +55,23 @@ class Stretches:
         if cpu is not None:
             self.shared_cpu = cpu + (self.shared_cpu or 0.0)
 
+    def stop(
+        self,
+        charges: dict[str, float | None],
+        shared: float,
+        cpu: float | None,
+        now: float,
+    ) -> None:
+        """A stretch ends: the window waits on its client from `now`."""
+        self.add(charges, shared, cpu)
+        self.paused_since = now
+
+    def restart(self, now: float) -> None:
+        """The wait that began at `paused_since` ends at `now`."""
+        assert self.paused_since is not None
+        self.waited += now - self.paused_since
+        self.paused_since = None
+
     def so_far(self) -> Charges:
         """Its charges, shared seconds and time-share CPU joules."""
         return self.charges, self.shared, self.shared_cpu
