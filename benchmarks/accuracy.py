@@ -398,7 +398,7 @@ def results(truth: Truth, spans: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return {
         "carbonspan": carbonspan.__file__,
         "blocked": list(NETWORK.blocked),
-        "books": truth.accounts(),
+        "books": truth.books(),
         "idle": truth.idle,
         "busy_seconds": truth.busy_seconds,
         "requests": [
@@ -1031,7 +1031,7 @@ def measure(args: argparse.Namespace) -> list[Run]:
                 run = run_one(label, src, workload, policy, args.quick)
                 runs.append(run)
                 idle, busy = run.true_watts("cpu")
-                books = max(abs(v) for v in run.accounts.values())
+                books = max(abs(v) for v in run.books.values())
                 print(
                     f"{label:>8} {workload:>9} {policy:>10}: "
                     f"{len(run.requests):4d} requests, {time.monotonic() - t0:4.1f} s; "

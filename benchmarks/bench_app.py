@@ -226,17 +226,19 @@ def sampler_state(app: FastAPI) -> tuple[bool, dict[str, Any]]:
         instrumentation_of,  # b only: a and c never load it
     )
 
-    runtime = instrumentation_of(app)
-    if runtime is None:
+    instrumentation = instrumentation_of(app)
+    if instrumentation is None:
         return True, {}
-    sampler = runtime.sampler
+    sampler = instrumentation.sampler
     info = {
         "measurement": dict(sampler.info.measurement),
         "cpu_model": sampler.info.cpu_model,
         "interval": sampler.interval,
         "running": sampler.running,
     }
-    ready = bool(sampler.info.measurement) and any(runtime.ledger.totals().known)
+    ready = bool(sampler.info.measurement) and any(
+        instrumentation.ledger.totals().known
+    )
     return ready, info
 
 

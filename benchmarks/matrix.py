@@ -144,9 +144,9 @@ async def _run_httpx(app: Any, plan: Plan) -> dict[str, Any]:
 async def _until_read(app: Any) -> None:
     from carbonspan.otel.instrumentor import instrumentation_of
 
-    runtime = instrumentation_of(app)
+    instrumentation = instrumentation_of(app)
     deadline = time.monotonic() + 30.0
-    while runtime is not None and runtime.ledger.last_time is None:
+    while instrumentation is not None and instrumentation.ledger.last_time is None:
         if time.monotonic() > deadline:
             raise RuntimeError("the sampler took no reading")
         await asyncio.sleep(0.05)

@@ -115,7 +115,9 @@ async def breakdown(
         mw["split"] = split
     print()
     print("== request-path pieces (ns per call, median of batches)")
-    comp = overhead_costs.component_costs(bench.runtime, bench.otel, args.micro_number)
+    comp = overhead_costs.component_costs(
+        bench.instrumentation, bench.otel, args.micro_number
+    )
     overhead_costs.print_pieces(comp)
     return {"middleware": mw, "components_ns": comp}
 
@@ -127,7 +129,7 @@ def sampler(
     live_wall_s: float,
 ) -> dict[str, Any]:
     """A fresh sampler's cost, beside the live one's share during the run."""
-    interval = bench.runtime.sampler.interval
+    interval = bench.instrumentation.sampler.interval
     print()
     print(f"== sampler (CodeCarbonPowerSource, interval {interval} s)")
     sc: dict[str, Any] = overhead_costs.sampler_cost(args.sampler_samples, interval)

@@ -209,7 +209,7 @@ class Bench:
     b: Variant
     c: Variant | None  # the tracker per request, unless left out
     others: list[Variant]  # d, e, z, those asked for
-    runtime: Instrumentation  # b's
+    instrumentation: Instrumentation  # b's
     instrumented_at: float  # perf_counter() when b's instrument_app began
     instrument_s: float  # how long it took
     first_c_s: float | None  # c's first request: CodeCarbon's cold start
@@ -261,13 +261,23 @@ async def build(args: argparse.Namespace, loops: int) -> Bench:
     t0 = time.perf_counter()
     with_carbonspan(app_b, otel)
     instrument_s = time.perf_counter() - t0
-    runtime = instrumentation_of(app_b)
-    assert runtime is not None
+    instrumentation = instrumentation_of(app_b)
+    assert instrumentation is not None
     label = "+ carbonspan" + (" (resource det.)" if resource is not None else "")
     b = Variant("b", label, app_b)
     others = other_variants(args, loops, otel, plain, resource is not None)
     return Bench(
-        loops, otel, plain, a, b, c, others, runtime, t0, instrument_s, first_c_s
+        loops,
+        otel,
+        plain,
+        a,
+        b,
+        c,
+        others,
+        instrumentation,
+        t0,
+        instrument_s,
+        first_c_s,
     )
 
 
@@ -309,19 +319,19 @@ async def wait_for_sampler(bench: Bench) -> None:
     """The sampler may start at the first request (or lifespan startup) rather
     than at instrument time: send one, make sure it runs, then wait for the
     hardware detection and a few readings."""
-    runtime, t0 = bench.runtime, bench.instrumented_at
+    instrumentation, t0 = bench.instrumentation, bench.instrumented_at
     await timed_request(bench.b.app, "/ping")
-    if not runtime.sampler.running:
-        runtime.sampler.start()
-    while not runtime.sampler.info.measurement or not any(
-        runtime.ledger.totals().known
+    if not instrumentation.sampler.running:
+        instrumentation.sampler.start()
+    while not instrumentation.sampler.info.measurement or not any(
+        instrumentation.ledger.totals().known
     ):
         if time.perf_counter() - t0 > 60:
             raise SystemExit("the carbonspan sampler produced no reading in 60 s")
         await asyncio.sleep(0.05)
     ready_s = time.perf_counter() - t0
-    await asyncio.sleep(3 * runtime.sampler.interval)
-    info = runtime.sampler.info
+    await asyncio.sleep(3 * instrumentation.sampler.interval)
+    info = instrumentation.sampler.info
     print(
         f"  carbonspan: instrument_app {bench.instrument_s * 1000:.1f} ms, sampler "
         f"ready after {ready_s:.2f} s; measurement {info.measurement}, "

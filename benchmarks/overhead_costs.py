@@ -3,7 +3,7 @@ in CPU µs per request by part.
 
 1. `CodeCarbonMiddleware` around a trivial ASGI app, inside a recording SDK
    server span, with the span attributes and/or the histogram record switched
-   off (on runtimes built for the purpose; src/ is not touched), all rows
+   off (on instrumentations built for the purpose; src/ is not touched), all rows
    alternating, medians compared. These are the real figures.
 2. Each piece of the request path timed alone in a tight loop. That
    understates its cost on the real request path (warm caches): read those as
@@ -15,7 +15,6 @@ in CPU µs per request by part.
 
 from __future__ import annotations
 
-import inspect
 import statistics
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from carbonspan import CodeCarbonMiddleware, CodeCarbonPowerSource, EnergyReadin
 from carbonspan.attribution.ledger import Ledger
 from carbonspan.config import Settings
 from carbonspan.otel.instrumentation import Instrumentation
+from carbonspan.otel.reporter import Valuation
 from carbonspan.power.sampler import PowerSampler
 from harness import http_scope, median_us
 from overhead_ab import COUNTRY, Otel, SyncFloor
@@ -64,24 +64,32 @@ async def trivial(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"{}"})
 
 
-def ablated_runtime(
+class _NoAttributes:
+    def for_span(self, *args: Any) -> dict[str, Any]:
+        return {}
+
+
+class _NoPoints:
+    def record(self, *args: Any) -> None:
+        pass
+
+
+def ablated_instrumentation(
     *, attributes: bool, metrics: bool
-) -> tuple[Instrumentation, MeterProvider] | None:
-    """A runtime on the shared default sampler, with its own MeterProvider, and
-    the span attributes and/or the histogram record switched off."""
+) -> tuple[Instrumentation, MeterProvider]:
+    """An instrumentation on the shared default sampler, with its own
+    MeterProvider, and the span attributes (all but an empty set_attributes
+    call) and/or the metric point switched off."""
     provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-    runtime = Instrumentation(
+    instrumentation = Instrumentation(
         Settings.load({"country_iso_code": COUNTRY, "meter_provider": provider})
     )
-    try:
-        if not attributes:
-            runtime.span_attributes = lambda *args: None  # type: ignore[method-assign]
-        if not metrics:
-            runtime.metrics.record = lambda *args, **kwargs: None  # type: ignore[method-assign]
-    except AttributeError:  # the internals moved: skip the breakdown
-        runtime.close()
-        return None
-    return runtime, provider
+    reporter = instrumentation.reporter
+    if not attributes:
+        reporter.spans = _NoAttributes()  # type: ignore[assignment]
+    if not metrics:
+        reporter.queue = _NoPoints()  # type: ignore[assignment]
+    return instrumentation, provider
 
 
 class Rows:
@@ -101,12 +109,9 @@ class Rows:
             ("+ carbonspan, no histogram record", True, False),
             (ALL, True, True),
         ):
-            made = ablated_runtime(attributes=attributes, metrics=metrics)
-            if made is not None:
-                self.owned.append(made)
-                self.apps[label] = CodeCarbonMiddleware(
-                    trivial, instrumentation=made[0]
-                )
+            made = ablated_instrumentation(attributes=attributes, metrics=metrics)
+            self.owned.append(made)
+            self.apps[label] = CodeCarbonMiddleware(trivial, instrumentation=made[0])
         self.tracers: dict[str, Tracer] = dict.fromkeys(self.apps, tracer)
         if otel.others and ALL in self.apps:
             label = ALL + ", plain Resource"
@@ -118,8 +123,8 @@ class Rows:
 
     def close(self) -> None:
         self.floor_provider.shutdown()
-        for runtime, provider in self.owned:
-            runtime.close()
+        for instrumentation, provider in self.owned:
+            instrumentation.close()
             provider.shutdown()
 
 
@@ -266,33 +271,32 @@ def ledger_costs(out: dict[str, float], number: int) -> Any:
 
 def attribute_costs(
     out: dict[str, float],
-    runtime: Instrumentation,
+    instrumentation: Instrumentation,
     otel: Otel,
     measurement: Any,
     number: int,
 ) -> None:
-    """Making the span attributes and setting them, with the resource detected
-    and with a plain Resource, and what each constant attribute adds."""
-    span_attributes = runtime.span_attributes
-    takes_span = "span" in inspect.signature(span_attributes).parameters
+    """Valuing a request and making its span attributes, with the resource
+    detected and with a plain Resource, setting them, and what each constant
+    attribute adds."""
+    for_span = instrumentation.reporter.spans.for_span
+    factors = instrumentation.accounts.factors
     tracer = otel.tracer_provider.get_tracer("bench")
     plain = (otel.others[0] if otel.others else otel).tracer_provider
     span = tracer.start_span("x")
     plain_span = plain.get_tracer("bench").start_span("x")
-    if takes_span:
-        out["Instrumentation.span_attributes(), resource detected"] = per_call_ns(
-            lambda: span_attributes(measurement, span), number
-        )
-        out["Instrumentation.span_attributes(), plain Resource"] = per_call_ns(
-            lambda: span_attributes(measurement, plain_span), number
-        )
-        attrs = span_attributes(measurement, span) or {}
-        full = span_attributes(measurement, plain_span) or {}
-    else:
-        out["Instrumentation.span_attributes()"] = per_call_ns(
-            lambda: span_attributes(measurement), number
-        )
-        attrs = full = span_attributes(measurement) or {}
+
+    def attributes(target: Any) -> dict[str, Any]:
+        valuation = Valuation(measurement, measurement.total, factors, 0.0)
+        return for_span(valuation, target)
+
+    out["Valuation + SpanAttributes.for_span(), resource detected"] = per_call_ns(
+        lambda: attributes(span), number
+    )
+    out["Valuation + SpanAttributes.for_span(), plain Resource"] = per_call_ns(
+        lambda: attributes(plain_span), number
+    )
+    attrs, full = attributes(span), attributes(plain_span)
     out["attribute count, resource detected"] = float(len(attrs))
     out["attribute count, plain Resource"] = float(len(full))
     out["span.set_attributes(those), resource detected"] = per_call_ns(
@@ -316,72 +320,42 @@ def attribute_costs(
     plain_span.end()
 
 
-def queue_and_drain(
-    out: dict[str, float],
-    runtime: Instrumentation,
-    record_args: tuple[Any, ...],
-    number: int,
-) -> None:
-    """The request path only queues the point: time the queue, and the drain
-    per point (with the live sampler kept from draining meanwhile)."""
-    metrics = runtime.metrics
-    record = metrics.record
-    after_tick = runtime.sampler.after_tick
-    held = list(after_tick)
-    after_tick.clear()
-    try:
-        metrics.drain()
-        out["Metrics.record() (queue only)"] = per_call_ns(
-            lambda: record(*record_args), number // 4, repeat=1
-        )
-        metrics.drain()
-        batch = 200
-        drains: list[float] = []
-        for _ in range(15):
-            for _ in range(batch):
-                record(*record_args)
-            c0 = time.thread_time_ns()
-            metrics.drain()
-            drains.append((time.thread_time_ns() - c0) / batch)
-        out["Metrics.drain(), per point (batches of 200)"] = statistics.median(drains)
-    finally:
-        after_tick.extend(held)
-
-
 def metrics_costs(
     out: dict[str, float],
-    runtime: Instrumentation,
+    instrumentation: Instrumentation,
     tracer: Tracer,
     measurement: Any,
     number: int,
 ) -> None:
-    """carbonspan's histogram point, as the installed signature takes it."""
-    record = runtime.metrics.record
-    params = list(inspect.signature(record).parameters)
+    """The request path only queues the metric point: time the queue, and the
+    drain per point (with the live sampler kept from draining meanwhile)."""
+    queue = instrumentation.metrics.queue
     live = tracer.start_span("x")
-    if "span" in params:  # the request path only queues: time queue + drain
-        # The first argument and the factors follow the installed signature.
-        factors = getattr(getattr(runtime, "books", None), "factors", None)
-        record_args: tuple[Any, ...] = (
-            measurement if "measurement" in params else measurement.total,
-            "/ping",
-            "GET",
-            200,
-            factors if "factors" in params else runtime.intensity,
-            live,
+    factors = instrumentation.accounts.factors
+    valuation = Valuation(measurement, measurement.total, factors, 0.0)
+    args = (valuation, ("/ping", "GET", 200), live)
+    after_tick = instrumentation.sampler.after_tick
+    held = list(after_tick)
+    after_tick.clear()
+    try:
+        queue.drain()
+        out["PointQueue.record() (queue only)"] = per_call_ns(
+            lambda: queue.record(*args), number // 4, repeat=1
         )
-        queue_and_drain(out, runtime, record_args, number)
-    else:
-        legacy: tuple[Any, ...] = (measurement, "/ping", "GET", 200)
-        if "intensity" in params:
-            legacy += (runtime.intensity,)
-        out["Metrics.record() (1 histogram)"] = per_call_ns(
-            lambda: record(*legacy), number // 4
+        queue.drain()
+        batch = 200
+        drains: list[float] = []
+        for _ in range(15):
+            for _ in range(batch):
+                queue.record(*args)
+            c0 = time.thread_time_ns()
+            queue.drain()
+            drains.append((time.thread_time_ns() - c0) / batch)
+        out["PointQueue.drain(), per point (batches of 200)"] = statistics.median(
+            drains
         )
-        with trace.use_span(live, end_on_exit=False):
-            out["Metrics.record(), recording span current"] = per_call_ns(
-                lambda: record(*legacy), number // 4
-            )
+    finally:
+        after_tick.extend(held)
     live.end()
 
 
@@ -405,14 +379,14 @@ def histogram_cost(
 
 
 def component_costs(
-    runtime: Instrumentation, otel: Otel, number: int
+    instrumentation: Instrumentation, otel: Otel, number: int
 ) -> dict[str, float]:
     """Pieces of the request path, each timed alone (ns per call)."""
     out: dict[str, float] = {}
     measurement = ledger_costs(out, number)
-    attribute_costs(out, runtime, otel, measurement, number)
+    attribute_costs(out, instrumentation, otel, measurement, number)
     tracer = otel.tracer_provider.get_tracer("bench")
-    metrics_costs(out, runtime, tracer, measurement, number)
+    metrics_costs(out, instrumentation, tracer, measurement, number)
     histogram_cost(out, otel, tracer, number)
     return out
 

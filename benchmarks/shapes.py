@@ -189,12 +189,12 @@ def build(policy: str, source: str = "physics", *, contrib: bool = True) -> Fast
 
     @app.get("/hardware")
     def hardware() -> dict[str, Any]:
-        runtime = instrumentation_of(app)
-        if runtime is None:
+        instrumentation = instrumentation_of(app)
+        if instrumentation is None:
             return {"ready": False, "busy_watts": {}}
         return {
-            "ready": runtime.ledger.last_time is not None,
-            "busy_watts": runtime.sampler.info.busy_watts,
+            "ready": instrumentation.ledger.last_time is not None,
+            "busy_watts": instrumentation.sampler.info.busy_watts,
         }
 
     app.add_middleware(Mark)

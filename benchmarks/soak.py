@@ -49,7 +49,13 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import SpanKind
 
-from carbonspan import CodeCarbonInstrumentor
+from carbonspan import (
+    CodeCarbonInstrumentor,
+    CodeCarbonPowerSource,
+    EnergyReading,
+    HardwareInfo,
+    PowerSource,
+)
 from carbonspan.attribution.ledger import RING
 from carbonspan.otel import attributes as a
 from carbonspan.otel.instrumentation import Instrumentation
@@ -186,17 +192,37 @@ def rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def sizes(runtime: Instrumentation) -> dict[str, int]:
+class Recorded:
+    """A power source that keeps its first and last readings, the truth the
+    books are checked against."""
+
+    def __init__(self, source: PowerSource) -> None:
+        self.source = source
+        self.first: EnergyReading | None = None
+        self.last: EnergyReading | None = None
+
+    def read(self) -> EnergyReading:
+        reading = self.source.read()
+        if self.first is None:
+            self.first = reading
+        self.last = reading
+        return reading
+
+    def describe(self) -> HardwareInfo:
+        return self.source.describe()
+
+
+def sizes(instrumentation: Instrumentation) -> dict[str, int]:
     """Every structure carbonspan keeps, by size."""
-    ledger, metrics = runtime.ledger, runtime.metrics
+    ledger, metrics = instrumentation.ledger, instrumentation.metrics
     return {
         "in_flight": ledger.in_flight,
-        "ticks": ledger._prices.j + 1,
-        "ring_slots": len(ledger._prices.ring),
-        "ring_filled": sum(entry is not None for entry in ledger._prices.ring),
-        "open_windows_cpu_time": getattr(ledger.policy, "open_windows", 0),
-        "metric_label_sets": len(metrics._attrs),
-        "metric_route_sums": len(metrics._route_grams),
+        "ticks": ledger._ring.j + 1,
+        "ring_slots": len(ledger._ring.ring),
+        "ring_filled": sum(entry is not None for entry in ledger._ring.ring),
+        "open_windows_cpu_time": len(getattr(ledger.policy, "_open", ())),
+        "metric_label_sets": len(metrics.queue.attributes),
+        "metric_route_sums": len(metrics.queue.route_grams),
         "live_samplers": len(carbonspan_sampler._live),
     }
 
@@ -223,11 +249,11 @@ class Soak:
         reader: InMemoryMetricReader,
         tracer_provider: TracerProvider,
         meter_provider: MeterProvider,
-        runtime: Instrumentation,
+        instrumentation: Instrumentation,
         batch: int,
         progress: Callable[[str], None] | None,
     ) -> None:
-        self.app, self.served, self.runtime = app, served, runtime
+        self.app, self.served, self.instrumentation = app, served, instrumentation
         self.exporter, self.reader = exporter, reader
         self.tracer_provider, self.meter_provider = tracer_provider, meter_provider
         self.batch, self.progress = batch, progress
@@ -257,22 +283,22 @@ class Soak:
         marks = self.marks
         marks["start_rss"] = rss()
         await self.serve(warmup, 0)
-        marks["warm"] = (rss(), threads(), sizes(self.runtime))
+        marks["warm"] = (rss(), threads(), sizes(self.instrumentation))
         marks["rss_points"], marks["ring_points"] = [], []
         began = time.perf_counter()
         step = max(requests // 10, self.batch)
         for offset in range(0, requests, step):
             await self.serve(min(step, requests - offset), warmup + offset)
             marks["rss_points"].append(rss() / MB)
-            marks["ring_points"].append(sizes(self.runtime)["ring_filled"])
+            marks["ring_points"].append(sizes(self.instrumentation)["ring_filled"])
         marks["elapsed"] = time.perf_counter() - began
         marks["end_threads"] = threads()
 
     def conservation(self) -> dict[str, float]:
         """(attributed + unattributed) / measured, per component."""
-        ledger = self.runtime.ledger
-        totals = ledger.totals()
-        first, last = ledger.first_time, ledger.last_time
+        totals = self.instrumentation.ledger.totals()
+        source = self.instrumentation.sampler.source
+        first, last = source.first, source.last  # type: ignore[attr-defined]
         out: dict[str, float] = {}
         if first is None or last is None:
             return out
@@ -316,9 +342,12 @@ def instrumented(
         )
     else:
         served = minimal_span_creator(app, tracer_provider)
-    power_source = None  # CodeCarbon's hardware, detected in the sampler's thread
-    if source == "constant":
-        power_source = ConstantPowerSource(cpu=10.0, ram=2.0)
+    # CodeCarbon's hardware, detected in the sampler's thread, or a constant.
+    power_source = Recorded(
+        ConstantPowerSource(cpu=10.0, ram=2.0)
+        if source == "constant"
+        else CodeCarbonPowerSource("process")
+    )
     CodeCarbonInstrumentor().instrument_app(
         app,
         power_source=power_source,
@@ -326,14 +355,14 @@ def instrumented(
         sample_interval=interval,
         attribution=attribution,
     )
-    runtime = instrumentation_of(app)
-    assert runtime is not None
-    runtime.sampler.start()
+    instrumentation = instrumentation_of(app)
+    assert instrumentation is not None
+    instrumentation.sampler.start()
     deadline = time.monotonic() + 30
-    while runtime.ledger.last_time is None and time.monotonic() < deadline:
+    while instrumentation.ledger.last_time is None and time.monotonic() < deadline:
         time.sleep(0.01)
     return Soak(
-        app, served, exporter, reader, tracer_provider, meter_provider, runtime,
+        app, served, exporter, reader, tracer_provider, meter_provider, instrumentation,
         batch, progress,
     )  # fmt: skip
 
@@ -356,8 +385,8 @@ def run(
     )
     try:
         asyncio.run(soak.serve_all(requests, warmup))
-        soak.runtime.sampler.sample()  # a last reading, every request closed
-        end_rss, end_sizes = rss(), sizes(soak.runtime)
+        soak.instrumentation.sampler.sample()  # a last reading, every request closed
+        end_rss, end_sizes = rss(), sizes(soak.instrumentation)
         conservation = soak.conservation()
     finally:
         soak.close()

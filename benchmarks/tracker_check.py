@@ -50,12 +50,10 @@ def main() -> None:
     load = threading.Thread(target=busy, args=(stop,), daemon=True)
     load.start()
     tracker.start()
-    reading = sampler.ledger.last_time
-    start, t0 = sampler.ledger.totals().measured, reading.time
+    start, t0 = sampler.ledger.totals().measured, sampler.ledger.last_time
     time.sleep(args.seconds)
     tracker.stop()
-    reading = sampler.ledger.last_time
-    end, t1 = sampler.ledger.totals().measured, reading.time
+    end, t1 = sampler.ledger.totals().measured, sampler.ledger.last_time
     stop.set()
     sampler.stop()
     data = tracker.final_emissions_data
