@@ -7,7 +7,7 @@ The pictures are docs/img/attribution-time_share.png (how time_share splits
 power) and docs/img/attribution-policies.png (one timeline charged under
 time_share and under cpu_time).
 
-Everything here runs the real `carbonspan.ledger.Ledger`. A
+Everything here runs the real `carbonspan.attribution.ledger.Ledger`. A
 `carbonspan.testing.ScriptedPowerSource` on a fake clock supplies the readings:
 the script calls `ledger.tick(source.read())` at each sampling instant and
 `ledger.open(t)` / `ledger.close(window, t)` for each request, exactly as the
@@ -15,8 +15,9 @@ sampler thread and the middleware do. The "exact" share of a request is the
 integral of P(t)/n(t) over its lifetime, computed segment by segment from the
 scripted power, so it owes nothing to the ledger.
 
-Under `cpu_time`, each request also gets a `carbonspan.cpu_clock.CpuClock`, the
-object the middleware hands the ledger; the script advances its
+Under `cpu_time`, each request also gets a
+`carbonspan.attribution.cpu_clock.CpuClock`, the object the middleware hands
+the ledger; the script advances its
 `loop_seconds` by the request's scripted CPU rate as the fake clock moves, as
 the timed coroutine wrapper does for a real request. The exact `cpu_time`
 share is the integral of P(t) x r_i / (sum of the r of the requests in flight),
@@ -37,6 +38,7 @@ from pathlib import Path
 from carbonspan import Measurement
 from carbonspan.attribution.cpu_clock import CpuClock
 from carbonspan.attribution.ledger import Ledger
+from carbonspan.attribution.policies import CpuTime, TimeShare
 from carbonspan.attribution.totals import Totals
 from carbonspan.testing import ScriptedPowerSource
 
@@ -104,7 +106,7 @@ def simulate(
     """
     clock = FakeClock()
     source = ScriptedPowerSource(**watts, resolution=RESOLUTION, clock=clock)
-    ledger = Ledger(policy="time_share" if cpu_rates is None else "cpu_time")
+    ledger = Ledger(TimeShare() if cpu_rates is None else CpuTime())
     cpu_clocks: dict[int, CpuClock] = {}
     last_t = 0.0
     count = round(end / interval)

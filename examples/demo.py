@@ -216,11 +216,13 @@ async def traffic(url: str, multiplier: int) -> list[Sent]:
 # -- reading the results -------------------------------------------------------
 
 
-def wait_for_hardware(runtime: Instrumentation, timeout: float) -> None:
+def wait_for_hardware(instrumentation: Instrumentation, timeout: float) -> None:
     """Block until the sampler has detected the hardware and ticked the ledger."""
     deadline = time.monotonic() + timeout
-    sampler = runtime.sampler
-    while not (sampler.info.measurement and runtime.ledger.last_time is not None):
+    sampler = instrumentation.sampler
+    while not (
+        sampler.info.measurement and instrumentation.ledger.last_time is not None
+    ):
         if time.monotonic() > deadline:
             raise DemoError(
                 f"no power reading after {timeout:.0f} s "
@@ -229,10 +231,10 @@ def wait_for_hardware(runtime: Instrumentation, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def print_hardware(runtime: Instrumentation, elapsed: float) -> None:
-    info = runtime.sampler.info
-    intensity = runtime.intensity
-    settings = runtime.settings
+def print_hardware(instrumentation: Instrumentation, elapsed: float) -> None:
+    info = instrumentation.sampler.info
+    intensity = instrumentation.intensity
+    settings = instrumentation.settings
     where = intensity.country_iso_code or intensity.cloud_region or "world"
     print(f"Hardware detected in {elapsed:.1f} s:")
     print(f"  CPU model          {info.cpu_model or 'unknown'}")
@@ -366,7 +368,7 @@ def metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
 
 def print_totals(
     app: FastAPI,
-    runtime: Instrumentation,
+    instrumentation: Instrumentation,
     reader: InMemoryMetricReader,
     from_spans: float,
 ) -> None:
@@ -379,7 +381,7 @@ def print_totals(
     grams: dict[bool, float] = {}
     for point in metric_points(reader, "codecarbon.emissions"):
         grams[bool(point.attributes.get("codecarbon.attributed"))] = point.value
-    grams_measured = runtime.intensity.grams(sum(totals.measured.values()))
+    grams_measured = instrumentation.intensity.grams(sum(totals.measured.values()))
 
     print("Totals for this process (J; `CodeCarbonInstrumentor.energy_totals(app)`):")
     print(f"  {'':26}" + "".join(f"{c:>10}" for c in (*COMPONENTS, "total")))
@@ -405,7 +407,7 @@ def print_totals(
     measured_j = sum(totals.measured.values())
     # What requests drew after their responses had gone: attributed, not on
     # their spans (work left running, such as background tasks).
-    after_j = sum(runtime.ledger.totals().after_response)
+    after_j = sum(instrumentation.ledger.totals().after_response)
     print()
     print(
         f"  The request rows add up to {from_spans:.4f} J, and the requests drew "
@@ -476,27 +478,27 @@ def run(args: argparse.Namespace) -> None:
             )
         except ValueError as exc:  # a bad setting, such as an unknown country
             raise DemoError(str(exc)) from None
-        runtime = instrumentation_of(app)
-        if runtime is None:  # not after a successful instrument_app
+        instrumentation = instrumentation_of(app)
+        if instrumentation is None:  # not after a successful instrument_app
             raise DemoError("carbonspan is not measuring the app")
 
         server.start()
         print(f"Serving on {server.url}; detecting hardware (about 2 s)...")
-        wait_for_hardware(runtime, READY_TIMEOUT)
-        print_hardware(runtime, time.monotonic() - began)
+        wait_for_hardware(instrumentation, READY_TIMEOUT)
+        print_hardware(instrumentation, time.monotonic() - began)
 
         sent = asyncio.run(traffic(server.url, args.requests))
         # Let the sampler take one more tick, so the last interval is counted,
         # then stop it, so the totals below stay put while we read them. (Not
         # uninstrument_app yet: that also takes the app out of the metrics.)
-        time.sleep(runtime.settings.sample_interval * 2.5)
-        runtime.sampler.stop()
+        time.sleep(instrumentation.settings.sample_interval * 2.5)
+        instrumentation.sampler.stop()
 
         print(f"{len(sent)} requests, read back from their server spans:")
         spans = server_spans(exporter.get_finished_spans())
         from_spans = print_requests(sent, spans)
         print_span(sent, spans, "/cpu")
-        print_totals(app, runtime, reader, from_spans)
+        print_totals(app, instrumentation, reader, from_spans)
     finally:
         if server is not None:
             server.stop()
