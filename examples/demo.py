@@ -251,7 +251,7 @@ def print_hardware(instrumentation: Instrumentation, elapsed: float) -> None:
     )
     print(
         f"  carbon intensity   {intensity.g_per_kwh:.1f} g CO2eq/kWh "
-        f"({where}, source: {intensity.source})"
+        f"({where}, source: {intensity.location_source})"
     )
     print()
 
