@@ -20,12 +20,12 @@ import threading
 from itertools import takewhile
 from typing import TYPE_CHECKING
 
-from carbonspan.attribution.measurement import Measurement, measure
+from carbonspan.attribution.measurement import Measurement
 from carbonspan.attribution.policies import AttributionPolicy, Interval, TimeShare
 from carbonspan.attribution.readings import Fault, ReadingDeltas
 from carbonspan.attribution.ticks import TickRing
 from carbonspan.attribution.totals import Times, Totals
-from carbonspan.attribution.window import ZERO, Stretches, Window
+from carbonspan.attribution.window import ZERO, Stretches, Window, measure
 from carbonspan.numbers import is_finite
 from carbonspan.power.source import COMPONENTS, EnergyReading
 
@@ -44,7 +44,6 @@ class Ledger:
     ) -> None:
         self.policy: AttributionPolicy = policy if policy is not None else TimeShare()
         self._ring_size = ring
-        self._timed = self.policy.timed
         self.reset()
 
     def reset(self) -> None:
@@ -81,7 +80,7 @@ class Ledger:
             ring = self._ring
             window = Window(now, self._b, ring.j, self._t is not None, ring.last())
             self._windows[window] = None
-            if self._timed:  # only a policy with clocks keeps per-window state
+            if self.policy.timed:  # only a policy with clocks keeps per-window state
                 self.policy.opened(window, clock)
             return window
 
@@ -144,7 +143,7 @@ class Ledger:
         return measure(window, now, charges, shared, shared_cpu, self._label(window))
 
     def _label(self, window: Window) -> str:
-        return self.policy.label(window) if self._timed else self.policy.name
+        return self.policy.label(window) if self.policy.timed else self.policy.name
 
     def pause(self, window: Window, now: float) -> None:
         """The request waits on its client (a body, a slow reader): until
@@ -170,7 +169,7 @@ class Ledger:
             self._n += 1
             window.b0, window.j0 = self._b, self._ring.j
             window.last_tick = self._ring.last()
-            if self._timed:
+            if self.policy.timed:
                 self.policy.resumed(window)
 
     def _leave(self, window: Window) -> tuple[dict[str, float | None], float | None]:
@@ -179,7 +178,7 @@ class Ledger:
         self._n -= 1
         ring = self._ring
         charges, guesses, shared_cpu = ring.charges(window, self._b)
-        if self._timed:
+        if self.policy.timed:
             self.policy.closed(window)
         # Its tail: its shared time since the last tick (or since it entered).
         self._tails += self._b - (window.b0 if window.j0 == ring.j else ring.tick_b)

@@ -3,8 +3,6 @@ each component drew since its last valid value."""
 
 from __future__ import annotations
 
-import math
-
 from carbonspan.numbers import is_finite
 from carbonspan.power.source import COMPONENTS
 
@@ -52,7 +50,7 @@ class ReadingDeltas:
         if delta < 0:  # the counter reset or wrapped around
             faults.append(("backwards", f"{name}: {previous!r} -> {value!r}"))
             return None
-        if not math.isfinite(delta):
+        if not is_finite(delta):
             faults.append(("invalid", f"{name}={value!r}"))
             self._last[name], self.last_at[name] = previous, since
             return None

@@ -110,6 +110,7 @@ class SpanAttributes:
         attribution: str,
     ) -> None:
         self._grid = grid
+        self._dynamic = grid.dynamic  # a provider is given once, or never
         self._sampler = sampler
         self._scope = scope
         self._attribution = attribution
@@ -128,7 +129,7 @@ class SpanAttributes:
                 info,
                 self._scope,
                 self._attribution,
-                dynamic=self._grid.dynamic,
+                dynamic=self._dynamic,
             )
             self._on_span = (None, {})
         resource = getattr(span, "resource", None)
@@ -146,7 +147,7 @@ class SpanAttributes:
         attrs = dict(self.static(span))
         attrs[ENERGY_TOTAL] = valuation.joules
         grams = attrs[EMISSIONS] = valuation.grams
-        if self._grid.dynamic:  # the request's own intensity
+        if self._dynamic:  # the request's own intensity
             intensity = valuation.factors.intensity
             attrs[CARBON_INTENSITY] = intensity.g_per_kwh
             attrs[LOCATION_SOURCE] = intensity.location_source
