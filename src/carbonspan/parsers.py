@@ -5,6 +5,7 @@ setting its parser."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -102,25 +103,33 @@ def finite_number(name: str, value: Any) -> float:
     return number
 
 
-def grid_intensity(name: str, value: Any) -> float:
-    number = finite_number(name, value)
-    if not 0 <= number <= MAX_INTENSITY:
-        raise ValueError(
-            f"{name}: expected g CO2eq/kWh in [0, {MAX_INTENSITY:g}], got {value!r}"
-        )
-    return number
+def number_in(
+    unit: str, low: float, high: float, *, above: bool = False
+) -> Callable[[str, Any], float]:
+    """A parser of numbers in `unit` from `low` to `high` (above `low`, not
+    equal to it, if `above`; with no upper bound if `high` is infinite)."""
+
+    def parse(name: str, value: Any) -> float:
+        number = finite_number(name, value)
+        if (number > low if above else number >= low) and number <= high:
+            return number
+        if math.isinf(high):
+            expected = f"{unit} > {low:g}" if above else f"{unit} >= {low:g}"
+        else:
+            expected = f"{unit} in {'(' if above else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+
+    return parse
 
 
 def seconds_between(low: float, high: float) -> Callable[[str, Any], float]:
-    def parse(name: str, value: Any) -> float:
-        number = finite_number(name, value)
-        if not low <= number <= high:
-            raise ValueError(
-                f"{name}: expected seconds in [{low:g}, {high:g}], got {value!r}"
-            )
-        return number
+    return number_in("seconds", low, high)
 
-    return parse
+
+grid_intensity = number_in("g CO2eq/kWh", 0.0, MAX_INTENSITY)
+refresh_seconds = number_in("seconds", 0.0, 86400.0, above=True)
+kilograms = number_in("kg CO2eq", 0.0, math.inf, above=True)
+years = number_in("years", 0.0, 100.0, above=True)
 
 
 def one_of(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
@@ -195,32 +204,11 @@ def intensity_source(name: str, value: Any) -> str | IntensityProvider:
     )
 
 
-def refresh_seconds(name: str, value: Any) -> float:
-    number = finite_number(name, value)
-    if not 0 < number <= 86400:
-        raise ValueError(f"{name}: expected seconds in (0, 86400], got {value!r}")
-    return number
-
-
 def http_url(name: str, value: Any) -> str:
     text = nonempty_text(name, value)
     if not text.lower().startswith(("http://", "https://")):
         raise ValueError(f"{name}: expected an http:// or https:// URL, got {value!r}")
     return text
-
-
-def kilograms(name: str, value: Any) -> float:
-    number = finite_number(name, value)
-    if number <= 0:
-        raise ValueError(f"{name}: expected kg CO2eq > 0, got {value!r}")
-    return number
-
-
-def years(name: str, value: Any) -> float:
-    number = finite_number(name, value)
-    if not 0 < number <= 100:
-        raise ValueError(f"{name}: expected years in (0, 100], got {value!r}")
-    return number
 
 
 def secret(name: str, value: Any) -> str:
