@@ -22,15 +22,8 @@ from pathlib import Path
 
 import httpx
 
+import harness
 import netguard  # noqa: F401  (installs the loopback-only guard on import)
-from harness import (
-    env_with_path,
-    free_port,
-    terminate,
-    uvicorn_command,
-    wait_accepting,
-    wait_or_kill,
-)
 
 APP = """
 import asyncio
@@ -108,21 +101,21 @@ def main() -> int:
     app_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"slow-clients-{os.getpid()}"
     app_dir.mkdir(exist_ok=True)
     (app_dir / "slow_app.py").write_text(APP)
-    port = free_port()
+    port = harness.free_port()
     server = subprocess.Popen(
-        uvicorn_command("slow_app:app", port),
-        env=env_with_path(str(app_dir)),
+        harness.uvicorn_command("slow_app:app", port),
+        env=harness.env_with_path(str(app_dir)),
         cwd=app_dir,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_accepting(server, port, 30)
+        harness.wait_accepting(server, port, 30)
         time.sleep(0.5)  # the sampler's first readings
         alone = asyncio.run(honest(url))
         beside = asyncio.run(attack(url, port, args.clients, args.seconds))
     finally:
-        terminate(server)
-        wait_or_kill(server, 10)
+        harness.terminate(server)
+        harness.wait_or_kill(server, 10)
     ratio = alone / beside
     print(
         f"honest 0.3 s request, 10 W source: alone {alone:.3f} J; beside "

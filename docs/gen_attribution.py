@@ -18,7 +18,7 @@ scripted power, so it owes nothing to the ledger.
 Under `cpu_time`, each request also gets a
 `carbonspan.attribution.cpu_clock.CpuClock`, the object the middleware hands
 the ledger; the script advances its
-`loop_seconds` by the request's scripted CPU rate as the fake clock moves, as
+CPU seconds (`add_thread`) by the request's scripted CPU rate as the fake clock moves, as
 the timed coroutine wrapper does for a real request. The exact `cpu_time`
 share is the integral of P(t) x r_i / (sum of the r of the requests in flight),
 where r is each request's CPU rate.
@@ -34,6 +34,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from carbonspan import Measurement
 from carbonspan.attribution.cpu_clock import CpuClock
@@ -124,7 +125,7 @@ def simulate(
         clock.now = t
         if cpu_rates is not None:  # the requests in flight used CPU until t
             for k, cpu_clock in cpu_clocks.items():
-                cpu_clock.loop_seconds += cpu_rates[k] * (t - last_t)
+                cpu_clock.add_thread(cpu_rates[k] * (t - last_t))
             last_t = t
         if kind == 0:
             reading = source.read()
@@ -201,6 +202,17 @@ FIGURE_REQUESTS: list[Request] = [
 FIGURE_END = 2.0
 
 
+def request_bar(
+    axes: Any, y: float, start: float, stop: float, color: Any, label: str
+) -> None:
+    """One request's bar on the timeline, labelled beside it."""
+    axes.barh(y, stop - start, left=start, height=0.6, color=color)
+    if stop < 1.4:
+        axes.text(stop + 0.02, y, label, va="center", fontsize=9)
+    else:
+        axes.text(start - 0.02, y, label, va="center", ha="right", fontsize=9)
+
+
 def figure_watts() -> dict[str, Watts]:
     """CPU follows the load (4 W + 6 W per request in flight); RAM is a flat 3 W."""
     n = in_flight(FIGURE_REQUESTS)
@@ -229,13 +241,8 @@ def draw(output: Path) -> Run:
     for i, ((start, stop), charged, exact) in enumerate(
         zip(FIGURE_REQUESTS, run.charged, run.exact, strict=True)
     ):
-        y = len(FIGURE_REQUESTS) - i
-        top.barh(y, stop - start, left=start, height=0.6, color=colors[i])
         label = f"req {i + 1}: {charged:.2f} J  (exact {exact:.2f} J)"
-        if stop < 1.4:
-            top.text(stop + 0.02, y, label, va="center", fontsize=9)
-        else:
-            top.text(start - 0.02, y, label, va="center", ha="right", fontsize=9)
+        request_bar(top, len(FIGURE_REQUESTS) - i, start, stop, colors[i], label)
     top.set_yticks([])
     top.set_ylim(0.3, len(FIGURE_REQUESTS) + 0.7)
     top.set_title("Requests in flight, with the joules the ledger charged each one")
@@ -347,13 +354,8 @@ def draw_policies(output: Path) -> tuple[Run, Run]:
     for i, ((start, stop), rate) in enumerate(
         zip(FIGURE_REQUESTS, FIGURE_CPU_RATES, strict=True)
     ):
-        y = count - i
-        top.barh(y, stop - start, left=start, height=0.6, color=colors[i])
         label = f"req {i + 1}: {rate:.0%} of a core"
-        if stop < 1.4:
-            top.text(stop + 0.02, y, label, va="center", fontsize=9)
-        else:
-            top.text(start - 0.02, y, label, va="center", ha="right", fontsize=9)
+        request_bar(top, count - i, start, stop, colors[i], label)
     for t in shared.ticks:
         top.axvline(t, color="0.85", linewidth=0.6, zorder=0)
     top.set_yticks([])

@@ -31,6 +31,9 @@ from carbonspan.power.source import COMPONENTS
 from carbonspan.version import __version__
 
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
+#: The meter's (the instrumentation scope's) name: backends show it
+#: (Prometheus's `otel_scope_name`), so it stays put whatever the module is.
+METER_NAME = "carbonspan.metrics"
 ENERGY_BUCKETS = (
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0,
@@ -50,7 +53,10 @@ class Metrics:
         self._lock = threading.Lock()
         self._ledgers: dict[Ledger, _LedgerEntry] = {}
         meter = get_meter(
-            __name__, __version__, meter_provider=meter_provider, schema_url=SCHEMA_URL
+            METER_NAME,
+            __version__,
+            meter_provider=meter_provider,
+            schema_url=SCHEMA_URL,
         )
         self.queue = PointQueue(
             meter.create_histogram(
