@@ -7,7 +7,18 @@ from collections.abc import Iterator
 import pytest
 
 from carbonspan import checks
+from carbonspan.carbon import embodied
 from support.otel import Instrumented, Otel
+
+
+@pytest.fixture(autouse=True)
+def no_cached_answers() -> Iterator[None]:
+    """BoaviztAPI's answers are cached per process and URL: each test asks
+    its own server afresh (a port may be used again)."""
+    cache = embodied._cache
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture

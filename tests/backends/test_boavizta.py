@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from carbonspan.carbon import embodied
 from carbonspan.carbon.embodied import Boavizta
 from carbonspan.otel import attributes as a
 from carbonspan.testing import ConstantPowerSource
 from support.asgi import fetch
 from support.backends import BoaviztAPI
+from support.checks import wait_for
 from support.otel import Instrumented, Otel, attrs, ready_app
 
 pytestmark = pytest.mark.backends
@@ -24,17 +23,10 @@ def boavizta() -> Iterator[BoaviztAPI]:
         yield server
 
 
-@pytest.fixture(autouse=True)
-def no_cached_answers() -> Iterator[None]:
-    embodied._cache.clear()
-    yield
-    embodied._cache.clear()
-
-
 def test_cloud_instance_and_server_archetype(boavizta: BoaviztAPI) -> None:
     m5 = Boavizta(boavizta.url, cloud_provider="aws", cloud_instance="m5.large")
     got = m5.fetch()
-    assert got.source == "boavizta"
+    assert got.origin == "boavizta"
     assert got.kg > 0 and got.lifetime_hours > 0
     # The rate agrees with BoaviztAPI's own figure for one hour (which it
     # rounds to two significant figures).
@@ -50,16 +42,14 @@ def test_cloud_instance_and_server_archetype(boavizta: BoaviztAPI) -> None:
 def test_spans_carry_sci_with_boavizta_embodied_emissions(
     boavizta: BoaviztAPI, otel: Otel, instrument: Instrumented
 ) -> None:
-    app, runtime = ready_app(
+    app, inst = ready_app(
         instrument, otel, power_source=ConstantPowerSource(cpu=8.0, ram=2.0),
         carbon_intensity=56.0, boavizta_url=boavizta.url, cloud_provider="aws",
         cloud_instance="m5.large", scope="machine", sample_interval=0.02,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while runtime.accounts.factors.embodied is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    known = runtime.accounts.embodied.value
-    assert known is not None and known.source == "boavizta"
+    wait_for(lambda: inst.accounts.factors.embodied_rate is not None, timeout=60)
+    known = inst.accounts.embodied.value
+    assert known is not None and known.origin == "boavizta"
     assert fetch(app, ["/sleep?seconds=0.1"] * 3) == [200, 200, 200]
     spans = [attrs(s) for s in otel.server_spans()]
     assert len(spans) == 3

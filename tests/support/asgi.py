@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 
 
@@ -20,14 +21,15 @@ def client(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
 
-def get(app: Any, path: str) -> httpx.Response:
-    """One GET request, answered."""
+def get(app: Any, path: str, *, backend: str = "asyncio") -> httpx.Response:
+    """One GET request, answered; under asyncio, or (`backend`) trio."""
 
     async def go() -> httpx.Response:
         async with client(app) as c:
             return await c.get(path)
 
-    return asyncio.run(go())
+    response: httpx.Response = anyio.run(go, backend=backend)
+    return response
 
 
 def fetch(app: Any, paths: list[str], *, concurrently: bool = False) -> list[int]:

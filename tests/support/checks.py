@@ -13,6 +13,8 @@ import pytest
 
 from carbonspan.otel import attributes as a
 from carbonspan.otel.instrumentation import Instrumentation
+from carbonspan.power.source import COMPONENTS
+from support.fakes import Recorded
 from support.otel import Otel
 
 
@@ -55,8 +57,8 @@ def in_flight_metric(otel: Otel) -> float:
     return float(points[0].value)
 
 
-def assert_no_open_window(runtime: Instrumentation, otel: Otel) -> None:
-    assert runtime.ledger.in_flight == 0
+def assert_no_open_window(inst: Instrumentation, otel: Otel) -> None:
+    assert inst.ledger.in_flight == 0
     assert in_flight_metric(otel) == 0
 
 
@@ -69,19 +71,24 @@ def carbonspan_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRec
 
 
 def conserved(
-    runtime: Instrumentation, spans_j: dict[str, float], rel: float = 0.01
+    inst: Instrumentation, spans_j: dict[str, float], rel: float = 0.01
 ) -> None:
     """The books balance, per component in `spans_j` (the joules on the spans):
     spans + what requests drew after their responses == the attributed joules,
-    and + the unattributed joules == the source's own last - first reading."""
-    ledger = runtime.ledger
-    first, last = ledger.first_time, ledger.last_time
-    assert first is not None and last is not None
-    totals = ledger.totals()
-    for i, component in enumerate(("cpu", "gpu", "ram")):
+    and + the unattributed joules == what the source itself counted between
+    the ledger's first and last readings (its power source must be a
+    `support.fakes.Recorded`)."""
+    ledger, source = inst.ledger, inst.sampler.source
+    assert isinstance(source, Recorded), "conserved() needs a Recorded source"
+    while True:  # the books as of one reading
+        last = ledger.last_time
+        totals = ledger.totals()
+        if ledger.last_time == last:
+            break
+    for i, component in enumerate(COMPONENTS):
         if component not in spans_j:
             continue
-        measured = getattr(last, component) - getattr(first, component)
+        measured = source.joules(component, ledger.first_time, last)
         after = totals.after_response[i]
         assert spans_j[component] + after == pytest.approx(
             totals.attributed[i], rel=1e-9

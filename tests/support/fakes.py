@@ -1,8 +1,10 @@
-"""Fake hardware, and a clock a test moves by hand.
+"""Fake hardware, a clock a test moves by hand, and a recorder of readings.
 
 Everything else is real in the tests that use these: the sampler thread, the
 ledger, the app and the OpenTelemetry SDK. Only what is hardware (a power
-meter, an NVIDIA driver) or time is faked.
+meter, an NVIDIA driver) or time is faked. `Recorded` fakes nothing: it keeps
+what a real source returned, the truth a test checks the ledger's books
+against.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from carbonspan import EnergyReading
+from carbonspan import EnergyReading, HardwareInfo, PowerSource
 from carbonspan.testing import ConstantPowerSource
 
 
@@ -26,6 +28,47 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class Recorded:
+    """A power source (`source`, a real one inside) that keeps every reading it
+    returned, by its time: what the source itself said, independently of
+    what the ledger made of it. `first` and `last` are the first and the
+    latest reading it returned."""
+
+    def __init__(self, source: PowerSource) -> None:
+        self.source = source
+        self.by_time: dict[float, EnergyReading] = {}
+        self.first: EnergyReading | None = None
+        self.last: EnergyReading | None = None
+
+    def read(self) -> EnergyReading:
+        reading = self.source.read()
+        self.by_time.setdefault(reading.time, reading)
+        if self.first is None:
+            self.first = reading
+        self.last = reading
+        return reading
+
+    def describe(self) -> HardwareInfo:
+        return self.source.describe()
+
+    @property
+    def reads(self) -> int:
+        """The inner source's reads, where it counts them (support.otel's
+        `wait_ready` waits on them)."""
+        return int(getattr(self.source, "reads", len(self.by_time)))
+
+    def at(self, time: float | None) -> EnergyReading:
+        """The reading the source returned at `time`."""
+        assert time is not None, "no reading yet"
+        return self.by_time[time]
+
+    def joules(self, component: str, since: float | None, until: float | None) -> float:
+        """J `component` drew between the readings at `since` and `until`,
+        by the source's own cumulative counts."""
+        first, last = self.at(since), self.at(until)
+        return float(getattr(last, component) - getattr(first, component))
 
 
 class BrokenSource(ConstantPowerSource):

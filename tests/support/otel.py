@@ -10,7 +10,6 @@ test app instrumented and ready.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,9 +92,9 @@ class Instrumented:
         self.carbon.append(app)
         if contrib == "after" and otel is not None:
             self._contrib(app, otel)
-        runtime = instrumentation_of(app)
-        assert runtime is not None
-        return runtime
+        inst = instrumentation_of(app)
+        assert inst is not None
+        return inst
 
     def _contrib(self, app: Any, otel: Otel) -> None:
         FastAPIInstrumentor.instrument_app(
@@ -116,19 +115,14 @@ def attrs(span: ReadableSpan, prefix: str = "codecarbon.") -> dict[str, Any]:
     return {k: v for k, v in (span.attributes or {}).items() if k.startswith(prefix)}
 
 
-def wait_ready(
-    runtime: Instrumentation, readings: int = 2, timeout: float = 10.0
-) -> None:
-    """Start the sampler as a server's startup would, and wait for readings."""
-    runtime.sampler.start()
-    source = runtime.sampler.source
-    start = getattr(source, "reads", 0)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if getattr(source, "reads", 0) - start >= readings:
-            return
-        time.sleep(0.005)
-    raise AssertionError("the sampler took no readings")
+def wait_ready(inst: Instrumentation, readings: int = 2, timeout: float = 10.0) -> None:
+    """Start the sampler as a server's startup would, and wait until it has
+    taken `readings` more readings."""
+    from support.checks import wait_for  # support.checks imports this module
+
+    inst.sampler.start()
+    start = inst.sampler.reads
+    wait_for(lambda: inst.sampler.reads - start >= readings, timeout=timeout)
 
 
 def ready_app(
@@ -137,6 +131,6 @@ def ready_app(
     """The test app (support.apps), instrumented with `settings` under `otel`,
     its sampler started and read twice: requests have figures from the first."""
     app = build_app()
-    runtime = instrument(app, otel, **settings)
-    wait_ready(runtime)
-    return app, runtime
+    inst = instrument(app, otel, **settings)
+    wait_ready(inst)
+    return app, inst

@@ -13,11 +13,11 @@ import statistics
 import pytest
 
 from carbonspan import EnergyReading
-from carbonspan.attribution import policies
 from carbonspan.attribution.cpu_clock import CpuClock
 from carbonspan.attribution.estimator import PowerModel
 from carbonspan.attribution.ledger import Ledger
 from carbonspan.attribution.policies import POLICIES, CpuTime, TimeShare
+from carbonspan.config import Settings
 from carbonspan.testing import ConstantPowerSource
 
 IDLE_W, BUSY_W = 2.0, 30.0
@@ -188,18 +188,26 @@ def test_zero_joules_only_where_the_source_measured_zero() -> None:
 
 @pytest.mark.parametrize("name", ["time_share", "cpu_time"])
 def test_policies_are_looked_up_by_name(name: str) -> None:
-    policy = policies.make(name)
-    assert isinstance(policy, policies.POLICIES[name]) and policy.name == name
-    assert Ledger(POLICIES[name]()).policy.name == name
+    policy = POLICIES[name]()
+    assert policy.name == name
+    ledger = Ledger(policy)
+    assert ledger.policy is policy
     assert isinstance(policy, TimeShare)  # cpu_time shares RAM and GPU by time
     assert policy.timed is (name == "cpu_time") is isinstance(policy, CpuTime)
+    assert Settings.load({"attribution": name}, environ={}).attribution == name
+
+
+def test_the_ledger_shares_by_time_unless_given_a_policy() -> None:
+    assert isinstance(Ledger().policy, TimeShare)
+    assert not Ledger().policy.timed
 
 
 def test_an_unknown_policy_names_the_accepted_ones() -> None:
-    with pytest.raises(ValueError, match=r"attribution: 'fair'.*time_share, cpu_time"):
-        policies.make("fair")
-    with pytest.raises(ValueError, match="attribution"):
-        Ledger(policy="fair")
+    with pytest.raises(
+        ValueError, match=r"attribution: 'fair'.*one of time_share, cpu_time"
+    ):
+        Settings.load({"attribution": "fair"}, environ={})
+    assert set(POLICIES) == {"time_share", "cpu_time"}
 
 
 def test_power_that_does_not_follow_the_requests_is_not_theirs() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 import urllib.error
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,18 +18,12 @@ from carbonspan.otel import attributes as a
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import fetch
+from support.checks import wait_for
 from support.fake_apis import BOAVIZTA_M5_LARGE, Canned, ElectricityMaps
 from support.otel import Instrumented, Otel, attrs, ready_app, wait_ready
 from support.server import free_port
 
 TOKEN = "secret-token"
-
-
-@pytest.fixture(autouse=True)
-def no_cached_answers() -> Iterator[None]:
-    embodied._cache.clear()
-    yield
-    embodied._cache.clear()
 
 
 # --- Electricity Maps --------------------------------------------------------------
@@ -56,17 +49,20 @@ def test_electricity_maps_refusals_raise() -> None:
         assert info.value.code == 401
     with ElectricityMaps([None]) as api:  # a zone without data
         empty = ElectricityMapsIntensity("XX", TOKEN, base_url=api.base_url)
-        with pytest.raises(ValueError, match="carbonIntensity=None"):
+        with pytest.raises(
+            ValueError, match=r"carbonIntensity for zone 'XX' is not a .*number: None"
+        ):
             empty.current()
 
 
 def wait_for_spans(otel: Otel, app: Any, done: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Serve requests until the spans show what `done` looks for."""
+
+    def served_and_done() -> bool:
         assert fetch(app, ["/sleep?seconds=0.01"]) == [200]
-        if done([attrs(s) for s in otel.server_spans()]):
-            return
-    raise AssertionError("the spans never showed what was expected")
+        return bool(done([attrs(s) for s in otel.server_spans()]))
+
+    wait_for(served_and_done, timeout=timeout)
 
 
 def test_spans_follow_electricity_maps_from_the_environment(
@@ -84,12 +80,12 @@ def test_spans_follow_electricity_maps_from_the_environment(
         }.items():
             monkeypatch.setenv("CARBONSPAN_" + name, value)
         app = build_app()
-        runtime = instrument(
+        inst = instrument(
             app, otel, power_source=ConstantPowerSource(cpu=10.0),
             country_iso_code="FRA", sample_interval=0.02,
         )  # fmt: skip
         with caplog.at_level(logging.DEBUG):
-            wait_ready(runtime)
+            wait_ready(inst)
 
             def two_values(spans: list[dict[str, Any]]) -> bool:
                 seen = {
@@ -125,19 +121,19 @@ def test_electricity_maps_refusing_the_token_never_hurts_a_request(
 ) -> None:
     with ElectricityMaps([300.0], token="another") as api:
         app = build_app()
-        runtime = instrument(
+        inst = instrument(
             app, otel, power_source=ConstantPowerSource(cpu=10.0),
             carbon_intensity=70.0, intensity_provider="electricitymaps",
             electricitymaps_zone="DE", electricitymaps_url=api.base_url,
             electricitymaps_token=TOKEN, intensity_refresh=0.05,
             sample_interval=0.02,
         )  # fmt: skip
-        with caplog.at_level(logging.WARNING, logger="carbonspan.intensity"):
-            wait_ready(runtime)
+        with caplog.at_level(logging.WARNING, logger="carbonspan.carbon.grid"):
+            wait_ready(inst)
             deadline = time.monotonic() + 10
-            while runtime.grid.failures < 3 and time.monotonic() < deadline:
+            while inst.grid.failures < 3 and time.monotonic() < deadline:
                 assert fetch(app, ["/fast"] * 3) == [200, 200, 200]
-    assert runtime.grid.failures >= 3
+    assert inst.grid.failures >= 3
     assert len([r for r in caplog.records if "401" in r.getMessage()]) == 1
     spans = [attrs(s) for s in otel.server_spans()]
     measured = [s for s in spans if a.ENERGY_TOTAL in s]
@@ -162,7 +158,7 @@ def test_boavizta_cloud_instance_whole_life_once() -> None:
         "verbose": "true",
     }  # fmt: skip
     assert got == again
-    assert (got.kg, got.lifetime_hours, got.source) == (24.0, 52560.0, "boavizta")
+    assert (got.kg, got.lifetime_hours, got.origin) == (24.0, 52560.0, "boavizta")
     # 24 kg over 6 years: 0.457 g an hour, as BoaviztAPI says for 1 h.
     assert got.grams_per_second * 3600 == pytest.approx(24000 / 52560)
     longer = Boavizta(
@@ -191,11 +187,11 @@ def test_boavizta_answers_without_a_figure_are_not_asked_again(
             boavizta=Boavizta(api.url, cloud_provider="aws", cloud_instance="m9.huge"),
             threaded=False,
         )
-        with caplog.at_level(logging.WARNING, logger="carbonspan.embodied"):
+        with caplog.at_level(logging.WARNING, logger="carbonspan.carbon.embodied"):
             for now in (0.0, 400.0, 800.0):
                 source.poll(now)
         assert len(api.seen) == 1
-    assert source.value is None
+    assert source.value is None and source.refresher.stopped
     assert len(caplog.records) == 1
 
 
@@ -203,25 +199,25 @@ def test_boavizta_unreachable_means_no_embodied_figures_and_a_single_warning(
     otel: Otel, instrument: Instrumented, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = build_app()
-    with caplog.at_level(logging.WARNING, logger="carbonspan.embodied"):
-        runtime = instrument(
+    with caplog.at_level(logging.WARNING, logger="carbonspan.carbon.embodied"):
+        inst = instrument(
             app, otel, power_source=ConstantPowerSource(cpu=10.0),
             boavizta_url=f"http://127.0.0.1:{free_port()}",
             cloud_provider="aws", cloud_instance="m5.large", sample_interval=0.02,
         )  # fmt: skip
-        wait_ready(runtime)
-        deadline = time.monotonic() + 10
-        while runtime.accounts.embodied.failures < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_ready(inst)
+        source = inst.accounts.embodied
+        wait_for(lambda: source.failures >= 1)
         assert fetch(app, ["/sleep?seconds=0.02"] * 3) == [200, 200, 200]
-        # Asked again every 5 minutes, silently: one warning.
-        source = runtime.accounts.embodied
-        source._due = 0.0
-        source.poll(1.0)
-        while source._busy and time.monotonic() < deadline:
-            time.sleep(0.01)
-    assert source.failures >= 2  # the sampler thread may have asked as well
-    assert len(caplog.records) == 1
+        # Asked again once RETRY seconds have gone by, silently: one warning.
+        assert not source.refresher.stopped  # a server not up yet may come up
+        later = time.monotonic() + embodied.RETRY + 1.0
+
+        def asked_again() -> bool:
+            source.poll(later)  # a no-op while the first ask still winds up
+            return source.failures >= 2
+
+        wait_for(asked_again)
     assert "no embodied emissions" in caplog.records[0].getMessage()
     spans = [attrs(s) for s in otel.server_spans()]
     assert spans and all(a.EMBODIED not in s and a.SCI not in s for s in spans)
@@ -233,17 +229,15 @@ def test_boavizta_answer_reaches_spans_and_metrics(
     otel: Otel, instrument: Instrumented
 ) -> None:
     with Canned(200, BOAVIZTA_M5_LARGE) as api:
-        app, runtime = ready_app(
+        app, inst = ready_app(
             instrument, otel, power_source=ConstantPowerSource(cpu=10.0),
             carbon_intensity=100.0, boavizta_url=api.url, cloud_provider="aws",
             cloud_instance="m5.large", sample_interval=0.02,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while runtime.accounts.factors.embodied is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: inst.accounts.factors.embodied_rate is not None)
         assert fetch(app, ["/items/3"] * 4) == [200] * 4
         assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
-        wait_ready(runtime)  # a tick after the last close: the books have it
+        wait_ready(inst)  # a tick after the last close: the accounts have it
     rate = 24000 / (52560 * 3600)  # g/s
     spans = [attrs(s) for s in otel.server_spans()]
     measured = [s for s in spans if a.EMBODIED in s]
@@ -274,7 +268,7 @@ def test_boavizta_answer_reaches_spans_and_metrics(
     # span creator ending the span, the app returning), attributed too.
     on_spans = sum(spans_by_route.values())
     assert on_spans <= process[True] <= on_spans * 1.1
-    books = runtime.accounts
-    assert process[True] + books.embodied_unattributed == pytest.approx(
-        books.embodied_total, rel=1e-9
+    accounts = inst.accounts
+    assert process[True] + accounts.embodied_unattributed == pytest.approx(
+        accounts.embodied_total, rel=1e-9
     )

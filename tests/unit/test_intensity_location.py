@@ -29,22 +29,22 @@ def test_intensity_resolution_order() -> None:
     from codecarbon.input import DataSource
 
     config = resolve(carbon_intensity=42.0, country_iso_code="FRA")
-    assert (config.g_per_kwh, config.source) == (42.0, "config")
+    assert (config.g_per_kwh, config.location_source) == (42.0, "config")
 
     region, factor = next(iter(cloud_regions("gcp").items()))
     cloud = resolve(cloud_provider="gcp", cloud_region=region, country_iso_code="FRA")
-    assert (cloud.g_per_kwh, cloud.source) == (factor, "cloud")
+    assert (cloud.g_per_kwh, cloud.location_source) == (factor, "cloud")
 
     country = resolve(country_iso_code="POL")
     kg = Emissions(DataSource()).get_private_infra_emissions(
         Energy.from_energy(kWh=1.0), GeoMetadata(country_iso_code="POL")
     )
-    assert country.source == "country"
+    assert country.location_source == "country"
     assert country.g_per_kwh == pytest.approx(kg * 1000)
     assert country.g_per_kwh > resolve(country_iso_code="FRA").g_per_kwh
 
     default = resolve()
-    assert (default.g_per_kwh, default.source) == (world_average(), "default")
+    assert (default.g_per_kwh, default.location_source) == (world_average(), "default")
     assert default.grams(3.6e6) == pytest.approx(world_average())
 
 
@@ -77,11 +77,11 @@ def test_one_info_line_says_which_intensity_and_why(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.INFO, logger="carbonspan"):
-        runtime = instrument(
+        inst = instrument(
             build_app(), otel, power_source=ConstantPowerSource(cpu=1.0), **settings
         )
-    (line,) = log_messages(caplog, "carbonspan.emissions")
-    g = runtime.intensity.g_per_kwh
+    (line,) = log_messages(caplog, "carbonspan.carbon.intensity")
+    g = inst.intensity.g_per_kwh
     assert line.startswith(f"carbonspan: carbon intensity {g:.6g} g CO2eq/kWh, ")
     assert line.endswith(expected)
     assert caplog.records[-1].levelno == logging.INFO
@@ -159,15 +159,13 @@ def test_unknown_region_from_env_is_one_logged_line_and_the_country_is_kept(
     monkeypatch.setenv("CARBONSPAN_COUNTRY_ISO_CODE", "USA")
     monkeypatch.setenv("CARBONSPAN_REGION", "atlantis")
     with caplog.at_level(logging.DEBUG):
-        runtime = instrument(
-            build_app(), None, power_source=ConstantPowerSource(cpu=1.0)
-        )
-    intensity = runtime.intensity
+        inst = instrument(build_app(), None, power_source=ConstantPowerSource(cpu=1.0))
+    intensity = inst.intensity
     assert (intensity.country_iso_code, intensity.region) == ("USA", None)
     assert intensity.g_per_kwh == resolve(country_iso_code="USA").g_per_kwh
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(loud) == 1, [r.getMessage() for r in loud]
-    assert loud[0].name == "carbonspan.config" and loud[0].exc_info is None
+    assert loud[0].name == "carbonspan.checks" and loud[0].exc_info is None
     message = loud[0].getMessage()
     assert message.startswith(
         "carbonspan: ignoring CARBONSPAN_REGION='atlantis' (with "
@@ -243,7 +241,7 @@ def test_bad_cloud_region_from_env_is_logged_not_raised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     env = {"CARBONSPAN_CLOUD_PROVIDER": "gcp", "CARBONSPAN_CLOUD_REGION": "mars-1"}
-    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
+    with caplog.at_level(logging.ERROR, logger="carbonspan.checks"):
         s = Settings.load({}, environ=env)
     assert s.cloud_provider is None and s.cloud_region is None
     (record,) = caplog.records
@@ -256,7 +254,7 @@ def test_bad_cloud_region_from_env_is_logged_not_raised(
 def test_env_cloud_error_names_only_the_variables_set(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
+    with caplog.at_level(logging.ERROR, logger="carbonspan.checks"):
         s = Settings.load({}, environ={"CARBONSPAN_CLOUD_REGION": "europe-west1"})
     assert s.cloud_region is None
     (record,) = caplog.records
@@ -269,9 +267,9 @@ def test_env_cloud_error_names_only_the_variables_set(
 def test_gcp_region_gives_the_cloud_factor_and_its_country() -> None:
     region, factor = next(iter(cloud_regions("gcp").items()))
     intensity = resolve(cloud_provider="gcp", cloud_region=region)
-    assert (intensity.g_per_kwh, intensity.source) == (factor, "cloud")
+    assert (intensity.g_per_kwh, intensity.location_source) == (factor, "cloud")
     assert intensity.country_iso_code is not None
     aws = resolve(
         cloud_provider="aws", cloud_region="eu-west-3", country_iso_code="FRA"
     )
-    assert aws.source == "country" and aws.cloud_provider == "aws"
+    assert aws.location_source == "country" and aws.cloud_provider == "aws"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -10,53 +12,62 @@ from hypothesis import strategies as st
 
 from carbonspan import EnergyReading, Measurement
 from carbonspan.attribution.ledger import Ledger
+from carbonspan.attribution.window import Window
 from carbonspan.testing import ConstantPowerSource, ScriptedPowerSource
-from support.fakes import Clock
+from support.fakes import Clock, Recorded
 
 
-class Dialled:
-    """A ledger that has read twice, `first` seconds apart, a source whose CPU
-    draws `watts` (the test turns it: `d.watts = ...`), on a hand-moved clock."""
+class Primed:
+    """A ledger that has read twice, `first` seconds apart, a source whose
+    components draw `watts` (the test turns them: `p.watts["cpu"] = 30.0`),
+    on a clock the test moves (`p.clock.now`)."""
 
-    def __init__(self, watts: float, first: float) -> None:
+    def __init__(self, first: float = 1.0, **watts: float) -> None:
         self.watts = watts
         self.clock = Clock()
-        self.source = ScriptedPowerSource(
-            cpu=lambda _t: self.watts, resolution=1.0, clock=self.clock
+        draws = {c: self._draw(c) for c in watts}
+        self.source = Recorded(
+            ScriptedPowerSource(**draws, resolution=math.inf, clock=self.clock)
         )
         self.ledger = Ledger()
-        self.ledger.tick(self.source.read())
+        self.tick()
         self.clock.now += first
-        self.ledger.tick(self.source.read())
+        self.tick()
+
+    def _draw(self, component: str) -> Callable[[float], float]:
+        return lambda _t: self.watts[component]
 
     def tick(self) -> None:
         self.ledger.tick(self.source.read())
 
+    def open(self, after: float = 0.0) -> Window:
+        return self.ledger.open(self.clock.now + after)
 
-def balanced(ledger: Ledger) -> None:
-    """Attributed + unattributed CPU joules are what the source measured."""
+    def close(self, window: Window, after: float = 0.0) -> Measurement:
+        return self.ledger.close(window, self.clock.now + after)
+
+    def balanced(self) -> None:
+        """Attributed + unattributed CPU joules are what the source counted."""
+        assert cpu_books(self.ledger) == pytest.approx(
+            measured(self.ledger, self.source)
+        )
+
+
+def cpu_books(ledger: Ledger) -> float:
+    """The CPU joules the ledger attributed, and did not."""
     totals = ledger.totals()
-    assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(
-        measured(ledger)
-    )
+    return totals.attributed[0] + totals.unattributed[0]
 
 
-def measured(ledger: Ledger, component: str = "cpu") -> float:
-    """Joules between the first and last reading, from the source's own numbers."""
-    first, last = ledger.first_time, ledger.last_time
-    assert first is not None and last is not None
-    return float(getattr(last, component) - getattr(first, component))
+def measured(ledger: Ledger, source: Recorded, component: str = "cpu") -> float:
+    """Joules between the ledger's first and last reading, by the source's own
+    numbers."""
+    return source.joules(component, ledger.first_time, ledger.last_time)
 
 
 def test_one_request_alone_gets_the_power_times_its_duration() -> None:
-    clock = Clock()
-    source = ConstantPowerSource(cpu=10.0, clock=clock)
-    ledger = Ledger()
-    ledger.tick(source.read())
-    clock.now += 0.1
-    ledger.tick(source.read())
-    w = ledger.open(clock.now + 0.02)
-    m = ledger.close(w, clock.now + 0.07)
+    p = Primed(first=0.1, cpu=10.0)
+    m = p.close(p.open(0.02), 0.07)
     assert m.cpu == pytest.approx(0.5)
     assert m.gpu is None and m.ram is None
     assert m.total == pytest.approx(0.5)
@@ -65,15 +76,10 @@ def test_one_request_alone_gets_the_power_times_its_duration() -> None:
 
 
 def test_a_measurement_is_a_complete_frozen_dataclass_with_its_units() -> None:
-    clock = Clock()
-    source = ConstantPowerSource(cpu=10.0, ram=4.0, clock=clock)
-    ledger = Ledger()
-    ledger.tick(source.read())
-    clock.now += 0.1
-    ledger.tick(source.read())
-    a = ledger.open(clock.now + 0.01)
-    b = ledger.open(clock.now + 0.03)
-    m = ledger.close(a, clock.now + 0.05)
+    p = Primed(first=0.1, cpu=10.0, ram=4.0)
+    a = p.open(0.01)
+    b = p.open(0.03)
+    m = p.close(a, 0.05)
     # Every field is set (replace() reads them all) and equal to what the
     # dataclass's own __init__ builds from them.
     assert dataclasses.replace(m) == m
@@ -89,21 +95,15 @@ def test_a_measurement_is_a_complete_frozen_dataclass_with_its_units() -> None:
     # The process's power, not the request's share of it.
     assert m.cpu_power == pytest.approx(10.0) and m.power("cpu") == m.cpu_power
     assert m.ram_power == pytest.approx(4.0)
-    ledger.close(b, clock.now + 0.06)
+    p.close(b, 0.06)
 
 
 def test_overlapping_requests_split_the_power() -> None:
-    clock = Clock()
-    source = ConstantPowerSource(cpu=12.0, ram=6.0, clock=clock)
-    ledger = Ledger()
-    ledger.tick(source.read())
-    clock.now += 1.0
-    ledger.tick(source.read())
-    t = clock.now
-    a = ledger.open(t)  # alone for 1 s, then shares 1 s with b
-    b = ledger.open(t + 1.0)
-    ma = ledger.close(a, t + 2.0)
-    mb = ledger.close(b, t + 3.0)  # shares 1 s with a, then alone 1 s
+    p = Primed(cpu=12.0, ram=6.0)
+    a = p.open()  # alone for 1 s, then shares 1 s with b
+    b = p.open(1.0)
+    ma = p.close(a, 2.0)
+    mb = p.close(b, 3.0)  # shares 1 s with a, then alone 1 s
     assert ma.cpu == pytest.approx(12.0 + 6.0)
     assert mb.cpu == pytest.approx(6.0 + 12.0)
     assert ma.ram == pytest.approx(6.0 + 3.0)
@@ -111,56 +111,47 @@ def test_overlapping_requests_split_the_power() -> None:
 
 
 def test_power_change_is_corrected_at_the_tick_onto_open_windows() -> None:
-    d = Dialled(10.0, first=1.0)  # the ledger now believes 10 W
-    clock, ledger = d.clock, d.ledger
-    w = ledger.open(clock.now)
-    d.watts = 30.0  # the source jumps; the ledger learns it at the next tick
-    clock.now += 1.0
-    d.tick()
-    m = ledger.close(w, clock.now)
-    assert m.cpu == pytest.approx(30.0)
+    p = Primed(cpu=10.0)  # the ledger now believes 10 W
+    w = p.open()
+    p.watts["cpu"] = 30.0  # the source jumps; the ledger learns it at the next tick
+    p.clock.now += 1.0
+    p.tick()
+    assert p.close(w).cpu == pytest.approx(30.0)
 
 
 def test_power_drop_is_taken_back_from_windows_still_open() -> None:
-    d = Dialled(10.0, first=0.1)  # believes 10 W
-    clock, ledger = d.clock, d.ledger
-    d.watts = 0.0
-    w = ledger.open(clock.now + 0.05)  # runs entirely at 0 W
-    clock.now += 0.1
-    d.tick()  # learns 0 W while the window is open
-    m = ledger.close(w, clock.now + 0.2)
-    assert m.cpu == 0.0
-    balanced(ledger)
+    p = Primed(first=0.1, cpu=10.0)  # believes 10 W
+    p.watts["cpu"] = 0.0
+    w = p.open(0.05)  # runs entirely at 0 W
+    p.clock.now += 0.1
+    p.tick()  # learns 0 W while the window is open
+    assert p.close(w, 0.2).cpu == 0.0
+    p.balanced()
 
 
 def test_power_drop_after_a_window_closed_stays_its_residual() -> None:
-    d = Dialled(30.0, first=1.0)  # believes 30 W
-    clock, ledger = d.clock, d.ledger
-    w = ledger.open(clock.now)
-    d.watts = 10.0
-    clock.now += 0.5
-    m = ledger.close(w, clock.now)  # closes before the tick: 30 W it is
+    p = Primed(cpu=30.0)  # believes 30 W
+    w = p.open()
+    p.watts["cpu"] = 10.0
+    m = p.close(w, 0.5)  # closes before the tick: 30 W it is
     assert m.cpu == pytest.approx(15.0)
-    clock.now += 0.5
-    d.tick()
+    p.clock.now += 1.0
+    p.tick()
     # The correction lands in the unattributed account; the sum is exact.
-    assert ledger.totals().attributed[0] == pytest.approx(15.0)
-    balanced(ledger)
+    assert p.ledger.totals().attributed[0] == pytest.approx(15.0)
+    p.balanced()
 
 
 def test_a_window_never_reports_less_than_zero() -> None:
-    d = Dialled(100.0, first=1.0)  # believes 100 W
-    clock, ledger = d.clock, d.ledger
-    early = ledger.open(clock.now)
-    d.watts = 0.0
-    clock.now += 0.9
-    late = ledger.open(clock.now)  # opens just before a large correction
-    clock.now += 0.1
-    d.tick()
-    m_late = ledger.close(late, clock.now + 0.1)
-    m_early = ledger.close(early, clock.now + 0.1)
-    assert m_late.cpu == 0.0 and m_early.cpu == 0.0
-    balanced(ledger)
+    p = Primed(cpu=100.0)  # believes 100 W
+    early = p.open()
+    p.watts["cpu"] = 0.0
+    late = p.open(0.9)  # opens just before a large correction
+    p.clock.now += 1.0
+    p.tick()
+    assert p.close(late, 0.1).cpu == 0.0
+    assert p.close(early, 0.1).cpu == 0.0
+    p.balanced()
 
 
 def test_components_not_measured_stay_none_and_nan_is_ignored() -> None:
@@ -202,13 +193,19 @@ def test_attributed_plus_unattributed_equals_measured(
 ) -> None:
     """Any sequence of opens, closes and ticks, under any piecewise power."""
     clock = Clock()
+    settling = False  # then every component draws its top power
 
-    def stepped(levels: list[float]) -> object:
-        return lambda t: levels[min(int(t / 0.25), len(levels) - 1)]
+    def stepped(levels: list[float]) -> Callable[[float], float]:
+        top = max(levels)
+        return lambda t: (
+            top if settling else levels[min(int(t / 0.25), len(levels) - 1)]
+        )
 
-    source = ScriptedPowerSource(
-        cpu=stepped(cpu), ram=stepped(ram), resolution=0.005, clock=clock
-    )  # type: ignore[arg-type]
+    source = Recorded(
+        ScriptedPowerSource(
+            cpu=stepped(cpu), ram=stepped(ram), resolution=0.005, clock=clock
+        )
+    )
     ledger = Ledger()
     ledger.tick(source.read())
     open_windows = []
@@ -233,12 +230,7 @@ def test_attributed_plus_unattributed_equals_measured(
         charged["ram"] += m.ram or 0.0
     # Settle: idle ticks at the top power pay back any over-estimate, which is
     # at most the top power over the longest stretch without a tick (24 s).
-    top = {"cpu": max(cpu), "ram": max(ram)}
-    source._watts = {
-        "cpu": lambda _t: top["cpu"],
-        "gpu": None,
-        "ram": lambda _t: top["ram"],
-    }
+    settling = True
     for _ in range(60):
         clock.now += 0.5
         ledger.tick(source.read())
@@ -249,13 +241,13 @@ def test_attributed_plus_unattributed_equals_measured(
             charged[name], rel=1e-9, abs=1e-9
         )
         got = charged[name] + totals.unattributed[index]
-        truth = measured(ledger, name)
+        truth = measured(ledger, source, name)
         assert got == pytest.approx(truth, rel=1e-9, abs=1e-9)
 
 
 def test_a_window_older_than_the_ring_is_charged_from_the_oldest_kept_tick() -> None:
     clock = Clock()
-    source = ConstantPowerSource(cpu=10.0, clock=clock)
+    source = Recorded(ConstantPowerSource(cpu=10.0, clock=clock))
     ledger = Ledger(ring=4)
     ledger.tick(source.read())
     w = ledger.open(clock.now)
@@ -265,9 +257,8 @@ def test_a_window_older_than_the_ring_is_charged_from_the_oldest_kept_tick() -> 
     m = ledger.close(w, clock.now + 0.5)
     # Its first interval is forgotten, and charged at the power it knew then.
     assert m.cpu == pytest.approx(10.0 * 10.5)
-    totals = ledger.totals()
-    assert totals.attributed[0] + totals.unattributed[0] == pytest.approx(
-        measured(ledger) + 10.0 * 0.5  # the tail since the last tick, not read yet
+    assert cpu_books(ledger) == pytest.approx(
+        measured(ledger, source) + 10.0 * 0.5  # the tail since the last tick, unread
     )
 
 

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -32,6 +31,7 @@ from carbonspan.otel import attributes as a
 from carbonspan.otel.instrumentation import Instrumentation
 from carbonspan.testing import ConstantPowerSource
 from support.asgi import client, fetch
+from support.checks import wait_for
 from support.otel import Instrumented, Otel, attrs, ready_app
 
 ENERGY = "codecarbon.request.energy"
@@ -76,9 +76,24 @@ def exporting() -> tuple[Otel, KeepingExporter]:
     return Otel(reader=reader), exporter  # type: ignore[arg-type]
 
 
-def hold_draining(runtime: Instrumentation) -> None:
+def hold_draining(inst: Instrumentation) -> None:
     """Only collections, flushes and closes drain from now on, not the sampler."""
-    runtime.sampler.after_tick.clear()
+    inst.sampler.after_tick.clear()
+
+
+class Recording:
+    """The request energy histogram, noting the thread of each point recorded
+    (`threads`, one entry a point) before it passes the point on."""
+
+    def __init__(self, inst: Instrumentation) -> None:
+        queue = inst.metrics.queue
+        self.histogram = queue.histogram
+        self.threads: list[str] = []
+        queue.histogram = self  # type: ignore[assignment]
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        self.threads.append(threading.current_thread().name)
+        self.histogram.record(*args, **kwargs)
 
 
 @pytest.fixture
@@ -89,22 +104,20 @@ def source() -> ConstantPowerSource:
 def ready(
     instrument: Instrumented, otel: Otel, source: ConstantPowerSource, **kw: Any
 ) -> tuple[Any, Instrumentation]:
-    app, runtime = ready_app(
-        instrument, otel, power_source=source, sample_interval=0.02, **kw
-    )
-    return app, runtime
+    return ready_app(instrument, otel, power_source=source, sample_interval=0.02, **kw)
 
 
 def test_the_request_path_only_queues_and_a_collection_records(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, runtime = ready(instrument, otel, source)
-    hold_draining(runtime)
+    app, inst = ready(instrument, otel, source)
+    hold_draining(inst)
+    recording = Recording(inst)
     assert fetch(app, ["/fast", "/items/3", "/fast"]) == [200] * 3
-    assert len(runtime.metrics._pending) == 3  # nothing recorded yet
+    assert recording.threads == []  # nothing recorded yet
     points = otel.points(ENERGY)  # a collection right after the requests
     assert sum(p.count for p in points) == 3
-    assert not runtime.metrics._pending
+    assert recording.threads == [threading.current_thread().name] * 3
     spans = otel.server_spans()
     assert sum(p.sum for p in points) == pytest.approx(
         sum(attrs(s)[a.ENERGY_TOTAL] for s in spans), rel=1e-12
@@ -114,8 +127,8 @@ def test_the_request_path_only_queues_and_a_collection_records(
 def test_the_emissions_counter_sees_the_same_collection(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, runtime = ready(instrument, otel, source, country_iso_code="FRA")
-    hold_draining(runtime)
+    app, inst = ready(instrument, otel, source, country_iso_code="FRA")
+    hold_draining(inst)
     assert fetch(app, ["/fast"] * 4, concurrently=True) == [200] * 4
     data = otel.reader.get_metrics_data()
     assert data is not None
@@ -137,33 +150,19 @@ def test_the_emissions_counter_sees_the_same_collection(
 def test_the_sampler_thread_records_after_its_tick(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, runtime = ready(instrument, otel, source)
-    recorded_on: set[str] = set()
-    histogram = runtime.metrics.request_energy
-    original = histogram.record
-
-    def spy(*args: Any, **kwargs: Any) -> None:
-        recorded_on.add(threading.current_thread().name)
-        original(*args, **kwargs)
-
-    histogram.record = spy  # type: ignore[method-assign]
-    try:
-        assert fetch(app, ["/fast"] * 5, concurrently=True) == [200] * 5
-        deadline = time.monotonic() + 10
-        while runtime.metrics._pending and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert not runtime.metrics._pending
-    finally:
-        histogram.record = original  # type: ignore[method-assign]
-    assert recorded_on == {"carbonspan-sampler"}
+    app, inst = ready(instrument, otel, source)
+    recording = Recording(inst)
+    assert fetch(app, ["/fast"] * 5, concurrently=True) == [200] * 5
+    wait_for(lambda: len(recording.threads) == 5)
+    assert set(recording.threads) == {"carbonspan-sampler"}
     assert sum(p.count for p in otel.points(ENERGY)) == 5
 
 
 def test_exemplars_link_to_the_request_span_not_the_collector(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, runtime = ready(instrument, otel, source)
-    hold_draining(runtime)
+    app, inst = ready(instrument, otel, source)
+    hold_draining(inst)
     assert fetch(app, ["/fast"]) == [200]
     (span,) = otel.server_spans()
     # Collected (and so drained) while another span is current on this thread.
@@ -196,12 +195,12 @@ def test_exemplars_from_the_sampler_thread_link_to_each_request(
             )
         ],
     )
-    app, runtime = ready(instrument, otel, source)
+    app, inst = ready(instrument, otel, source)
+    recording = Recording(inst)
     paths = ["/sleep?seconds=0.001", "/sleep?seconds=0.03", "/sleep?seconds=0.3"]
     assert fetch(app, paths, concurrently=True) == [200] * 3
-    deadline = time.monotonic() + 10
-    while runtime.metrics._pending and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_for(lambda: len(recording.threads) == 3)  # drained by the sampler
+    assert set(recording.threads) == {"carbonspan-sampler"}
     spans = {s.context.span_id: s for s in otel.server_spans()}
     (point,) = otel.points(ENERGY)
     assert point.count == 3
@@ -220,12 +219,11 @@ def test_a_full_buffer_drops_counts_and_never_blocks(
     source: ConstantPowerSource,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app, runtime = ready(instrument, otel, source)
-    hold_draining(runtime)
-    runtime.metrics.buffer_size = 2
-    with caplog.at_level(logging.WARNING, logger="carbonspan.metrics"):
+    app, inst = ready(instrument, otel, source)
+    hold_draining(inst)
+    inst.metrics.queue.buffer_size = 2
+    with caplog.at_level(logging.WARNING, logger="carbonspan.otel.metric_queue"):
         assert fetch(app, ["/fast"] * 5, concurrently=True) == [200] * 5
-    assert runtime.metrics.dropped == 3
     assert len(otel.server_spans()) == 5  # the spans are complete all the same
     assert all(a.ENERGY_TOTAL in attrs(s) for s in otel.server_spans())
     assert sum(p.count for p in otel.points(ENERGY)) == 2
@@ -238,7 +236,7 @@ def test_a_full_buffer_drops_counts_and_never_blocks(
 def test_nothing_is_dropped_by_default_under_a_burst(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, _runtime = ready(instrument, otel, source)
+    app, _ = ready(instrument, otel, source)
     assert fetch(app, ["/fast"] * 300, concurrently=True) == [200] * 300
     points = otel.points(ENERGY)
     assert sum(p.count for p in points) == 300
@@ -254,10 +252,11 @@ def test_drained_when_the_meter_provider_shuts_down(
     instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
     otel, exporter = exporting()
-    app, runtime = ready(instrument, otel, source)
-    hold_draining(runtime)
+    app, inst = ready(instrument, otel, source)
+    hold_draining(inst)
+    recording = Recording(inst)
     assert fetch(app, ["/fast"] * 3, concurrently=True) == [200] * 3
-    assert len(runtime.metrics._pending) == 3
+    assert recording.threads == []
     otel.meter_provider.shutdown()  # its last export collects, and so drains
     assert exporter.counts(ENERGY) == [3]
     otel.tracer_provider.shutdown()
@@ -267,8 +266,9 @@ def test_drained_by_the_flush_at_server_shutdown(
     instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
     otel, exporter = exporting()
-    app, runtime = ready(instrument, otel, source)
-    hold_draining(runtime)
+    app, inst = ready(instrument, otel, source)
+    hold_draining(inst)
+    recording = Recording(inst)
 
     async def serve() -> None:
         # A server's lifespan: startup, requests, then shutdown.
@@ -292,7 +292,7 @@ def test_drained_by_the_flush_at_server_shutdown(
         async with client(app) as c:
             for _ in range(3):
                 assert (await c.get("/fast")).status_code == 200
-        assert len(runtime.metrics._pending) == 3
+        assert recording.threads == []  # queued, not recorded yet
         stop.set()
         await task
         assert sent[-1] == "lifespan.shutdown.complete"
@@ -306,14 +306,15 @@ def test_drained_by_the_flush_at_server_shutdown(
 def test_drained_at_uninstrument(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, runtime = ready(instrument, otel, source)
-    hold_draining(runtime)
+    app, inst = ready(instrument, otel, source)
+    hold_draining(inst)
+    recording = Recording(inst)
     assert fetch(app, ["/fast"] * 2, concurrently=True) == [200] * 2
-    metrics = runtime.metrics
+    assert recording.threads == []
     CodeCarbonInstrumentor.uninstrument_app(app)
     instrument.carbon.remove(app)
-    assert not metrics._pending
-    assert not runtime.sampler.after_tick
+    assert recording.threads == [threading.current_thread().name] * 2
+    assert not inst.sampler.after_tick
     # Recorded on the provider although nothing was collected before.
     assert sum(p.count for p in otel.points(ENERGY)) == 2
 
@@ -321,17 +322,19 @@ def test_drained_at_uninstrument(
 def test_a_forked_child_starts_empty_and_the_parent_keeps_its_queue(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, runtime = ready(instrument, otel, source)
-    hold_draining(runtime)
-    runtime.metrics.buffer_size = 2
+    app, inst = ready(instrument, otel, source)
+    hold_draining(inst)
+    queue = inst.metrics.queue
+    queue.buffer_size = 2
+    recording = Recording(inst)
     assert fetch(app, ["/fast"] * 3, concurrently=True) == [200] * 3
-    assert runtime.metrics.dropped == 1
+    assert queue.dropped == 1
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report what it inherited, then leave at once
         try:
-            report = f"{len(runtime.metrics._pending)} {runtime.metrics.dropped}"
-            os.write(write, report.encode())
+            # What draining would record there, and the drops it counts.
+            os.write(write, f"{queue.drain()} {queue.dropped}".encode())
         finally:
             os._exit(0)
     os.close(write)
@@ -339,19 +342,20 @@ def test_a_forked_child_starts_empty_and_the_parent_keeps_its_queue(
         child = pipe.read()
     os.waitpid(pid, 0)
     assert child == "0 0"  # the parent's queue is the parent's to record
-    assert len(runtime.metrics._pending) == 2
+    assert recording.threads == []
     assert sum(p.count for p in otel.points(ENERGY)) == 2
+    (dropped,) = otel.points("codecarbon.requests.dropped")
+    assert dropped.value == 1
 
 
 def test_nothing_recorded_for_excluded_or_unmeasured_requests(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, runtime = ready(instrument, otel, source, excluded_urls="/items")
-    hold_draining(runtime)
+    app, inst = ready(instrument, otel, source, excluded_urls="/items")
+    hold_draining(inst)
     assert fetch(app, ["/items/1", "/fast"]) == [200, 200]
-    assert len(runtime.metrics._pending) == 1
     (point,) = otel.points(ENERGY)
-    assert point.attributes[a.HTTP_ROUTE] == "/fast"
+    assert point.attributes[a.HTTP_ROUTE] == "/fast" and point.count == 1
 
 
 def test_unsampled_requests_are_recorded_without_exemplars(
@@ -360,8 +364,8 @@ def test_unsampled_requests_are_recorded_without_exemplars(
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
     otel = Otel(sampler=ALWAYS_OFF)
-    app, runtime = ready(instrument, otel, source)
-    hold_draining(runtime)
+    app, inst = ready(instrument, otel, source)
+    hold_draining(inst)
     assert fetch(app, ["/fast"] * 2, concurrently=True) == [200] * 2
     (point,) = otel.points(ENERGY)
     assert point.count == 2
@@ -372,11 +376,11 @@ def test_unsampled_requests_are_recorded_without_exemplars(
 
 def test_no_tracing_at_all_still_records(instrument: Instrumented) -> None:
     otel = Otel()
-    app, runtime = ready_app(
+    app, inst = ready_app(
         instrument, None, power_source=ConstantPowerSource(cpu=5.0),
         sample_interval=0.02, meter_provider=otel.meter_provider,
     )  # fmt: skip
-    hold_draining(runtime)
+    hold_draining(inst)
     assert trace.get_current_span() is trace.INVALID_SPAN
     assert fetch(app, ["/fast"]) == [200]
     (point,) = otel.points(ENERGY)

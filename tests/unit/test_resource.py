@@ -7,13 +7,12 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.resources import Resource, get_aggregated_resources
 
-from carbonspan import Measurement
 from carbonspan.otel import attributes as a
 from carbonspan.resource import CodeCarbonResourceDetector
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import get
-from support.otel import Instrumented, Otel, attrs, ready_app, wait_ready
+from support.otel import Instrumented, Otel, attrs, wait_ready
 
 PER_REQUEST = {
     a.ENERGY_TOTAL,
@@ -37,8 +36,13 @@ STATIC = {
 
 
 def served_span(
-    instrument: Instrumented, resource: Resource | None, **settings: Any
+    instrument: Instrumented,
+    resource: Resource | None,
+    backend: str = "asyncio",
+    **settings: Any,
 ) -> tuple[dict[str, Any], Otel]:
+    """The attributes of one request's span (served under `backend`), its
+    tracer provider's Resource `resource`."""
     otel = Otel()
     if resource is not None:
         from opentelemetry.sdk.trace import TracerProvider
@@ -48,9 +52,9 @@ def served_span(
         otel.tracer_provider.add_span_processor(SimpleSpanProcessor(otel.exporter))
     app = build_app()
     settings.setdefault("power_source", ConstantPowerSource(cpu=10.0, ram=2.0))
-    runtime = instrument(app, otel, sample_interval=0.02, **settings)
-    wait_ready(runtime)
-    assert get(app, "/fast").status_code == 200
+    inst = instrument(app, otel, sample_interval=0.02, **settings)
+    wait_ready(inst)
+    assert get(app, "/fast", backend=backend).status_code == 200
     (span,) = otel.server_spans()
     return attrs(span), otel
 
@@ -111,22 +115,25 @@ def test_what_the_resource_lacks_stays_on_the_span(
     assert set(got) == PER_REQUEST | {a.CPU_MODEL}
 
 
+@pytest.mark.parametrize(
+    ("backend", "charged_by"), [("asyncio", None), ("trio", "time_share")]
+)
 def test_a_request_whose_policy_differs_says_so_on_its_span(
-    instrument: Instrumented,
+    backend: str, charged_by: str | None, instrument: Instrumented
 ) -> None:
+    # Under cpu_time, a request outside asyncio has no CPU clock: it is
+    # charged by time share, and its span says so beside its Resource's
+    # cpu_time. Under asyncio the Resource says it all.
     source = ConstantPowerSource(cpu=10.0, ram=2.0)
-    resource = CodeCarbonResourceDetector(power_source=source).detect()
-    otel = Otel()
-    _, runtime = ready_app(instrument, otel, power_source=source, sample_interval=0.02)
-    span = type("SpanLike", (), {"resource": resource})()
-    measured = Measurement(0.01, 0.01, cpu=0.1, ram=0.02, attribution="time_share")
-    assert a.ATTRIBUTION not in (runtime.span_attributes(measured, span) or {})
-    fell_back = Measurement(0.01, 0.01, cpu=0.1, ram=0.02, attribution="cpu_time")
-    assert (runtime.span_attributes(fell_back, span) or {})[a.ATTRIBUTION] == (
-        "cpu_time"
+    detected = CodeCarbonResourceDetector(
+        power_source=source, attribution="cpu_time"
+    ).detect()
+    assert detected.attributes[a.ATTRIBUTION] == "cpu_time"
+    got, _ = served_span(
+        instrument, detected, backend, power_source=source, attribution="cpu_time"
     )
-    otel.tracer_provider.shutdown()
-    otel.meter_provider.shutdown()
+    assert got.get(a.ATTRIBUTION) == charged_by
+    assert got[a.ENERGY_TOTAL] > 0
 
 
 def test_the_entry_point_works_with_the_sdk_environment_variable(

@@ -52,12 +52,18 @@ def test_apps_with_the_same_source_share_one_sampler(otel: Otel) -> None:
 
 
 def test_stop_joins_the_thread() -> None:
+    before = set(threading.enumerate())
     sampler = PowerSampler(ConstantPowerSource(cpu=1.0), 0.01, Ledger())
     sampler.start()
     assert sampler.running
-    thread = sampler._thread
+    (thread,) = [
+        t
+        for t in threading.enumerate()
+        if t not in before and t.name == "carbonspan-sampler"
+    ]
+    assert thread.daemon
     sampler.stop()
-    assert thread is not None and not thread.is_alive()
+    assert not thread.is_alive() and not sampler.running
 
 
 def test_the_sampler_starts_with_the_server_not_at_import(otel: Otel) -> None:
@@ -67,10 +73,10 @@ def test_the_sampler_starts_with_the_server_not_at_import(otel: Otel) -> None:
         app, power_source=source, meter_provider=otel.meter_provider
     )
     try:
-        runtime = instrumentation_of(app)
-        assert runtime is not None
-        assert not runtime.sampler.started and source.reads == 0
+        inst = instrumentation_of(app)
+        assert inst is not None
+        assert not inst.sampler.started and source.reads == 0
         assert fetch(app, ["/fast"]) == [200]
-        assert runtime.sampler.running
+        assert inst.sampler.running
     finally:
         CodeCarbonInstrumentor.uninstrument_app(app)

@@ -30,7 +30,7 @@ from support.checks import (
     conserved,
     wait_for,
 )
-from support.fakes import BlockingSource, BrokenSource
+from support.fakes import BlockingSource, BrokenSource, Recorded
 from support.otel import Instrumented, Otel, attrs, wait_ready
 
 CPU_W, RAM_W = 10.0, 2.0
@@ -154,8 +154,8 @@ def test_power_source_fault_is_absorbed_by_the_sampler(
     fault = make() if isinstance(make, type) else make
     source = FaultySource()
     app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.01)
-    wait_ready(runtime, readings=3)
+    inst = instrument(app, otel, power_source=Recorded(source), sample_interval=0.01)
+    wait_ready(inst, readings=3)
     with caplog.at_level(logging.WARNING, logger="carbonspan"):
         source.fault = fault  # type: ignore[assignment]
         # Three rounds of traffic while the meter misbehaves, over many reads.
@@ -165,9 +165,10 @@ def test_power_source_fault_is_absorbed_by_the_sampler(
         during = len(otel.server_spans())
         # The meter recovers: the sampler's next readings are used again.
         source.recover(from_where_it_is=not lossless)
-        wait_ready(runtime, readings=3)
+        wait_ready(inst, readings=3)
         assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
-        runtime.sampler.sample()  # a last reading, after every request closed
+        inst.sampler.stop()  # no read in progress from here on
+        inst.sampler.sample()  # a last reading, after every request closed
     spans = otel.server_spans()
     assert during == 3 * len(LOAD) and len(spans) == during + 1
     for span in spans:
@@ -175,29 +176,28 @@ def test_power_source_fault_is_absorbed_by_the_sampler(
     # One line for the fault, however many readings and requests it touched.
     logged = carbonspan_warnings(caplog)
     assert len(logged) == 1, [r.getMessage() for r in logged]
-    assert logged[0].name == "carbonspan.sampler"
+    assert logged[0].name == "carbonspan.power.sampler"
     # Readings resumed: the ledger took the meter's last reading, and the last
     # request was charged the meter's real power (within a tick's jitter).
-    with runtime.sampler._read_lock:  # no read in progress
-        assert runtime.ledger.last_time is source.out
+    assert inst.ledger.last_time == source.out.time
     after = attrs(spans[-1])
     assert after[a.POWER["cpu"]] == pytest.approx(CPU_W, rel=0.1)
     assert after[a.POWER["ram"]] == pytest.approx(RAM_W, rel=0.1)
-    assert_no_open_window(runtime, otel)
+    assert_no_open_window(inst, otel)
     on_spans = {
         c: sum(attrs(s).get(a.ENERGY[c], 0.0) for s in spans) for c in ("cpu", "ram")
     }
     if lossless:
         # Nothing was lost: the next valid reading covered the gap.
-        conserved(runtime, on_spans)
+        conserved(inst, on_spans)
     else:
         # The interval of each backwards step is not counted, never invented.
-        totals = runtime.ledger.totals()
+        totals = inst.ledger.totals()
         drawn = source.true.cpu
         assert drawn is not None
         counted = totals.attributed[0] + totals.unattributed[0]
         assert 0 < counted < drawn
-    assert runtime.sampler.faults[kind] >= 4  # counted, though logged once
+    assert inst.sampler.faults[kind] >= 4  # counted, though logged once
 
 
 def test_fault_kinds_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
@@ -230,8 +230,8 @@ def test_a_source_blocked_for_seconds_holds_up_no_request(
     monkeypatch.setattr(sampler, "SLOW_READ", 0.3)  # the test need not wait 1 s
     source = BlockingSource(CPU_W, RAM_W, block=False, once=True, timeout=5.0)
     app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.01)
-    wait_ready(runtime, readings=3)
+    inst = instrument(app, otel, power_source=Recorded(source), sample_interval=0.01)
+    wait_ready(inst, readings=3)
     reads = source.reads
     with caplog.at_level(logging.WARNING, logger="carbonspan"):
         source.block = True
@@ -247,9 +247,9 @@ def test_a_source_blocked_for_seconds_holds_up_no_request(
         finally:
             source.release.set()
         # Readings resume after the block.
-        wait_ready(runtime, readings=3)
+        wait_ready(inst, readings=3)
         assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
-        runtime.sampler.sample()
+        inst.sampler.sample()
     spans = otel.server_spans()
     assert len(spans) == 2 * len(LOAD) + 1
     for span in spans:
@@ -261,8 +261,8 @@ def test_a_source_blocked_for_seconds_holds_up_no_request(
     (line,) = carbonspan_warnings(caplog)
     assert "slow" in line.getMessage()
     on_spans = {c: sum(attrs(s)[a.ENERGY[c]] for s in spans) for c in ("cpu", "ram")}
-    conserved(runtime, on_spans)
-    assert_no_open_window(runtime, otel)
+    conserved(inst, on_spans)
+    assert_no_open_window(inst, otel)
 
 
 # -- a source that raises or blocks, and its description ---------------------
@@ -273,8 +273,8 @@ def test_a_raising_source_is_logged_once_and_requests_go_on(
 ) -> None:
     source = BrokenSource()
     app = build_app()
-    with caplog.at_level(logging.WARNING, logger="carbonspan.sampler"):
-        runtime = instrument(app, otel, power_source=source, sample_interval=0.01)
+    with caplog.at_level(logging.WARNING, logger="carbonspan.power.sampler"):
+        inst = instrument(app, otel, power_source=source, sample_interval=0.01)
         assert (
             fetch(app, ["/fast", "/sleep?seconds=0.1", "/cpu?seconds=0.02"])
             == [200] * 3
@@ -286,7 +286,7 @@ def test_a_raising_source_is_logged_once_and_requests_go_on(
     assert [attrs(s) for s in otel.server_spans()] == [{}, {}, {}]
     # When the source recovers, figures return.
     source.broken = False
-    wait_ready(runtime)
+    wait_ready(inst)
     otel.exporter.clear()
     assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
     (span,) = otel.server_spans()

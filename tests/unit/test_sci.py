@@ -9,31 +9,36 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from carbonspan import EnergyReading
 from carbonspan.attribution.window import Window
 from carbonspan.carbon.embodied import HOURS_PER_YEAR
 from carbonspan.config import Settings
 from carbonspan.otel import attributes as a
 from carbonspan.otel.instrumentation import Instrumentation
+from carbonspan.otel.reporter import Valuation
 from carbonspan.testing import ConstantPowerSource
-from support.fakes import Clock
+from support.fakes import Clock, Recorded
 
 
 class SharedSource(ConstantPowerSource):
     """Constant watts, and a scripted share of the machine for each interval
-    (the reserved share after reading i is `shares[i]`)."""
+    (reading i says the interval it ends had the share `shares[i]`)."""
 
     def __init__(self, shares: list[float], **watts: Any) -> None:
         super().__init__(**watts)
         self.shares = shares
 
-    def reserved_share(self) -> float:
-        return self.shares[min(self.reads - 1, len(self.shares) - 1)]
+    def read(self) -> EnergyReading:
+        reading = super().read()
+        share = self.shares[min(self.reads - 1, len(self.shares) - 1)]
+        return replace(reading, share=share)
 
 
 class Steps:
@@ -66,37 +71,41 @@ class Failing:
 
 
 class Harness:
-    """A runtime on a simulated clock: the test takes every reading."""
+    """An instrumentation on a simulated clock: the test takes every reading,
+    and the providers are asked in the test's thread."""
 
     def __init__(self, source: ConstantPowerSource, clock: Clock, **kw: Any) -> None:
         self.clock = clock
-        self.source = source
-        self.runtime = Instrumentation(
-            Settings.load({"power_source": source, **kw}, {})
+        self.source = Recorded(source)
+        self.inst = Instrumentation(
+            Settings.load({"power_source": self.source, **kw}, {})
         )
-        self.runtime.grid.threaded = False
-        self.runtime.accounts.embodied.threaded = False
+        self.inst.grid.refresher.threaded = False
+        self.inst.accounts.embodied.refresher.threaded = False
         # What was in force after each reading (for the next interval).
         self.readings: list[tuple[float, float | None, float]] = []
 
     def tick(self) -> None:
-        self.runtime.sampler.sample()
-        reading = self.runtime.ledger.last_time
-        assert reading is not None
-        factors = self.runtime.accounts.factors
+        self.inst.sampler.sample()
+        reading = self.source.last
+        assert reading is not None and reading.time == self.inst.ledger.last_time
+        factors = self.inst.accounts.factors
         self.readings.append((reading.time, reading.cpu, factors.intensity.g_per_kwh))
 
     def open(self) -> Window:
-        return self.runtime.ledger.open(self.clock.now)
+        return self.inst.ledger.open(self.clock.now)
 
     def close(self, window: Window, attributed: bool = True) -> dict[str, Any] | None:
-        m = self.runtime.ledger.close(window, self.clock.now, attributed)
-        if not attributed:
+        """The span attributes of the request, valued now as the reporter
+        values it (None for an excluded request, or before any reading)."""
+        m = self.inst.ledger.close(window, self.clock.now, attributed)
+        if not attributed or m.total is None:
             return None
-        return self.runtime.span_attributes(m)
+        valuation = Valuation(m, m.total, self.inst.accounts.factors, self.clock.now)
+        return self.inst.reporter.spans.for_span(valuation)
 
     def close_all(self) -> None:
-        self.runtime.close()
+        self.inst.close()
 
 
 @pytest.fixture
@@ -159,10 +168,10 @@ def test_sci_of_lone_and_overlapping_requests_by_hand(
     # 3 s went to requests (1 + 1.5 + 0.5) and 1 s of idle time is
     # unattributed.
     h.tick()
-    books = h.runtime.accounts
-    assert books.embodied_total == pytest.approx(4 * G_PER_S, rel=1e-12)
-    assert books.embodied_attributed == pytest.approx(3 * G_PER_S, rel=1e-12)
-    assert books.embodied_unattributed == pytest.approx(1 * G_PER_S, rel=1e-12)
+    accounts = h.inst.accounts
+    assert accounts.embodied_total == pytest.approx(4 * G_PER_S, rel=1e-12)
+    assert accounts.embodied_attributed == pytest.approx(3 * G_PER_S, rel=1e-12)
+    assert accounts.embodied_unattributed == pytest.approx(1 * G_PER_S, rel=1e-12)
 
 
 def test_a_process_is_charged_its_share_of_the_machine(
@@ -197,8 +206,8 @@ def test_without_a_source_of_embodied_emissions_there_are_none(
     assert got is not None and got[a.ENERGY_TOTAL] == pytest.approx(5.0)
     assert a.EMBODIED not in got and a.SCI not in got
     h.tick()
-    assert h.runtime.accounts.embodied_total == 0.0
-    assert h.runtime.accounts.factors.embodied is None
+    assert h.inst.accounts.embodied_total == 0.0
+    assert h.inst.accounts.factors.embodied_rate is None
 
 
 # --- conservation, property-based ----------------------------------------------
@@ -277,7 +286,7 @@ def test_attributed_plus_unattributed_equals_the_elapsed_time_and_energy(
         for _ in range(60):  # settle the ledger's tail corrections
             clock.now += 0.5
             h.tick()
-        books = h.runtime.accounts
+        accounts = h.inst.accounts
         rate = kg * 1000 / (years * HOURS_PER_YEAR * 3600)
         # The truth, from the readings: interval j ran under the share the
         # source gave at reading j, and the intensity in force after j - 1.
@@ -290,14 +299,18 @@ def test_attributed_plus_unattributed_equals_the_elapsed_time_and_energy(
             joules = (cpu1 or 0.0) - (cpu0 or 0.0)
             joules *= 15.0 / 12.0  # ram at 3 W beside cpu at 12 W
             energy_truth += joules * in_force / 3.6e6
-        assert books.embodied_total == pytest.approx(elapsed_truth, rel=1e-9, abs=1e-12)
-        assert books.embodied_attributed == pytest.approx(embodied, rel=1e-9, abs=1e-12)
-        assert books.embodied_attributed + books.embodied_unattributed == (
+        assert accounts.embodied_total == pytest.approx(
+            elapsed_truth, rel=1e-9, abs=1e-12
+        )
+        assert accounts.embodied_attributed == pytest.approx(
+            embodied, rel=1e-9, abs=1e-12
+        )
+        assert accounts.embodied_attributed + accounts.embodied_unattributed == (
             pytest.approx(elapsed_truth, rel=1e-9, abs=1e-12)
         )
-        assert books.measured == pytest.approx(energy_truth, rel=1e-9, abs=1e-12)
-        assert books.attributed == pytest.approx(charged, rel=1e-9, abs=1e-12)
-        assert books.attributed + books.unattributed == pytest.approx(
+        assert accounts.measured == pytest.approx(energy_truth, rel=1e-9, abs=1e-12)
+        assert accounts.attributed == pytest.approx(charged, rel=1e-9, abs=1e-12)
+        assert accounts.attributed + accounts.unattributed == pytest.approx(
             energy_truth, rel=1e-9, abs=1e-12
         )
     finally:
@@ -325,13 +338,13 @@ def test_a_constant_share_leaves_idle_and_excluded_time_unattributed(
     assert h.close(w2, attributed=False) is None
     clock.now += 0.5  # idle
     h.tick()
-    books = h.runtime.accounts
+    accounts = h.inst.accounts
     idle = 0.2 + 0.3 + 0.5
     excluded = 0.1 + 0.2
-    assert books.embodied_unattributed == pytest.approx(
+    assert accounts.embodied_unattributed == pytest.approx(
         (idle + excluded) * G_PER_S, rel=1e-12
     )
-    assert books.embodied_attributed == pytest.approx(0.3 * G_PER_S, rel=1e-12)
+    assert accounts.embodied_attributed == pytest.approx(0.3 * G_PER_S, rel=1e-12)
 
 
 # --- intensity that follows the grid --------------------------------------------
@@ -346,12 +359,12 @@ def test_each_request_uses_the_intensity_in_force_when_it_ran(
         carbon_intensity=50.0, intensity_provider=provider, intensity_refresh=1.0,
     )  # fmt: skip
     harnesses.append(h)
-    assert h.runtime.intensity.g_per_kwh == 50.0  # until the provider answers
+    assert h.inst.intensity.g_per_kwh == 50.0  # until the provider answers
     h.tick()  # asks the provider: 100, in force from the next reading
-    assert h.runtime.intensity.g_per_kwh == 50.0
+    assert h.inst.intensity.g_per_kwh == 50.0
     clock.now += 0.5
     h.tick()
-    assert h.runtime.intensity.g_per_kwh == 100.0
+    assert h.inst.intensity.g_per_kwh == 100.0
     w = h.open()
     clock.now += 0.5
     first = h.close(w)
@@ -369,19 +382,21 @@ def test_each_request_uses_the_intensity_in_force_when_it_ran(
     assert second[a.CARBON_INTENSITY] == 400.0
     assert second[a.EMISSIONS] == pytest.approx(36.0 / 3.6e6 * 400.0, rel=1e-12)
     h.tick()
-    books = h.runtime.accounts
+    accounts = h.inst.accounts
     # The process's grams: each interval's joules at its own intensity.
     truth = 36.0 / 3.6e6 * 0.5 * (50 + 100 + 100 + 400)
-    assert books.measured == pytest.approx(truth, rel=1e-12)
-    assert books.attributed == pytest.approx(
+    assert accounts.measured == pytest.approx(truth, rel=1e-12)
+    assert accounts.attributed == pytest.approx(
         first[a.EMISSIONS] + second[a.EMISSIONS], rel=1e-12
     )
-    assert books.attributed + books.unattributed == pytest.approx(truth, rel=1e-12)
+    assert accounts.attributed + accounts.unattributed == pytest.approx(
+        truth, rel=1e-12
+    )
     # `long` drew 0.5 s at 100 g/kWh but was valued at 400: the difference is
     # taken from the unattributed account.
     idle = 36.0 / 3.6e6 * 0.5 * 50
     revalued = 36.0 / 3.6e6 * 0.5 * (100 - 400)
-    assert books.unattributed == pytest.approx(idle + revalued, rel=1e-12)
+    assert accounts.unattributed == pytest.approx(idle + revalued, rel=1e-12)
 
 
 def test_a_failing_provider_keeps_the_last_good_value_with_a_warning(
@@ -393,13 +408,13 @@ def test_a_failing_provider_keeps_the_last_good_value_with_a_warning(
         carbon_intensity=50.0, intensity_provider=provider, intensity_refresh=0.1,
     )  # fmt: skip
     harnesses.append(h)
-    with caplog.at_level(logging.WARNING, logger="carbonspan.intensity"):
+    with caplog.at_level(logging.WARNING, logger="carbonspan.carbon.grid"):
         for _ in range(6):
             h.tick()
             clock.now += 0.2
     assert provider.calls == 6
-    assert h.runtime.grid.failures == 5
-    assert h.runtime.intensity.g_per_kwh == 300.0  # the last good answer
+    assert h.inst.grid.failures == 5
+    assert h.inst.intensity.g_per_kwh == 300.0  # the last good answer
     warnings = [r for r in caplog.records if "failed" in r.getMessage()]
     assert len(warnings) == 1  # then at most once a minute
     assert "300 g/kWh" in warnings[0].getMessage()
@@ -427,7 +442,7 @@ def test_a_provider_that_never_answers_leaves_the_offline_factor(
     assert got is not None
     # The country's factor, labelled as such: nothing invented.
     assert got[a.LOCATION_SOURCE] == "country"
-    assert got[a.CARBON_INTENSITY] == h.runtime.grid.fallback.g_per_kwh
+    assert got[a.CARBON_INTENSITY] == h.inst.grid.fallback.g_per_kwh
     assert got[a.EMISSIONS] == pytest.approx(
         got[a.ENERGY_TOTAL] / 3.6e6 * got[a.CARBON_INTENSITY], rel=1e-12
     )
@@ -445,5 +460,5 @@ def test_a_provider_answer_that_is_not_an_intensity_is_refused(
     for _ in range(3):
         h.tick()
         clock.now += 0.2
-    assert h.runtime.grid.failures >= 2
-    assert h.runtime.intensity.g_per_kwh == 80.0
+    assert h.inst.grid.failures >= 2
+    assert h.inst.intensity.g_per_kwh == 80.0

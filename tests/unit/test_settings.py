@@ -118,7 +118,7 @@ def test_bad_env_is_logged_and_the_default_used(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     env = {"CARBONSPAN_SCOPE": "galaxy", "CARBONSPAN_SAMPLE_INTERVAL": "-1"}
-    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
+    with caplog.at_level(logging.ERROR, logger="carbonspan.checks"):
         s = Settings.load({}, environ=env)
     assert s.scope == "process" and s.sample_interval == 0.1
     messages = " ".join(r.getMessage() for r in caplog.records)
@@ -145,11 +145,11 @@ def test_bad_env_is_logged_and_the_default_used(
 def test_bad_env_values_are_quoted_as_given(
     var: str, raw: str, says: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
+    with caplog.at_level(logging.ERROR, logger="carbonspan.checks"):
         s = Settings.load({}, environ={var: raw})
     name = var.removeprefix("CARBONSPAN_").lower()
     assert getattr(s, name) == getattr(Settings(), name)
-    (message,) = log_messages(caplog, "carbonspan.config")
+    (message,) = log_messages(caplog, "carbonspan.checks")
     assert message == f"carbonspan: ignoring {var}={raw!r}: {says}; using the default"
 
 
@@ -160,8 +160,8 @@ def test_bad_env_does_not_stop_instrument_app(
 ) -> None:
     monkeypatch.setenv("CARBONSPAN_COUNTRY_ISO_CODE", "ATLANTIS")
     with caplog.at_level(logging.ERROR):
-        runtime = instrument(build_app(), None, power_source=ConstantPowerSource(cpu=1))
-    assert runtime.intensity.source == "default"
+        inst = instrument(build_app(), None, power_source=ConstantPowerSource(cpu=1))
+    assert inst.intensity.location_source == "default"
     assert "CARBONSPAN_COUNTRY_ISO_CODE" in caplog.text
 
 
@@ -183,11 +183,11 @@ def test_unknown_variable_is_warned_about_once_with_the_closest_name(
     var: str, closest: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = {var: "FRA", "CARBONSPAN_SCOPE": "machine", "OTHER_VAR": "1"}
-    with caplog.at_level(logging.WARNING, logger="carbonspan.config"):
+    with caplog.at_level(logging.WARNING, logger="carbonspan.checks"):
         first = Settings.load({}, environ=env)
         Settings.load({}, environ=env)  # a second instrumentation: no repeat
     assert first.scope == "machine" and first.country_iso_code is None
-    (message,) = log_messages(caplog, "carbonspan.config")
+    (message,) = log_messages(caplog, "carbonspan.checks")
     assert message == (
         f"carbonspan: {var} is not a carbonspan setting and is ignored; {closest}"
     )
@@ -198,9 +198,9 @@ def test_known_variables_raise_no_warning(caplog: pytest.LogCaptureFixture) -> N
     env = {
         config.ENV_PREFIX + name.upper(): "" for name in config.PARSERS
     }  # every known name, blank (unset)
-    with caplog.at_level(logging.DEBUG, logger="carbonspan.config"):
+    with caplog.at_level(logging.DEBUG, logger="carbonspan.checks"):
         Settings.load({}, environ=env)
-    assert log_messages(caplog, "carbonspan.config") == []
+    assert log_messages(caplog, "carbonspan.checks") == []
 
 
 def test_misspelt_country_under_instrument_app_says_so(
@@ -210,14 +210,12 @@ def test_misspelt_country_under_instrument_app_says_so(
 ) -> None:
     monkeypatch.setenv("CARBONSPAN_CONTRY_ISO_CODE", "FRA")
     with caplog.at_level(logging.INFO, logger="carbonspan"):
-        runtime = instrument(
-            build_app(), None, power_source=ConstantPowerSource(cpu=1.0)
-        )
-    assert runtime.intensity.source == "default"
-    (warning,) = log_messages(caplog, "carbonspan.config")
+        inst = instrument(build_app(), None, power_source=ConstantPowerSource(cpu=1.0))
+    assert inst.intensity.location_source == "default"
+    (warning,) = log_messages(caplog, "carbonspan.checks")
     assert "CARBONSPAN_COUNTRY_ISO_CODE?" in warning
     # ... and the intensity line says the world average is in use, and why.
-    (info,) = log_messages(caplog, "carbonspan.emissions")
+    (info,) = log_messages(caplog, "carbonspan.carbon.intensity")
     assert info.startswith(f"carbonspan: carbon intensity {world_average():g} ")
     assert "world average: no carbon_intensity or country_iso_code is set" in info
 
@@ -330,7 +328,7 @@ def test_bad_environment_is_logged_and_the_default_used(
     default: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="carbonspan.config"):
+    with caplog.at_level(logging.ERROR, logger="carbonspan.checks"):
         s = Settings.load({}, environ=environ)
     assert getattr(s, field) == default
     (record,) = caplog.records

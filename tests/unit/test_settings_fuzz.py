@@ -1,7 +1,7 @@
 """Bad settings (hardening item 8): a fuzz over every setting.
 
-From keyword arguments, the outcome is valid settings that a runtime can be
-built from, or a ValueError that names the setting. From `CARBONSPAN_*`
+From keyword arguments, the outcome is valid settings that an instrumentation
+can be built from, or a ValueError that names the setting. From `CARBONSPAN_*`
 variables, it is the parsed value, or a logged error naming the variable and
 the default. Never another exception, never a crash at import.
 """
@@ -105,16 +105,16 @@ def records(logger: str) -> Iterator[list[logging.LogRecord]]:
 
 
 def built(s: Settings) -> None:
-    """A runtime comes out of the settings (then goes, leaving nothing)."""
-    runtime = Instrumentation(s)
+    """An instrumentation comes out of the settings (then goes, leaving nothing)."""
+    inst = Instrumentation(s)
     try:
-        assert runtime.settings is s
+        assert inst.settings is s
         assert config.MIN_INTERVAL <= s.sample_interval <= config.MAX_INTERVAL
         intensity = s.carbon_intensity
         assert intensity is None or 0 <= intensity <= parsers.MAX_INTENSITY
         assert s.scope in config.SCOPES and s.attribution in config.ATTRIBUTIONS
     finally:
-        runtime.close()
+        inst.close()
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
@@ -143,7 +143,7 @@ def test_keyword_settings_are_valid_or_a_value_error_naming_one(
 @example(env={"response_headers": "true", "response_headers_format": "FRA"})
 def test_env_settings_are_used_or_logged_and_defaulted(env: dict[str, str]) -> None:
     environ = {ENV_PREFIX + name.upper(): value for name, value in env.items()}
-    with records("carbonspan.config") as logged:
+    with records("carbonspan.checks") as logged:
         s = Settings.load({}, environ=environ)  # never raises
     messages = [r.getMessage() for r in logged]
     default = Settings()
