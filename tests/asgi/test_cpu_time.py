@@ -23,6 +23,7 @@ from carbonspan.testing import (
 from support.apps import burn
 from support.asgi import fetch
 from support.checks import conserved
+from support.fakes import Recorded
 from support.otel import Instrumented, Otel, attrs, wait_ready
 
 CPU_W = 20.0
@@ -80,30 +81,30 @@ def test_burners_get_the_energy_under_cpu_time_only(
     app = cpu_app()
     # Power that follows the process's CPU: once the burners are done, the
     # waiters left in flight draw next to nothing, as on real hardware.
-    source = ProcessCpuPowerSource(base_watts=0.0, watts_per_cpu=CPU_W)
-    runtime = instrument(
+    source = Recorded(ProcessCpuPowerSource(base_watts=0.0, watts_per_cpu=CPU_W))
+    inst = instrument(
         app, otel, power_source=source, attribution=policy, sample_interval=0.05,
     )  # fmt: skip
-    wait_ready(runtime)
+    wait_ready(inst)
     assert fetch(app, MIX, concurrently=True) == [200] * 20
-    runtime.sampler.sample()  # a last tick, after all have closed
+    inst.sampler.sample()  # a last tick, after all have closed
     share, total = burners_share(otel)
     print(f"{policy}: burners' share {share:.3f} of {total:.3f} J")
     assert low <= share <= high
     assert {attrs(s)[a.ATTRIBUTION] for s in otel.server_spans()} == {policy}
     # The books still balance, against the source's own readings.
-    conserved(runtime, {"cpu": total})
+    conserved(inst, {"cpu": total})
 
 
 def test_child_tasks_are_charged_to_their_request(
     otel: Otel, instrument: Instrumented
 ) -> None:
     app = cpu_app()
-    runtime = instrument(
+    inst = instrument(
         app, otel, power_source=ConstantPowerSource(cpu=CPU_W), attribution="cpu_time",
         sample_interval=0.05,
     )  # fmt: skip
-    wait_ready(runtime)
+    wait_ready(inst)
     waits = ["/wait?seconds=0.1"] * 3
     assert fetch(app, ["/gather", *waits], concurrently=True) == [200] * 4
     spans = {s.name: attrs(s) for s in otel.server_spans()}
@@ -176,10 +177,12 @@ def test_cpu_time_attributed_plus_unattributed_equals_measured(
     events: list[tuple[str, float, int]], cpu: list[float]
 ) -> None:
     now = [1000.0]
-    source = ScriptedPowerSource(
-        cpu=lambda t: cpu[min(int(t / 0.25), len(cpu) - 1)],
-        resolution=0.005,
-        clock=lambda: now[0],
+    source = Recorded(
+        ScriptedPowerSource(
+            cpu=lambda t: cpu[min(int(t / 0.25), len(cpu) - 1)],
+            resolution=0.005,
+            clock=lambda: now[0],
+        )
     )
     ledger = Ledger(CpuTime())
     ledger.tick(source.read())
@@ -205,8 +208,6 @@ def test_cpu_time_attributed_plus_unattributed_equals_measured(
     now[0] += 0.01
     ledger.tick(source.read())
     totals = ledger.totals()
-    first, last = ledger.first_time, ledger.last_time
-    assert first is not None and last is not None
-    truth = last.cpu - first.cpu  # type: ignore[operator]
+    truth = source.joules("cpu", ledger.first_time, ledger.last_time)
     assert totals.attributed[0] == pytest.approx(charged, rel=1e-9, abs=1e-9)
     assert charged + totals.unattributed[0] == pytest.approx(truth, rel=1e-9, abs=1e-9)

@@ -55,9 +55,9 @@ def exposition() -> str:
         embodied_emissions=900.0,
     )  # fmt: skip
     try:
-        runtime = instrumentation_of(app)
-        assert runtime is not None
-        wait_ready(runtime)
+        inst = instrumentation_of(app)
+        assert inst is not None
+        wait_ready(inst)
         fetch(app, ["/items/1", "/later"])
         return generate_latest(REGISTRY).decode()
     finally:

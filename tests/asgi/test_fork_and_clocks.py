@@ -17,38 +17,42 @@ import pytest
 from fastapi import FastAPI
 
 from carbonspan.otel import attributes as a
-from carbonspan.otel import middleware
+from carbonspan.otel import reporter
 from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.asgi import client, fetch
-from support.checks import assert_no_open_window, wait_for
-from support.fakes import Clock
-from support.otel import Instrumented, Otel, attrs, ready_app
+from support.checks import (
+    assert_no_open_window,
+    async_wait_for,
+    conserved,
+    wait_for,
+)
+from support.fakes import Clock, Recorded
+from support.otel import Instrumented, Otel, attrs, ready_app, wait_ready
 
 CPU_W, RAM_W = 10.0, 2.0
 
 
 def child_run(app: Any, otel: Otel, forked_at: float) -> dict[str, Any]:
     """In the forked child: what it inherited, then its own measurements."""
-    runtime = instrumentation_of(app)
-    assert runtime is not None
-    ledger = runtime.ledger
+    inst = instrumentation_of(app)
+    assert inst is not None
+    ledger = inst.ledger
     got: dict[str, Any] = {
-        "inherited_thread": runtime.sampler.started,
+        "inherited_thread": inst.sampler.started,
         "inherited_reading": ledger.first_time is not None,
         "inherited_in_flight": ledger.in_flight,
     }
     otel.exporter.clear()
     got["first"] = fetch(app, ["/sleep?seconds=0.02"])  # starts the sampler
-    got["thread_after_first"] = runtime.sampler.running
-    wait_for(lambda: ledger.last_time is not None, timeout=10)
-    time.sleep(0.05)  # a few readings of its own
+    got["thread_after_first"] = inst.sampler.running
+    wait_ready(inst, readings=3)  # a few readings of its own
     got["second"] = fetch(app, ["/sleep?seconds=0.05"])
-    runtime.sampler.sample()
+    inst.sampler.sample()
     spans = otel.server_spans()
     got["spans"] = [attrs(s) for s in spans]
     first = ledger.first_time
-    got["first_reading_after_fork"] = first is not None and first.time > forked_at
+    got["first_reading_after_fork"] = first is not None and first > forked_at
     totals = ledger.totals()
     got["attributed_cpu"] = totals.attributed[0] - totals.after_response[0]
     got["in_flight"] = ledger.in_flight
@@ -58,12 +62,10 @@ def child_run(app: Any, otel: Otel, forked_at: float) -> dict[str, Any]:
 def test_fork_child_measures_on_its_own_and_parent_is_unaffected(
     otel: Otel, instrument: Instrumented
 ) -> None:
-    source = ConstantPowerSource(cpu=CPU_W, ram=RAM_W)
-    app, runtime = ready_app(
-        instrument, otel, power_source=source, sample_interval=0.01
-    )
+    source = Recorded(ConstantPowerSource(cpu=CPU_W, ram=RAM_W))
+    app, inst = ready_app(instrument, otel, power_source=source, sample_interval=0.01)
     assert fetch(app, ["/sleep?seconds=0.02"]) == [200]
-    parent_first = runtime.ledger.first_time
+    parent_first = inst.ledger.first_time
     read_end, write_end = os.pipe()
     forked_at = time.monotonic()
     pid = os.fork()
@@ -81,9 +83,9 @@ def test_fork_child_measures_on_its_own_and_parent_is_unaffected(
     os.close(write_end)
     try:
         # Meanwhile the parent goes on: same thread, same ledger, more ticks.
-        ticks_before = runtime.ledger.last_time
+        ticks_before = inst.ledger.last_time
         assert fetch(app, ["/sleep?seconds=0.05"]) == [200]
-        wait_for(lambda: runtime.ledger.last_time is not ticks_before)
+        wait_for(lambda: inst.ledger.last_time != ticks_before)
         raw = _read_all(read_end, timeout=30)
     finally:
         _reap(pid)
@@ -103,19 +105,14 @@ def test_fork_child_measures_on_its_own_and_parent_is_unaffected(
     assert child["attributed_cpu"] == pytest.approx(on_child_spans)
     assert child["in_flight"] == 0
     # The parent is unaffected: its sampler thread, its readings, its figures.
-    assert runtime.sampler.running
-    assert runtime.ledger.first_time is parent_first
-    runtime.sampler.sample()
+    assert inst.sampler.running
+    assert inst.ledger.first_time == parent_first
+    inst.sampler.sample()
     spans = otel.server_spans()
     assert len(spans) == 2
     assert attrs(spans[1])[a.POWER["cpu"]] == pytest.approx(CPU_W, rel=0.1)
-    totals, last = runtime.ledger.totals(), runtime.ledger.last_time
-    assert parent_first is not None and last is not None
-    on_spans = sum(attrs(s)[a.ENERGY["cpu"]] for s in spans)
-    measured = last.cpu - parent_first.cpu  # type: ignore[operator]
-    books = on_spans + totals.after_response[0] + totals.unattributed[0]
-    assert books == pytest.approx(measured, rel=0.01)
-    assert_no_open_window(runtime, otel)
+    conserved(inst, {"cpu": sum(attrs(s)[a.ENERGY["cpu"]] for s in spans)})
+    assert_no_open_window(inst, otel)
 
 
 def _read_all(fd: int, timeout: float) -> bytes:
@@ -183,49 +180,41 @@ def scripted_figures(
 ) -> list[dict[str, Any]]:
     """The same requests at the same monotonic instants: their figures."""
     clock = Clock(5000.0)
-    monkeypatch.setattr(middleware, "monotonic", clock)
+    monkeypatch.setattr(reporter, "monotonic", clock)  # the request path's clock
     source = ConstantPowerSource(cpu=CPU_W, ram=RAM_W, clock=clock)
     app = clock_app(clock)
-    runtime = instrument(app, otel, power_source=source, sample_interval=60)
+    inst = instrument(app, otel, power_source=source, sample_interval=60)
     # The test takes every reading itself, at instants it chooses.
-    monkeypatch.setattr(runtime.sampler, "start", lambda: None)
+    monkeypatch.setattr(inst.sampler, "start", lambda: None)
 
     async def script() -> None:
         async with client(app) as c:
-            runtime.sampler.sample()
+            inst.sampler.sample()
             clock.now += 0.5
-            runtime.sampler.sample()  # power is known from here on
+            inst.sampler.sample()  # power is known from here on
             assert (await c.get("/work?seconds=0.3")).status_code == 200
             clock.now += 0.2
-            runtime.sampler.sample()
+            inst.sampler.sample()
             # Two requests overlap for 0.1 s.
             held = asyncio.create_task(c.get("/held"))
-            await _until(lambda: runtime.ledger.in_flight == 1)
+            await async_wait_for(lambda: inst.ledger.in_flight == 1)
             assert (await c.get("/work?seconds=0.1")).status_code == 200
             clock.now += 0.4
-            runtime.sampler.sample()
+            inst.sampler.sample()
             clock.now += 0.1
             app.state.release()
             assert (await held).status_code == 200
             clock.now += 0.2
-            runtime.sampler.sample()
+            inst.sampler.sample()
 
     asyncio.run(script())
-    assert_no_open_window(runtime, otel)
+    assert_no_open_window(inst, otel)
     keys = (a.ENERGY_TOTAL, a.ENERGY["cpu"], a.ENERGY["ram"], a.POWER["cpu"],
             a.CONCURRENCY, a.EMISSIONS)  # fmt: skip
     figures = [{k: attrs(s)[k] for k in keys} for s in otel.server_spans()]
-    totals = runtime.ledger.totals()
+    totals = inst.ledger.totals()
     figures.append({"unattributed": totals.unattributed, "measured": totals.measured})
     return figures
-
-
-async def _until(condition: Any) -> None:
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("condition not met")
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import pytest
 import shapes
 from carbonspan import CodeCarbonInstrumentor
 from carbonspan.otel.instrumentor import instrumentation_of
-from support.checks import assert_shapes_between_truths, wait_for
+from support.checks import assert_shapes_between_truths
+from support.otel import wait_ready
 
 
 def served_in_process(policy: str, rounds: int) -> list[shapes.Record]:
@@ -31,12 +32,10 @@ def served_in_process(policy: str, rounds: int) -> list[shapes.Record]:
                     assert response.status_code == 200
 
                 await get("/sync", 1.0)  # starts the sampler
-                runtime = instrumentation_of(app)
-                assert runtime is not None
-                await asyncio.to_thread(
-                    wait_for, lambda: runtime.ledger.last_time is not None
-                )
-                await asyncio.sleep(0.25)  # a few ticks: the estimator's prior
+                inst = instrumentation_of(app)
+                assert inst is not None
+                # A few ticks, from which the estimator has its prior.
+                await asyncio.to_thread(wait_ready, inst, 3)
                 app.state.records.clear()
                 await shapes.drive(get, rounds, records=app.state.records)
 

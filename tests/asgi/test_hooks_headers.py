@@ -47,7 +47,7 @@ def test_a_failing_hook_is_logged_and_the_request_goes_on(
     instrument(
         app, otel, power_source=ConstantPowerSource(cpu=1.0), measurement_hook=hook
     )
-    with caplog.at_level(logging.WARNING, logger="carbonspan.runtime"):
+    with caplog.at_level(logging.WARNING, logger="carbonspan.otel.reporter"):
         codes = [get(app, "/fast").status_code for _ in range(3)]
     assert codes == [200, 200, 200]
     assert len(otel.server_spans()) == 3

@@ -21,6 +21,7 @@ from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import fetch, get
+from support.fakes import Recorded
 from support.otel import Instrumented, Otel, attrs, wait_ready
 
 
@@ -53,9 +54,9 @@ def test_instrument_covers_apps_built_afterwards(
     try:
         app = build_app()
         assert get(app, "/fast").status_code == 200
-        runtime = instrumentation_of(app)  # the global instrumentation's
-        assert runtime is not None
-        wait_ready(runtime)
+        inst = instrumentation_of(app)  # the global instrumentation's
+        assert inst is not None
+        wait_ready(inst)
         assert get(app, "/sleep?seconds=0.05").status_code == 200
         stack = middlewares(app)
         assert stack.count("CodeCarbonMiddleware") == 1
@@ -130,9 +131,9 @@ def test_starlette_experimental_span_creator_is_recognised(otel: Otel) -> None:
         meter_provider=otel.meter_provider,
     )
     try:
-        runtime = instrumentation_of(app)
-        assert runtime is not None
-        wait_ready(runtime)
+        inst = instrumentation_of(app)
+        assert inst is not None
+        wait_ready(inst)
         assert get(app, "/sleep?seconds=0.05").status_code == 200
         stack = middlewares(app)
         assert stack.index("OpenTelemetryMiddleware") + 1 == stack.index(
@@ -161,7 +162,7 @@ def test_plain_starlette_app_inside_the_asgi_middleware(otel: Otel) -> None:
         meter_provider=otel.meter_provider,
     )
     try:
-        wait_ready(measured.runtime)
+        wait_ready(measured.instrumentation)
         assert get(app, "/hello/ada").status_code == 200
         (span,) = otel.server_spans()
         got = attrs(span)
@@ -170,7 +171,7 @@ def test_plain_starlette_app_inside_the_asgi_middleware(otel: Otel) -> None:
         (point,) = otel.points("codecarbon.request.energy")
         assert point.attributes[a.HTTP_ROUTE] == "/hello/{name}"
     finally:
-        measured.runtime.close()
+        measured.instrumentation.close()
 
 
 def test_energy_totals_give_an_apps_books_against_the_source(
@@ -178,16 +179,16 @@ def test_energy_totals_give_an_apps_books_against_the_source(
 ) -> None:
     app = build_app()
     assert CodeCarbonInstrumentor.energy_totals(app) is None  # nothing measures it
-    source = ConstantPowerSource(cpu=10.0, ram=2.0)
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
-    wait_ready(runtime)
+    source = Recorded(ConstantPowerSource(cpu=10.0, ram=2.0))
+    inst = instrument(app, otel, power_source=source, sample_interval=0.02)
+    wait_ready(inst)
     assert fetch(app, ["/sleep?seconds=0.05", "/fast"], concurrently=True) == [200] * 2
-    runtime.sampler.stop()
-    runtime.sampler.sample()  # a last reading, with nothing in flight
+    inst.sampler.stop()
+    inst.sampler.sample()  # a last reading, with nothing in flight
     totals = CodeCarbonInstrumentor.energy_totals(app)
     assert totals is not None and totals.in_flight == 0
     assert set(totals.measured) == {"cpu", "ram"}  # no GPU: no key, not a 0
-    first, last = runtime.ledger.first_time, runtime.ledger.last_time
+    first, last = source.first, source.last
     assert first is not None and last is not None
     for component, watts in (("cpu", 10.0), ("ram", 2.0)):
         drawn = getattr(last, component) - getattr(first, component)
@@ -215,9 +216,9 @@ def test_energy_totals_under_instrument_once_the_app_has_served(otel: Otel) -> N
         app = build_app()
         assert CodeCarbonInstrumentor.energy_totals(app) is None  # no stack yet
         assert get(app, "/fast").status_code == 200
-        runtime = instrumentation_of(app)
-        assert runtime is not None
-        wait_ready(runtime)
+        inst = instrumentation_of(app)
+        assert inst is not None
+        wait_ready(inst)
         by_app = CodeCarbonInstrumentor.energy_totals(app)
         by_default = CodeCarbonInstrumentor.energy_totals()
         assert by_app is not None and by_default is not None

@@ -1,6 +1,6 @@
 """Request lifecycle edge cases (hardening item 4).
 
-After each case the ledger holds no open window: `runtime.ledger.in_flight`
+After each case the ledger holds no open window: `inst.ledger.in_flight`
 and the `codecarbon.requests.in_flight` observable are both 0. Requests are
 driven through the ASGI interface so that a test controls every message;
 e2e/test_uvicorn.py serves the same cases from a real uvicorn and shuts it
@@ -39,11 +39,11 @@ from support.otel import Instrumented, Otel, attrs, wait_ready
 @pytest.fixture
 def measured(otel: Otel, instrument: Instrumented) -> tuple[FastAPI, Instrumentation]:
     app = lifecycle_app()
-    runtime = instrument(
+    inst = instrument(
         app, otel, power_source=ConstantPowerSource(cpu=CPU_W), sample_interval=0.01
     )
-    wait_ready(runtime)
-    return app, runtime
+    wait_ready(inst)
+    return app, inst
 
 
 def histogram_points(otel: Otel) -> list[Any]:
@@ -61,7 +61,7 @@ def test_client_disconnect_mid_stream_closes_the_window(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """ASGI < 2.4: the app hears http.disconnect; 2.4: its send raises OSError."""
-    app, runtime = measured
+    app, inst = measured
     gone = asyncio.Event()
     chunks = 0
 
@@ -105,7 +105,7 @@ def test_client_disconnect_mid_stream_closes_the_window(
     assert_sane(got)
     assert got[a.ENERGY_TOTAL] > 0
     assert carbonspan_warnings(caplog) == []
-    assert_no_open_window(runtime, otel)
+    assert_no_open_window(inst, otel)
 
 
 @pytest.mark.parametrize("attribution", ["time_share", "cpu_time"])
@@ -118,19 +118,20 @@ def test_cancelled_request_task_closes_its_window(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     app = lifecycle_app()
-    runtime = instrument(
+    inst = instrument(
         app,
         otel,
         power_source=ConstantPowerSource(cpu=CPU_W),
         sample_interval=0.01,
         attribution=attribution,
     )
-    wait_ready(runtime)
+    wait_ready(inst)
 
     async def go() -> None:
         task = asyncio.create_task(call(app, path))
-        await async_wait_for(lambda: runtime.ledger.in_flight == 1)
-        await asyncio.sleep(0.03)  # well inside the handler
+        await async_wait_for(lambda: app.state.entered == [path.partition("?")[0]])
+        # Inside the handler now (asleep, or in its worker thread).
+        assert inst.ledger.in_flight == 1
         assert in_flight_metric(otel) == 1  # the observable sees it too
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -139,13 +140,13 @@ def test_cancelled_request_task_closes_its_window(
     with caplog.at_level(logging.WARNING, logger="carbonspan"):
         asyncio.run(go())
     assert carbonspan_warnings(caplog) == []
-    assert_no_open_window(runtime, otel)
+    assert_no_open_window(inst, otel)
     # The ledger is still sound: the next request is charged normally.
     exchange = asyncio.run(call(app, "/sleep?seconds=0.03"))
     assert exchange.status == 200
     last = attrs(otel.server_spans()[-1])
     assert last[a.POWER["cpu"]] == pytest.approx(CPU_W, rel=0.1)
-    assert_no_open_window(runtime, otel)
+    assert_no_open_window(inst, otel)
 
 
 # -- non-HTTP scopes ----------------------------------------------------------
@@ -156,7 +157,7 @@ def test_websocket_holds_a_window_paused_while_it_waits(
     otel: Otel,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app, runtime = measured
+    app, inst = measured
     incoming: asyncio.Queue[Message] = asyncio.Queue()
     sent: list[Message] = []
     observed: list[float] = []
@@ -177,7 +178,7 @@ def test_websocket_holds_a_window_paused_while_it_waits(
         connection = asyncio.create_task(app(scope, incoming.get, send))
         await async_wait_for(lambda: len(sent) >= 2)
         # The connection is open, waiting for its next message: out of n(t).
-        observed.extend([runtime.ledger.in_flight, in_flight_metric(otel)])
+        observed.extend([inst.ledger.in_flight, in_flight_metric(otel)])
         await incoming.put({"type": "websocket.receive", "text": "bye"})
         await async_wait_for(lambda: len(sent) >= 3)
         await incoming.put({"type": "websocket.disconnect", "code": 1000})
@@ -191,7 +192,7 @@ def test_websocket_holds_a_window_paused_while_it_waits(
     assert carbonspan_warnings(caplog) == []
     server = otel.server_spans()
     assert len(server) == 1 and a.ENERGY["cpu"] in attrs(server[0])
-    assert_no_open_window(runtime, otel)
+    assert_no_open_window(inst, otel)
 
 
 @pytest.mark.parametrize("failure", [None, "startup", "shutdown"])
@@ -217,7 +218,7 @@ def test_lifespan_starts_the_sampler_and_flushes_at_shutdown(
 
     source = ConstantPowerSource(cpu=CPU_W)
     app = lifecycle_app(lifespan=lifespan)
-    runtime = instrument(app, otel, power_source=source, sample_interval=60)
+    inst = instrument(app, otel, power_source=source, sample_interval=60)
     server = Lifespan(app)
     sent = server.sent
     reads: dict[str, int] = {}
@@ -227,11 +228,10 @@ def test_lifespan_starts_the_sampler_and_flushes_at_shutdown(
         await async_wait_for(lambda: bool(sent))
         reads["startup"] = source.reads
         if sent == ["lifespan.startup.complete"]:
-            # Started with the server, before any request.
-            assert runtime.sampler.running
-            await async_wait_for(lambda: source.reads >= 1)
-            await asyncio.sleep(0.01)
-            assert runtime.sampler.sample()  # a second reading: power is known
+            # Started with the server, before any request: its first two
+            # readings, FIRST_GAP apart (power is known), then none for 60 s.
+            assert inst.sampler.running
+            await async_wait_for(lambda: source.reads >= 2)
             reads["running"] = source.reads
             assert (await call(app, "/fast")).status == 200
             await server.shutdown()
@@ -257,7 +257,7 @@ def test_lifespan_starts_the_sampler_and_flushes_at_shutdown(
         assert source.reads == reads["running"] + 1
         (span,) = otel.server_spans()
         assert attrs(span)[a.ENERGY_TOTAL] > 0
-    assert_no_open_window(runtime, otel)
+    assert_no_open_window(inst, otel)
 
 
 def test_lifespan_shutdown_flushes_and_takes_a_last_reading(otel: Otel) -> None:
@@ -290,7 +290,7 @@ def test_lifespan_shutdown_flushes_and_takes_a_last_reading(otel: Otel) -> None:
         assert flushed == [1]
         assert source.reads > reads_before
     finally:
-        measured.runtime.close()
+        measured.instrumentation.close()
 
 
 def test_shutdown_flush_waits_for_cancelled_requests_to_close(
@@ -298,17 +298,17 @@ def test_shutdown_flush_waits_for_cancelled_requests_to_close(
 ) -> None:
     """uvicorn cancels what outlives its grace period, then shuts down at once."""
     app = lifecycle_app()
-    runtime = instrument(
+    inst = instrument(
         app, otel, power_source=ConstantPowerSource(cpu=CPU_W), sample_interval=0.01
     )
     open_at_flush: list[int] = []
-    flush = runtime.flush
+    flush = inst.flush
 
     def spy(*args: Any) -> None:
-        open_at_flush.append(runtime.ledger.in_flight)
+        open_at_flush.append(inst.ledger.in_flight)
         flush(*args)
 
-    runtime.flush = spy  # type: ignore[method-assign]
+    inst.flush = spy  # type: ignore[method-assign]
     server = Lifespan(app)
     sent = server.sent
 
@@ -316,7 +316,7 @@ def test_shutdown_flush_waits_for_cancelled_requests_to_close(
         lifespan = await server.start()
         await async_wait_for(lambda: sent == ["lifespan.startup.complete"])
         request = asyncio.create_task(call(app, "/slow-cleanup"))
-        await async_wait_for(lambda: runtime.ledger.in_flight == 1)
+        await async_wait_for(lambda: inst.ledger.in_flight == 1)
         request.cancel()
         await server.shutdown()
         await lifespan
@@ -326,7 +326,7 @@ def test_shutdown_flush_waits_for_cancelled_requests_to_close(
     asyncio.run(go())
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert open_at_flush == [0]  # the request closed, and was counted, first
-    assert_no_open_window(runtime, otel)
+    assert_no_open_window(inst, otel)
 
 
 # -- ASGI extensions and methods ---------------------------------------------
@@ -335,21 +335,21 @@ def test_shutdown_flush_waits_for_cancelled_requests_to_close(
 class Watching(Exchange):
     """Notes how many windows were open when each message reached the server."""
 
-    def __init__(self, runtime: Instrumentation) -> None:
+    def __init__(self, inst: Instrumentation) -> None:
         super().__init__()
-        self.runtime = runtime
+        self.inst = inst
         self.open_at: dict[str, int] = {}
 
     async def send(self, message: Message) -> None:
-        self.open_at[message["type"]] = self.runtime.ledger.in_flight
+        self.open_at[message["type"]] = self.inst.ledger.in_flight
         await super().send(message)
 
 
 def test_pathsend_closes_the_window_before_the_file_goes(
     measured: tuple[FastAPI, Instrumentation], otel: Otel
 ) -> None:
-    app, runtime = measured
-    exchange = Watching(runtime)
+    app, inst = measured
+    exchange = Watching(inst)
     extensions = {"http.response.pathsend": {}}
     asyncio.run(call(app, "/file", exchange=exchange, extensions=extensions))
     types = [m["type"] for m in exchange.messages]
@@ -362,7 +362,7 @@ def test_pathsend_closes_the_window_before_the_file_goes(
     assert attrs(span)[a.ENERGY_TOTAL] > 0
     (point,) = histogram_points(otel)
     assert point.attributes[a.HTTP_ROUTE] == "/file" and point.count == 1
-    assert_no_open_window(runtime, otel)
+    assert_no_open_window(inst, otel)
 
 
 async def trailers_app(scope: Any, receive: Any, send: Any) -> None:
@@ -387,15 +387,15 @@ def test_trailers_follow_the_closed_window_untouched(otel: Otel) -> None:
         meter_provider=otel.meter_provider,
         sample_interval=0.01,
     )
-    runtime = middleware.runtime
+    inst = middleware.instrumentation
     app = OpenTelemetryMiddleware(
         middleware,
         tracer_provider=otel.tracer_provider,
         meter_provider=otel.meter_provider,
     )
     try:
-        wait_ready(runtime)
-        exchange = Watching(runtime)
+        wait_ready(inst)
+        exchange = Watching(inst)
         extensions = {"http.response.trailers": {}}
         asyncio.run(call(app, "/rpc", method="POST", exchange=exchange,
                          extensions=extensions))  # fmt: skip
@@ -408,15 +408,15 @@ def test_trailers_follow_the_closed_window_untouched(otel: Otel) -> None:
         assert exchange.open_at["http.response.trailers"] == 0
         (span,) = otel.server_spans()
         assert attrs(span)[a.ENERGY_TOTAL] > 0  # set before the span ended
-        assert_no_open_window(runtime, otel)
+        assert_no_open_window(inst, otel)
     finally:
-        runtime.close()
+        inst.close()
 
 
 def test_head_requests_are_measured_and_labelled(
     measured: tuple[FastAPI, Instrumentation], otel: Otel
 ) -> None:
-    app, runtime = measured
+    app, inst = measured
     page = asyncio.run(call(app, "/page", method="HEAD"))
     refused = asyncio.run(call(app, "/fast", method="HEAD"))
     assert (page.status, refused.status) == (200, 405)
@@ -430,4 +430,4 @@ def test_head_requests_are_measured_and_labelled(
         for p in histogram_points(otel)
     }
     assert labels == {("HEAD", 200), ("HEAD", 405)}
-    assert_no_open_window(runtime, otel)
+    assert_no_open_window(inst, otel)

@@ -36,18 +36,19 @@ from carbonspan.testing import ConstantPowerSource
 
 app = build_app()
 FastAPIInstrumentor.instrument_app(app)
-CodeCarbonInstrumentor().instrument_app(
-    app, power_source=ConstantPowerSource(cpu=10.0), sample_interval=0.01
-)
-runtime = instrumentation_of(app)
-built, spans = [], []
-span_attributes = runtime.span_attributes
-def spy(measurement):
-    built.append(measurement)
-    return span_attributes(measurement)
-runtime.span_attributes = spy
 hook_spans = []
-runtime.hook = lambda span, scope, m: hook_spans.append(span.is_recording())
+CodeCarbonInstrumentor().instrument_app(
+    app, power_source=ConstantPowerSource(cpu=10.0), sample_interval=0.01,
+    measurement_hook=lambda span, scope, m: hook_spans.append(span.is_recording()),
+)
+inst = instrumentation_of(app)
+built = []
+spans = inst.reporter.spans  # what builds each span's attributes
+for_span = spans.for_span
+def spy(valuation, span=None):
+    built.append(valuation)
+    return for_span(valuation, span)
+spans.for_span = spy
 
 async def main():
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -57,15 +58,15 @@ async def main():
         return [(await c.get(p)).status_code for p in paths]
 
 statuses = asyncio.run(main())
-runtime.sampler.sample()
+inst.sampler.sample()
 print(json.dumps({
     "statuses": statuses,
     "sdk_modules": sorted(m for m in sys.modules if m.startswith("opentelemetry.sdk")),
     "tracer_provider": type(trace.get_tracer_provider()).__name__,
     "attributes_built": len(built),
     "hook_spans_recording": hook_spans,
-    "in_flight": runtime.ledger.in_flight,
-    "readings": runtime.ledger.last_time is not None,
+    "in_flight": inst.ledger.in_flight,
+    "readings": inst.ledger.last_time is not None,
     "warnings": [r.getMessage() for r in records],
 }))
 """

@@ -125,7 +125,7 @@ def test_the_stack_app_serves_and_is_measured(path: str) -> None:
     )
     try:
         assert get(app, path).status_code == 200
-        runtime = instrumentation_of(app)
-        assert runtime is not None and runtime.ledger.in_flight == 0
+        inst = instrumentation_of(app)
+        assert inst is not None and inst.ledger.in_flight == 0
     finally:
         CodeCarbonInstrumentor.uninstrument_app(app)

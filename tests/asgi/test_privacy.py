@@ -53,7 +53,7 @@ def requests() -> list[dict[str, Any]]:
 def test_10000_raw_paths_leave_a_handful_of_label_sets(
     otel: Otel, instrument: Instrumented
 ) -> None:
-    app, runtime = ready_app(
+    app, inst = ready_app(
         instrument,
         otel,
         contrib=None,  # carbonspan's own metrics alone, at 10,000 requests
@@ -79,7 +79,7 @@ def test_10000_raw_paths_leave_a_handful_of_label_sets(
         assert not [
             h for h in headers if h.startswith((b"x-codecarbon", b"server-timing"))
         ]
-    runtime.sampler.sample()
+    inst.sampler.sample()
 
     points: dict[str, list[Any]] = {n: otel.points(n) for n in CODECARBON_METRICS}
     label_sets = {
@@ -106,8 +106,8 @@ def test_10000_raw_paths_leave_a_handful_of_label_sets(
         ("/items/{item_id}", "_OTHER", 405): 1000,
     }
     assert len(label_sets["codecarbon.request.emissions"]) == 3
-    assert len(runtime.metrics._attrs) == 3  # the label cache is bounded too
-    assert_no_open_window(runtime, otel)
+    assert len(inst.metrics.queue.attributes) == 3  # the label cache is bounded too
+    assert_no_open_window(inst, otel)
 
 
 def test_span_figures_carry_no_request_data_and_headers_only_when_asked(
@@ -116,14 +116,14 @@ def test_span_figures_carry_no_request_data_and_headers_only_when_asked(
     secret = [(b"authorization", b"Bearer SECRET-1"), (b"cookie", b"session=SECRET-2")]
     quiet, loud = build_app(), build_app()
     for app, extra in ((quiet, {}), (loud, {"response_headers": True})):
-        runtime = instrument(
+        inst = instrument(
             app,
             otel,
             power_source=ConstantPowerSource(cpu=10.0),
             sample_interval=0.01,
             **extra,
         )
-        wait_ready(runtime)
+        wait_ready(inst)
 
     async def go(app: Any) -> dict[bytes, bytes]:
         exchange = await call(

@@ -12,6 +12,7 @@ from carbonspan.otel import attributes as a
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
 from support.asgi import client, fetch
+from support.checks import async_wait_for
 from support.otel import Instrumented, Otel, attrs, ready_app, wait_ready
 
 CPU_W, RAM_W = 10.0, 2.0
@@ -94,9 +95,7 @@ CASES = {
 def test_every_response_kind_is_measured(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, runtime = ready_app(
-        instrument, otel, power_source=source, sample_interval=0.02
-    )
+    app, inst = ready_app(instrument, otel, power_source=source, sample_interval=0.02)
     assert fetch(app, list(CASES), concurrently=True) == list(CASES.values())
     spans = otel.server_spans()
     assert len(spans) == len(CASES)
@@ -114,7 +113,7 @@ def test_every_response_kind_is_measured(
         (None, 404),  # unknown routes collapse to one series with no route
     }  # fmt: skip
     assert sum(p.count for p in points) == len(CASES)
-    assert runtime.ledger.in_flight == 0
+    assert inst.ledger.in_flight == 0
 
 
 def test_streaming_is_charged_up_to_the_last_chunk(
@@ -165,30 +164,30 @@ def test_no_tracing_configured_still_measures(
     otel = Otel()
     app = build_app()
     # No span creator at all: only carbonspan and a meter provider.
-    runtime = instrument(
+    inst = instrument(
         app, otel, contrib=None, power_source=source, sample_interval=0.02
     )
-    wait_ready(runtime)
+    wait_ready(inst)
     assert fetch(app, ["/fast", "/fast", "/cpu?seconds=0.01"]) == [200] * 3
     points = otel.points("codecarbon.request.energy")
     assert sum(p.count for p in points) == 3
-    assert runtime.ledger.in_flight == 0
+    assert inst.ledger.in_flight == 0
 
 
 def test_excluded_urls_hold_a_window_but_get_nothing(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, runtime = ready_app(
+    app, inst = ready_app(
         instrument, otel, power_source=source, sample_interval=0.02,
         excluded_urls="^/health$,/sleep",
     )  # fmt: skip
-    before = runtime.ledger.totals()
+    before = inst.ledger.totals()
     assert fetch(app, ["/sleep?seconds=0.2", "/fast"]) == [200, 200]
     spans = {s.name: s for s in otel.server_spans()}
     assert attrs(spans["GET /sleep"]) == {}
     assert attrs(spans["GET /fast"])[a.ENERGY_TOTAL] > 0
     assert otel.routes() == ["/fast"]
-    after = runtime.ledger.totals()
+    after = inst.ledger.totals()
     # The excluded request's share went to the unattributed account.
     assert after.unattributed[0] - before.unattributed[0] >= 0.19 * CPU_W * 0.95
     # And /fast was charged only its own share, not the excluded one's.
@@ -202,10 +201,10 @@ def test_instrumenting_twice_does_nothing_the_second_time(
     from carbonspan.otel.instrumentor import instrumentation_of
 
     app = build_app()
-    runtime = instrument(app, otel, power_source=source, sample_interval=0.02)
+    inst = instrument(app, otel, power_source=source, sample_interval=0.02)
     CodeCarbonInstrumentor().instrument_app(app, power_source=source)
-    assert instrumentation_of(app) is runtime
-    wait_ready(runtime)
+    assert instrumentation_of(app) is inst
+    wait_ready(inst)
     assert fetch(app, ["/fast"]) == [200]
     node, count = app.middleware_stack, 0
     while node is not None:
@@ -220,31 +219,35 @@ def test_two_apps_on_one_meter_provider_report_together(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
     apps = [build_app(), build_app()]
-    runtimes = [
+    instrumentations = [
         instrument(app, otel, power_source=source, sample_interval=0.02) for app in apps
     ]
-    assert runtimes[0].sampler is runtimes[1].sampler  # one source: one sampler
-    wait_ready(runtimes[0])
+    assert (
+        instrumentations[0].sampler is instrumentations[1].sampler
+    )  # one source: one sampler
+    wait_ready(instrumentations[0])
     two, three = ["/sleep?seconds=0.05"] * 2, ["/sleep?seconds=0.05"] * 3
     assert fetch(apps[0], two, concurrently=True) == [200, 200]
     assert fetch(apps[1], three, concurrently=True) == [200, 200, 200]
     (energy,) = otel.points("codecarbon.request.energy")
     assert energy.count == 5
     (grams,) = otel.points("codecarbon.request.emissions")
-    assert grams.value == pytest.approx(runtimes[0].intensity.grams(energy.sum))
+    assert grams.value == pytest.approx(instrumentations[0].intensity.grams(energy.sum))
     attributed = [
         p.value
         for p in otel.points("codecarbon.energy")
         if p.attributes[a.ATTRIBUTED] and p.attributes[a.HW_TYPE] == "cpu"
     ]
     # The shared ledger is counted once, not once per app.
-    assert attributed == [pytest.approx(runtimes[0].ledger.totals().attributed[0])]
+    assert attributed == [
+        pytest.approx(instrumentations[0].ledger.totals().attributed[0])
+    ]
 
 
 def test_in_flight_is_observable_and_returns_to_zero(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, _ = ready_app(instrument, otel, power_source=source, sample_interval=0.02)
+    app, inst = ready_app(instrument, otel, power_source=source, sample_interval=0.02)
     seen: list[int] = []
 
     async def go() -> None:
@@ -252,7 +255,7 @@ def test_in_flight_is_observable_and_returns_to_zero(
             pending = [
                 asyncio.create_task(c.get("/sleep?seconds=0.3")) for _ in range(3)
             ]
-            await asyncio.sleep(0.15)
+            await async_wait_for(lambda: inst.ledger.in_flight == 3)
             (point,) = otel.points("codecarbon.requests.in_flight")
             seen.append(point.value)
             await asyncio.gather(*pending)

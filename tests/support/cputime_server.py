@@ -101,8 +101,8 @@ def burn_sync(seconds: float = 0.05) -> dict[str, int]:
 
 @app.get("/state")
 async def state() -> dict[str, Any]:
-    runtime = instrumentation_of(app)
-    assert runtime is not None
+    inst = instrumentation_of(app)
+    assert inst is not None
     spans = [
         dict(s.attributes or {})
         for s in exporter.get_finished_spans()
@@ -110,7 +110,7 @@ async def state() -> dict[str, Any]:
     ]
     return {
         **seen,
-        "in_flight": runtime.ledger.in_flight,
+        "in_flight": inst.ledger.in_flight,
         "attribution": [s.get("codecarbon.attribution") for s in spans],
         "cpu": [s.get("codecarbon.energy.cpu") for s in spans],
         "routes": [s.get("http.route") for s in spans],

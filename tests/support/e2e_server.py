@@ -42,14 +42,14 @@ source = ConstantPowerSource(cpu=10.0, ram=2.0)
 
 @asynccontextmanager
 async def lifespan(app: object) -> AsyncIterator[None]:
-    runtime = instrumentation_of(app)
-    assert runtime is not None
+    inst = instrumentation_of(app)
+    assert inst is not None
     deadline = time.monotonic() + 10
     while source.reads < 3 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     yield
-    runtime.sampler.sample()  # a last tick, after every request has closed
-    ledger = runtime.ledger
+    inst.sampler.sample()  # a last tick, after every request has closed
+    ledger = inst.ledger
     first, last = ledger.first_time, ledger.last_time
     totals = ledger.totals()
     state = {

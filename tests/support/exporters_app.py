@@ -65,11 +65,11 @@ def serve() -> Any:
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         yield
-        runtime = instrumentation_of(app)
-        assert runtime is not None
-        runtime.sampler.sample()
+        inst = instrumentation_of(app)
+        assert inst is not None
+        inst.sampler.sample()
         with open(os.environ["REL_STATE"], "w") as f:
-            json.dump({"in_flight": runtime.ledger.in_flight}, f)
+            json.dump({"in_flight": inst.ledger.in_flight}, f)
 
     app = build_app(lifespan=lifespan)
     FastAPIInstrumentor.instrument_app(

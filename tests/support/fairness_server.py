@@ -107,17 +107,17 @@ def _points() -> dict[str, list[dict[str, Any]]]:
 
 @app.get("/state")
 async def state() -> dict[str, Any]:
-    runtime = instrumentation_of(app)
-    assert runtime is not None
-    runtime.sampler.sample()  # a reading now: the open energy is up to date
+    inst = instrumentation_of(app)
+    assert inst is not None
+    inst.sampler.sample()  # a reading now: the open energy is up to date
     spans = [
         {"name": s.name, "attributes": dict(s.attributes or {})}
         for s in exporter.get_finished_spans()
         if s.kind == SpanKind.SERVER
     ]
-    totals = runtime.ledger.totals()
+    totals = inst.ledger.totals()
     return {
-        "in_flight": runtime.ledger.in_flight,
+        "in_flight": inst.ledger.in_flight,
         "spans": spans,
         "metrics": _points(),
         "measured": totals.measured[0],

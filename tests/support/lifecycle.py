@@ -1,7 +1,8 @@
 """The lifecycle tests' app: the test app, plus a WebSocket echo, a file, a
 GET+HEAD route, a request that cleans up slowly, and one that says how many
-others are in flight. In process for asgi/test_lifecycle.py; served by a real
-uvicorn (`serve`) for e2e/test_uvicorn.py.
+others are in flight; `app.state.entered` lists the paths whose handlers
+were entered (HTTP or WebSocket). In process for asgi/test_lifecycle.py;
+served by a real uvicorn (`serve`) for e2e/test_uvicorn.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, WebSocket
+from fastapi import Depends, FastAPI, WebSocket
+from fastapi.requests import HTTPConnection
 from fastapi.responses import FileResponse, Response
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
@@ -27,9 +29,15 @@ from support.apps import build_app
 CPU_W = 10.0
 
 
+async def note_entry(connection: HTTPConnection) -> None:
+    """Run just before each handler (a sync one goes on in a thread)."""
+    connection.app.state.entered.append(connection.url.path)
+
+
 def lifecycle_app(**fastapi_kwargs: Any) -> FastAPI:
     """The test app, plus a WebSocket echo, a file and a GET+HEAD route."""
-    app = build_app(**fastapi_kwargs)
+    app = build_app(dependencies=[Depends(note_entry)], **fastapi_kwargs)
+    app.state.entered = []
 
     @app.websocket("/ws")
     async def echo(websocket: WebSocket) -> None:
@@ -54,9 +62,9 @@ def lifecycle_app(**fastapi_kwargs: Any) -> FastAPI:
 
     @app.get("/in-flight")
     async def in_flight() -> dict[str, int]:
-        runtime = instrumentation_of(app)
-        assert runtime is not None
-        return {"in_flight": runtime.ledger.in_flight - 1}  # less this one
+        inst = instrumentation_of(app)
+        assert inst is not None
+        return {"in_flight": inst.ledger.in_flight - 1}  # less this one
 
     return app
 
@@ -67,16 +75,16 @@ def serve() -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         yield
-        runtime = instrumentation_of(app)
-        assert runtime is not None
-        at_shutdown = runtime.ledger.in_flight
+        inst = instrumentation_of(app)
+        assert inst is not None
+        at_shutdown = inst.ledger.in_flight
         began = time.monotonic()
-        while runtime.ledger.in_flight and time.monotonic() - began < 2:
+        while inst.ledger.in_flight and time.monotonic() - began < 2:
             await asyncio.sleep(0.001)
-        runtime.sampler.sample()
+        inst.sampler.sample()
         state = {
-            "in_flight": runtime.ledger.in_flight,
-            "errors": runtime.sampler.errors,
+            "in_flight": inst.ledger.in_flight,
+            "errors": inst.sampler.errors,
             "at_shutdown": at_shutdown,
             "waited": time.monotonic() - began,
         }

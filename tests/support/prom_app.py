@@ -27,14 +27,14 @@ CodeCarbonInstrumentor().instrument_app(
     sample_interval=0.05,
     country_iso_code="FRA",
 )
-runtime = instrumentation_of(app)
-assert runtime is not None
+inst = instrumentation_of(app)
+assert inst is not None
 
 
 @app.post("/_freeze")
 def freeze() -> dict[str, float]:
     """Test hook: a last reading, then stop, so the counters hold still."""
-    runtime.sampler.sample()
-    runtime.sampler.stop()
-    first, last = runtime.ledger.first_time, runtime.ledger.last_time
+    inst.sampler.sample()
+    inst.sampler.stop()
+    first, last = inst.ledger.first_time, inst.ledger.last_time
     return {"cpu": last.cpu - first.cpu, "ram": last.ram - first.ram}
