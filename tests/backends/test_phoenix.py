@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from carbonspan.otel import attributes as a
 from support.backends import Phoenix
+from support.checks import wait_for
 from support.server import Server, uvicorn
 
 pytestmark = pytest.mark.backends
+ROUTES = ("/sleep", "/cpu", "/items/{item_id}")
 
 
 def test_attributes_arrive_in_phoenix_with_their_values_and_types(
@@ -26,20 +27,25 @@ def test_attributes_arrive_in_phoenix_with_their_values_and_types(
         }
         with Server(uvicorn("support.phoenix_app:app"), env) as app:
             with httpx.Client(base_url=app.url, timeout=30) as c:
-                time.sleep(1.0)  # the sampler's first readings
+                # The sampler's first readings: a response says its energy.
+                wait_for(
+                    lambda: "x-codecarbon-energy" in c.get("/fast").headers,
+                    timeout=30,
+                    interval=0.1,
+                )
                 for path in ("/sleep?seconds=0.2", "/cpu?seconds=0.05", "/items/7"):
                     assert c.get(path).status_code == 200
             app.stop()  # SIGTERM: the spans still queued are flushed at shutdown
-        deadline = time.monotonic() + 30
-        while True:
-            routes = ("/sleep", "/cpu", "/items/{item_id}")
-            spans = [
-                s for s in phoenix.spans("carbonspan-e2e")
-                if s["attributes"].get("http.route") in routes
-            ]  # fmt: skip
-            if len(spans) >= 3 or time.monotonic() > deadline:
-                break
-            asyncio.run(asyncio.sleep(0.5))
+
+        def routed() -> list[dict[str, Any]]:
+            return [
+                s
+                for s in phoenix.spans("carbonspan-e2e")
+                if s["attributes"].get("http.route") in ROUTES
+            ]
+
+        wait_for(lambda: len(routed()) >= 3, timeout=30, interval=0.5)
+        spans = routed()
     assert len(spans) == 3
     for span in spans:
         attrs = span["attributes"]

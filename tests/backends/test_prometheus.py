@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from support.backends import Prometheus
+from support.checks import wait_for
 from support.server import Server, free_port, send_all, uvicorn
 
 pytestmark = pytest.mark.backends
@@ -29,15 +30,16 @@ def test_prometheus_sees_routes_components_and_the_balance(tmp_path: Path) -> No
     ):
         assert set(asyncio.run(send_all(app.url, LOAD))) == {200}
         measured = httpx.post(app.url + "/_freeze").json()
-        # Counters hold still now: wait until a scrape has the final values.
+        # Counters hold still now: wait until two scrapes in a row (a second
+        # apart) have the same, final values.
         energy = "sum by (hw_type) (codecarbon_energy_joules_total)"
-        total_cpu = by(prom.wait_for(energy), "hw_type").get("cpu", 0.0)
-        for _ in range(60):
-            now = by(prom.query(energy), "hw_type").get("cpu", 0.0)
-            if now == total_cpu and now > 0:
-                break
-            total_cpu = now
-            asyncio.run(asyncio.sleep(1.1))
+        seen = [by(prom.wait_for(energy), "hw_type").get("cpu", 0.0)]
+
+        def settled() -> bool:
+            seen.append(by(prom.query(energy), "hw_type").get("cpu", 0.0))
+            return seen[-1] == seen[-2] > 0
+
+        wait_for(settled, timeout=66, interval=1.1)
         per_route = by(
             prom.query(
                 "sum by (http_route) (codecarbon_request_energy_joules_sum)"

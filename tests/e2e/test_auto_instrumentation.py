@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 
 from carbonspan.otel import attributes as a
 from support import TESTS
+from support.checks import wait_for
 from support.otlp import Receiver
 from support.server import Server
 
@@ -43,6 +43,8 @@ def environment(receiver: Receiver, **extra: str) -> dict[str, str]:
         "OTEL_METRIC_EXPORT_INTERVAL": "600000",
         "CARBONSPAN_COUNTRY_ISO_CODE": "DEU",
         "CARBONSPAN_SAMPLE_INTERVAL": "0.05",
+        # Each response says its energy so far, once there is a figure.
+        "CARBONSPAN_RESPONSE_HEADERS": "energy",
         **extra,
     }
 
@@ -64,14 +66,17 @@ def force_first(tmp_path: Path, name: str, target: str) -> str:
 
 
 def drive(server: Server) -> None:
-    """Wait until the sampler has readings (about 2 s of hardware detection)."""
-    deadline = time.monotonic() + 30
+    """Wait until the sampler has readings (about 2 s of hardware detection):
+    until a response carries its energy so far, which it has once the sampler
+    has measured an interval; then send the load."""
     with httpx.Client(base_url=server.url, timeout=10) as c:
-        while time.monotonic() < deadline:
-            c.get("/fast")
-            time.sleep(0.3)
-            if time.monotonic() > deadline - 27:
-                break
+
+        def measured() -> bool:
+            response = c.get("/fast")
+            assert response.status_code == 200
+            return "x-codecarbon-energy" in response.headers
+
+        wait_for(measured, timeout=30, interval=0.1)
 
     async def load() -> list[int]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
@@ -149,11 +154,11 @@ def test_disabling_codecarbon_turns_it_off(tmp_path: Path) -> None:
         )
         with Server(command(), env) as server:
             with httpx.Client(base_url=server.url) as c:
-                assert c.get("/sleep?seconds=0.05").status_code == 200
-            deadline = time.monotonic() + 10
-            while not receiver.server_spans() or not receiver.points:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+                response = c.get("/sleep?seconds=0.05")
+                assert response.status_code == 200
+                assert "x-codecarbon-energy" not in response.headers
+            # Exported by the SDK's own schedule: a span, and metric points.
+            wait_for(lambda: bool(receiver.server_spans() and receiver.points))
             server.stop(signal.SIGTERM)
         (span,) = [s for s in receiver.server_spans() if s["name"] == "GET /sleep"]
         assert not [k for k in span["attributes"] if k.startswith("codecarbon.")]

@@ -49,6 +49,16 @@ def cpu_by_worker(receiver: Receiver, since_ns: int = 0) -> dict[str, float]:
     return out
 
 
+def exported_after(receiver: Receiver, since_ns: int) -> dict[str, float]:
+    """Each worker's CPU counters as it first exports them after `since_ns`."""
+    wait_for(
+        lambda: len(cpu_by_worker(receiver, since_ns)) == 2,
+        timeout=30.0,
+        interval=0.1,
+    )
+    return cpu_by_worker(receiver, since_ns)
+
+
 async def load(url: str, seconds: float) -> int:
     """Keep ten CPU-heavy requests in flight for `seconds`.
 
@@ -106,7 +116,6 @@ def test_two_workers_add_up_to_the_machine(preload: bool) -> None:
                     return len(cpu_by_worker(receiver)) == 2
 
                 wait_for(both_workers, timeout=30.0, interval=0.1)
-            time.sleep(1.0)
             # The machine, read at the workers' own cadence: CodeCarbon's load
             # model is not linear, so a single long window would read less.
             machine = PowerSampler(CodeCarbonPowerSource("machine"), 0.1, Ledger())
@@ -116,7 +125,9 @@ def test_two_workers_add_up_to_the_machine(preload: bool) -> None:
                 timeout=30.0,
                 interval=0.1,
             )
-            before = cpu_by_worker(receiver)
+            # The workers' counters before the load: each one's first export
+            # from now on (idle meanwhile, they draw no dynamic power).
+            before = exported_after(receiver, time.time_ns())
             share = CpuShare(server.proc.pid)
             start = machine.ledger.totals().measured[0]
             started = time.monotonic()
@@ -126,14 +137,8 @@ def test_two_workers_add_up_to_the_machine(preload: bool) -> None:
             workers_share = share.since()
             idle_watts = machine.source.describe().idle_watts.get("cpu", 0.0)
             machine.stop()
-            ended = time.time_ns()
             # Both workers' first export after the load: counters up to now.
-            wait_for(
-                lambda: len(cpu_by_worker(receiver, ended)) == 2,
-                timeout=30.0,
-                interval=0.1,
-            )
-            after = cpu_by_worker(receiver, ended)
+            after = exported_after(receiver, time.time_ns())
             server.stop()
         spans = receiver.server_spans()
     assert requests >= 20

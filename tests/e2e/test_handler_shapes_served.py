@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,16 @@ def served(policy: str, loop: str, rounds: int) -> list[dict[str, Any]]:
                     response = await c.get(path, params={"ms": ms})
                     assert response.status_code == 200
 
-                for _ in range(3):  # the first readings: the estimator's prior
+                async def measured() -> int:
+                    results = (await c.get("/results")).json()
+                    return sum(r["reported"] is not None for r in results)
+
+                # Until the sampler's readings charge requests: three warm-up
+                # requests with figures give the estimator its prior.
+                deadline = time.monotonic() + 30
+                while await measured() < 3:
+                    assert time.monotonic() < deadline, "no figures in time"
                     await get("/sync", 1.0)
-                    await asyncio.sleep(0.1)
                 start = len((await c.get("/results")).json())
                 await shapes.drive(get, rounds)
                 results: list[dict[str, Any]] = (await c.get("/results")).json()

@@ -25,6 +25,7 @@ from support.checks import (
     conserved,
     wait_for,
 )
+from support.fakes import Recorded
 from support.otel import Instrumented, Otel, attrs, ready_app
 
 # 500 requests: async and sync handlers, streams, failures, unknown routes.
@@ -92,10 +93,8 @@ def test_500_concurrent_requests_while_other_apps_are_instrumented(
     otel: Otel, instrument: Instrumented, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert len(MIX) == 500
-    source = ConstantPowerSource(cpu=10.0, ram=2.0)
-    app, runtime = ready_app(
-        instrument, otel, power_source=source, sample_interval=0.01
-    )
+    source = Recorded(ConstantPowerSource(cpu=10.0, ram=2.0))
+    app, inst = ready_app(instrument, otel, power_source=source, sample_interval=0.01)
     other_otel = Otel()
     churners = [
         Churn(n, otel, other_otel, ConstantPowerSource(ram=1.0)) for n in range(3)
@@ -126,7 +125,7 @@ def test_500_concurrent_requests_while_other_apps_are_instrumented(
             collecting.set()
             for t in (*churners, collector):
                 t.join(30)
-            runtime.sampler.sample()  # a last reading, every request closed
+            inst.sampler.sample()  # a last reading, every request closed
     finally:
         threading.excepthook = hook
         other_otel.tracer_provider.shutdown()
@@ -145,13 +144,12 @@ def test_500_concurrent_requests_while_other_apps_are_instrumented(
         assert_sane(attrs(span))
     # Conservation, against the source's own first and last readings.
     on_spans = {c: sum(attrs(s)[a.ENERGY[c]] for s in spans) for c in ("cpu", "ram")}
-    conserved(runtime, on_spans)
-    first, last = runtime.ledger.first_time, runtime.ledger.last_time
-    assert first is not None and last is not None
+    conserved(inst, on_spans)
+    since, until = inst.ledger.first_time, inst.ledger.last_time
     for component, joules in on_spans.items():
-        measured = getattr(last, component) - getattr(first, component)
-        assert joules < measured  # shared, not each given the whole power
-    assert_no_open_window(runtime, otel)
+        # Shared, not each given the whole power.
+        assert joules < source.joules(component, since, until)
+    assert_no_open_window(inst, otel)
 
 
 def test_soak_memory_threads_and_ledger_stay_flat() -> None:

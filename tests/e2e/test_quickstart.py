@@ -224,9 +224,11 @@ def request_until_measured(
     tries = 0
     while time.monotonic() < deadline:
         tries += 1
+        printed = len(server_spans(served.output()))
         reply = httpx.get(url, timeout=10)
         assert reply.status_code == 200, reply.text
-        time.sleep(0.2)  # SimpleSpanProcessor prints as the span ends
+        # Its span, which SimpleSpanProcessor prints as the span ends.
+        served.wait_for(lambda out: len(server_spans(out)) > printed, 10)
         found = spans_with_energy(served.output())
         if found:
             return found[-1], tries

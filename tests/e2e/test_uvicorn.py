@@ -8,7 +8,6 @@ import json
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from carbonspan.otel import attributes as a
+from support.checks import wait_for
 from support.server import Server, send_all, server_spans_in, uvicorn
 
 pytestmark = pytest.mark.e2e
@@ -76,8 +76,12 @@ def test_client_disconnect_mid_stream_closes_the_window(tmp_path: Path) -> None:
                 b"GET /stream?chunks=100&pause=0.02 HTTP/1.1\r\nHost: x\r\n\r\n"
             )
             assert b"chunk 0" in sock.recv(4096) + sock.recv(4096)
-        # The server notices on its next write; give it a few chunks' time.
-        asyncio.run(asyncio.sleep(0.5))
+
+        # The server notices on its next write: the stream's span ends.
+        def stream_ended() -> bool:
+            return any(s["name"] == "GET /stream" for s in server_spans_in(spans_path))
+
+        wait_for(stream_ended, interval=0.02)
         assert asyncio.run(send_all(server.url, ["/fast"])) == [200]
     state = json.loads(state_path.read_text())
     assert state["in_flight"] == 0
@@ -114,10 +118,7 @@ def test_uvicorn_shutdown_with_requests_in_flight(tmp_path: Path) -> None:
                     b"GET /stream?chunks=1000&pause=0.01 HTTP/1.1\r\nHost: x\r\n\r\n"
                 )
                 assert b"chunk" in sock.recv(4096) + sock.recv(4096)
-            deadline = time.monotonic() + 10
-            while in_flight() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert in_flight() == 0
+            wait_for(lambda: in_flight() == 0, interval=0.02)
 
         # Shutdown with requests in flight: short ones finish within the
         # grace period, long ones are cancelled when it runs out.
@@ -137,10 +138,11 @@ def test_uvicorn_shutdown_with_requests_in_flight(tmp_path: Path) -> None:
         for t in threads:
             t.start()
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            deadline = time.monotonic() + 10
-            while int(c.get("/in-flight").json()["in_flight"]) < len(paths):
-                assert time.monotonic() < deadline, "requests did not arrive"
-                time.sleep(0.01)
+            # Every request has arrived and is in flight.
+            wait_for(
+                lambda: c.get("/in-flight").json()["in_flight"] == len(paths),
+                interval=0.01,
+            )
         output = server.stop()
         for t in threads:
             t.join(30)

@@ -25,6 +25,7 @@ from carbonspan import CodeCarbonInstrumentor
 from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
+from support.fakes import Recorded
 
 MODE = os.environ.get("E2E_MODE", "contrib")
 spans_file = open(os.environ["E2E_SPANS"], "a", buffering=1)  # noqa: SIM115
@@ -37,7 +38,7 @@ tracer_provider.add_span_processor(
     )
 )
 meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-source = ConstantPowerSource(cpu=10.0, ram=2.0)
+source = Recorded(ConstantPowerSource(cpu=10.0, ram=2.0))
 
 
 @asynccontextmanager
@@ -50,7 +51,7 @@ async def lifespan(app: object) -> AsyncIterator[None]:
     yield
     inst.sampler.sample()  # a last tick, after every request has closed
     ledger = inst.ledger
-    first, last = ledger.first_time, ledger.last_time
+    since, until = ledger.first_time, ledger.last_time
     totals = ledger.totals()
     state = {
         "in_flight": ledger.in_flight,
@@ -61,7 +62,7 @@ async def lifespan(app: object) -> AsyncIterator[None]:
         "after_response": dict(
             zip(("cpu", "gpu", "ram"), totals.after_response, strict=True)
         ),
-        "measured": {"cpu": last.cpu - first.cpu, "ram": last.ram - first.ram},
+        "measured": {c: source.joules(c, since, until) for c in ("cpu", "ram")},
     }
     with open(os.environ["E2E_STATE"], "w") as f:
         json.dump(state, f)

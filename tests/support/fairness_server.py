@@ -3,7 +3,8 @@
 Served by a real uvicorn for tests/e2e/test_fairness.py. The power source is a
 constant 10 W of CPU, so a request's physical share is 10 W times the seconds
 it was in flight, divided by the requests in flight with it. `/state` reports
-the ledger, the spans and the metrics.
+the ledger, the spans (with their seconds) and the metrics, how many /echo
+requests wait on their bodies, and since when /stuck hangs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from support.apps import burn
 WATTS = 10.0
 app = FastAPI()
 stuck = asyncio.Event()
+#: /echo requests entered and still waiting on their bodies; when /stuck began.
+waiting = {"echo": 0}
+since: dict[str, float] = {}
 
 
 @app.get("/fast")
@@ -47,11 +51,16 @@ async def work(seconds: float = 0.3) -> dict[str, float]:
 
 @app.post("/echo")
 async def echo(request: Request) -> dict[str, int]:
-    return {"length": len(await request.body())}
+    waiting["echo"] += 1
+    try:
+        return {"length": len(await request.body())}
+    finally:
+        waiting["echo"] -= 1
 
 
 @app.get("/stuck")
 async def hang() -> dict[str, str]:
+    since["stuck"] = time.monotonic()
     await stuck.wait()  # until the test lets it go
     return {"released": "yes"}
 
@@ -111,7 +120,11 @@ async def state() -> dict[str, Any]:
     assert inst is not None
     inst.sampler.sample()  # a reading now: the open energy is up to date
     spans = [
-        {"name": s.name, "attributes": dict(s.attributes or {})}
+        {
+            "name": s.name,
+            "attributes": dict(s.attributes or {}),
+            "seconds": ((s.end_time or 0) - (s.start_time or 0)) / 1e9,
+        }
         for s in exporter.get_finished_spans()
         if s.kind == SpanKind.SERVER
     ]
@@ -122,6 +135,8 @@ async def state() -> dict[str, Any]:
         "metrics": _points(),
         "measured": totals.measured[0],
         "time": time.monotonic(),
+        "echo_waiting": waiting["echo"],
+        "stuck_since": since.get("stuck"),
     }
 
 

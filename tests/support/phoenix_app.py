@@ -28,7 +28,11 @@ tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
 
 app = build_app()
 FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider)
-# The real CodeCarbon power source: whatever this machine has.
+# The real CodeCarbon power source: whatever this machine has. Each response
+# says its energy so far, once there are figures: the test waits for them.
 CodeCarbonInstrumentor().instrument_app(
-    app, country_iso_code="FRA", tracer_provider=tracer_provider
+    app,
+    country_iso_code="FRA",
+    tracer_provider=tracer_provider,
+    response_headers=["energy"],
 )

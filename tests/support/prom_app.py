@@ -15,10 +15,11 @@ from carbonspan import CodeCarbonInstrumentor
 from carbonspan.otel.instrumentor import instrumentation_of
 from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
+from support.fakes import Recorded
 
 start_http_server(int(os.environ["PROM_APP_METRICS_PORT"]), addr="127.0.0.1")
 meter_provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
-source = ConstantPowerSource(cpu=10.0, ram=2.0)
+source = Recorded(ConstantPowerSource(cpu=10.0, ram=2.0))
 app = build_app()
 CodeCarbonInstrumentor().instrument_app(
     app,
@@ -33,8 +34,9 @@ assert inst is not None
 
 @app.post("/_freeze")
 def freeze() -> dict[str, float]:
-    """Test hook: a last reading, then stop, so the counters hold still."""
-    inst.sampler.sample()
+    """Test hook: stop, then a last reading, so the counters hold still; what
+    the source counted between the ledger's first and last readings."""
     inst.sampler.stop()
-    first, last = inst.ledger.first_time, inst.ledger.last_time
-    return {"cpu": last.cpu - first.cpu, "ram": last.ram - first.ram}
+    inst.sampler.sample()
+    since, until = inst.ledger.first_time, inst.ledger.last_time
+    return {c: source.joules(c, since, until) for c in ("cpu", "ram")}

@@ -120,6 +120,8 @@ async def send_all(url: str, paths: list[str]) -> list[int]:
 
 
 def server_spans_in(path: Path) -> list[dict[str, Any]]:
-    """The server spans a ConsoleSpanExporter wrote to `path`, a JSON line each."""
-    spans = [json.loads(line) for line in path.read_text().splitlines() if line]
+    """The server spans a ConsoleSpanExporter wrote to `path`, a JSON line each
+    (a line still being written, after the last newline, is left out)."""
+    lines = path.read_text().split("\n")[:-1] if path.exists() else []
+    spans = [json.loads(line) for line in lines if line]
     return [s for s in spans if s["kind"] == "SpanKind.SERVER"]
