@@ -165,11 +165,13 @@ def test_background_work_is_charged_to_its_route(served: Server) -> None:
         return points(st, "codecarbon.request.background.energy", **route)
 
     # The task runs after the response; its figure comes when the app returns
-    # (0.2 s of CPU, longer on a busy machine).
-    wait_for(lambda: bool(background(state(served.url))), timeout=10, interval=0.1)
+    # (0.2 s of CPU, longer on a busy machine: the app times it).
+    wait_for(lambda: bool(background(state(served.url))), timeout=10, interval=0.2)
     st = state(served.url)
     after = background(st)
-    assert after and after[0] == pytest.approx(WATTS * 0.2, rel=0.15)
+    (ran_on,) = st["after_response"]
+    assert ran_on >= 0.2
+    assert after and after[0] == pytest.approx(WATTS * ran_on, rel=0.15)
     span = spans(st, "/background")[0]
     assert span[a.ENERGY["cpu"]] < WATTS * 0.05  # the response itself was quick
     grams = points(st, "codecarbon.request.emissions", **{"http.route": "/background"})

@@ -4,7 +4,8 @@ Served by a real uvicorn for tests/e2e/test_fairness.py. The power source is a
 constant 10 W of CPU, so a request's physical share is 10 W times the seconds
 it was in flight, divided by the requests in flight with it. `/state` reports
 the ledger, the spans (with their seconds) and the metrics, how many /echo
-requests wait on their bodies, and since when /stuck hangs.
+requests wait on their bodies, since when /stuck hangs, and how long
+/background ran on after its response.
 """
 
 from __future__ import annotations
@@ -33,9 +34,37 @@ from support.apps import burn
 WATTS = 10.0
 app = FastAPI()
 stuck = asyncio.Event()
-#: /echo requests entered and still waiting on their bodies; when /stuck began.
+#: /echo requests entered and still waiting on their bodies; when /stuck began;
+#: how long each /background request ran on after its response had gone.
 waiting = {"echo": 0}
 since: dict[str, float] = {}
+after_response: list[float] = []
+
+
+class TimeAfterResponse:
+    """Times, for /background, the seconds from its response's last body to
+    the app's return (its background task runs meanwhile): the truth of what
+    it draws after the response, at WATTS, timed by the app's own clock."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/background":
+            await self.app(scope, receive, send)
+            return
+        sent: list[float] = []
+
+        async def timed(message: Any) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get(
+                "more_body", False
+            ):
+                sent.append(time.monotonic())
+
+        await self.app(scope, receive, timed)
+        if sent:
+            after_response.append(time.monotonic() - sent[0])
 
 
 @app.get("/fast")
@@ -137,6 +166,7 @@ async def state() -> dict[str, Any]:
         "time": time.monotonic(),
         "echo_waiting": waiting["echo"],
         "stuck_since": since.get("stuck"),
+        "after_response": after_response,
     }
 
 
@@ -145,6 +175,7 @@ tracer_provider = TracerProvider()
 tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
 reader = InMemoryMetricReader()
 meter_provider = MeterProvider(metric_readers=[reader])
+app.add_middleware(TimeAfterResponse)  # inside carbonspan's middleware
 FastAPIInstrumentor.instrument_app(
     app, tracer_provider=tracer_provider, meter_provider=meter_provider
 )
