@@ -129,15 +129,24 @@ def _read_all(fd: int, timeout: float) -> bytes:
             chunks.append(chunk)
 
 
-def _reap(pid: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        done, _ = os.waitpid(pid, os.WNOHANG)
+def _reap(pid: int, timeout: float = 10.0) -> int | None:
+    """Wait for the child `pid` to exit: its wait status; None if it had not
+    after `timeout` seconds (it is killed then)."""
+    ended: list[int] = []
+
+    def exited() -> bool:
+        done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+            ended.append(status)
+        return bool(done)
+
+    try:
+        wait_for(exited, timeout=timeout, interval=0.01)
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return None
+    return ended[0]
 
 
 # -- the time-of-day clock ---------------------------------------------------------
@@ -290,11 +299,6 @@ def test_a_lock_another_thread_held_at_the_fork_is_free_in_the_child() -> None:
     finally:
         done.set()
         thread.join()
-    deadline = time.monotonic() + 30.0
-    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError("the child hung on a lock held at the fork")
-        time.sleep(0.01)
-    assert os.waitstatus_to_exitcode(ended[1]) == 0
+    status = _reap(pid, timeout=30.0)
+    assert status is not None, "the child hung on a lock held at the fork"
+    assert os.waitstatus_to_exitcode(status) == 0

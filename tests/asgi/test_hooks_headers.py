@@ -94,28 +94,33 @@ def test_server_timing_with_chosen_fields(otel: Otel, instrument: Instrumented) 
     assert millijoules >= 0.05 * 10.0 * 1000 * 0.9
 
 
-def test_otel_excluded_urls_env_is_honoured(
-    otel: Otel, instrument: Instrumented, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("variable", "value", "settings", "paths"),
+    [
+        # The FastAPI instrumentation's own variable is honoured...
+        ("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "health,items/\\d+", {},
+         ("/health", "/items/3", "/fast")),
+        # ... and carbonspan's setting wins over the generic one.
+        ("OTEL_PYTHON_EXCLUDED_URLS", "fast", {"excluded_urls": "^/health$"},
+         ("/health", "/fast")),
+    ],
+    ids=["otel-env-honoured", "carbonspan-setting-wins"],
+)  # fmt: skip
+def test_excluded_urls_from_the_otel_env_or_the_setting(
+    variable: str,
+    value: str,
+    settings: dict[str, str],
+    paths: tuple[str, ...],
+    otel: Otel,
+    instrument: Instrumented,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "health,items/\\d+")
+    monkeypatch.setenv(variable, value)
     app, _ = ready_app(
         instrument, otel, contrib=None, power_source=ConstantPowerSource(cpu=1.0),
-        sample_interval=0.02,
+        sample_interval=0.02, **settings,
     )  # fmt: skip
-    for path in ("/health", "/items/3", "/fast"):
-        assert get(app, path).status_code == 200
-    assert otel.routes() == ["/fast"]
-
-
-def test_carbonspan_excludes_win_over_otel_env(
-    otel: Otel, instrument: Instrumented, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "fast")
-    app, _ = ready_app(
-        instrument, otel, contrib=None, power_source=ConstantPowerSource(cpu=1.0),
-        excluded_urls="^/health$",
-    )  # fmt: skip
-    for path in ("/health", "/fast"):
+    for path in paths:
         assert get(app, path).status_code == 200
     assert otel.routes() == ["/fast"]
 

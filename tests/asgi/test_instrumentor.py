@@ -25,6 +25,14 @@ from support.fakes import Recorded
 from support.otel import Instrumented, Otel, attrs, wait_ready
 
 
+def measure(app: Any, otel: Otel, watts: float = 1.0) -> None:
+    """instrument_app, with a constant source and the test's meter provider."""
+    CodeCarbonInstrumentor().instrument_app(
+        app, power_source=ConstantPowerSource(cpu=watts),
+        meter_provider=otel.meter_provider,
+    )  # fmt: skip
+
+
 def middlewares(app: Any) -> list[str]:
     node, names = app.middleware_stack, []
     while node is not None:
@@ -76,11 +84,7 @@ def test_instrument_covers_apps_built_afterwards(
 
 def test_uninstrument_app_takes_the_middleware_out(otel: Otel) -> None:
     app = build_app()
-    CodeCarbonInstrumentor().instrument_app(
-        app,
-        power_source=ConstantPowerSource(cpu=1.0),
-        meter_provider=otel.meter_provider,
-    )
+    measure(app, otel)
     assert get(app, "/fast").status_code == 200
     assert "CodeCarbonMiddleware" in middlewares(app)
     CodeCarbonInstrumentor.uninstrument_app(app)
@@ -90,11 +94,7 @@ def test_uninstrument_app_takes_the_middleware_out(otel: Otel) -> None:
 
 def test_uninstrument_under_contrib_patch_passes_through(otel: Otel) -> None:
     app = build_app()
-    CodeCarbonInstrumentor().instrument_app(
-        app,
-        power_source=ConstantPowerSource(cpu=1.0),
-        meter_provider=otel.meter_provider,
-    )
+    measure(app, otel)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=otel.tracer_provider)
     try:
         assert get(app, "/fast").status_code == 200
@@ -125,11 +125,7 @@ def test_starlette_experimental_span_creator_is_recognised(otel: Otel) -> None:
 
     app = build_app()
     app.add_middleware(OpenTelemetryMiddleware, tracer_provider=otel.tracer_provider)
-    CodeCarbonInstrumentor().instrument_app(
-        app,
-        power_source=ConstantPowerSource(cpu=2.0),
-        meter_provider=otel.meter_provider,
-    )
+    measure(app, otel, watts=2.0)
     try:
         inst = instrumentation_of(app)
         assert inst is not None

@@ -39,10 +39,10 @@ class HungReceiver(Receiver):
         super().__init__()
         self.entered = threading.Event()
         self.release = threading.Event()
-        for name in ("_traces", "_metrics"):
-            setattr(self, name, self._held(getattr(self, name)))
+        for name in ("take_traces", "take_metrics"):
+            setattr(self, name, self.held(getattr(self, name)))
 
-    def _held(self, handle: Any) -> Any:
+    def held(self, handle: Any) -> Any:
         def held(request: Any) -> None:
             self.entered.set()
             self.release.wait(60)

@@ -227,8 +227,11 @@ def request_until_measured(
         printed = len(server_spans(served.output()))
         reply = httpx.get(url, timeout=10)
         assert reply.status_code == 200, reply.text
-        # Its span, which SimpleSpanProcessor prints as the span ends.
-        served.wait_for(lambda out: len(server_spans(out)) > printed, 10)
+
+        def printed_its_span(out: str, before: int = printed) -> bool:
+            return len(server_spans(out)) > before  # as the span ends
+
+        served.wait_for(printed_its_span, 10)
         found = spans_with_energy(served.output())
         if found:
             return found[-1], tries

@@ -11,13 +11,15 @@
                            and `Lifespan` for message-level control
     support.checks         assertions and waits shared by many tests
     support.fakes          fake hardware and time: `FakeNvml`, `BlockingSource`,
-                           `BrokenSource`, `Clock`
+                           `BrokenSource`, `Clock`; `Recorded`, a real source
+                           that keeps its readings (the books' truth)
     support.fake_apis      local stand-ins for Electricity Maps and BoaviztAPI
     support.server         `Server` (a command in a subprocess), `free_port`,
                            `send_all`, `server_spans_in`
     support.otlp           an OTLP/HTTP receiver
     support.backends       Prometheus, Phoenix and BoaviztAPI servers
     support.lifecycle      the lifecycle tests' app, and its uvicorn factory
+    support.served         how the apps served by real servers are measured
     support.*_app, support.*_server, support.gunicorn_conf
                            apps that real servers load in subprocesses
 

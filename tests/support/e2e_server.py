@@ -21,11 +21,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
-from carbonspan import CodeCarbonInstrumentor
 from carbonspan.otel.instrumentor import instrumentation_of
-from carbonspan.testing import ConstantPowerSource
+from carbonspan.power.source import COMPONENTS
 from support.apps import build_app
-from support.fakes import Recorded
+from support.served import drawn, measured
 
 MODE = os.environ.get("E2E_MODE", "contrib")
 spans_file = open(os.environ["E2E_SPANS"], "a", buffering=1)  # noqa: SIM115
@@ -38,7 +37,10 @@ tracer_provider.add_span_processor(
     )
 )
 meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-source = Recorded(ConstantPowerSource(cpu=10.0, ram=2.0))
+
+
+def per_component(joules: tuple[float, ...]) -> dict[str, float]:
+    return dict(zip(COMPONENTS, joules, strict=True))
 
 
 @asynccontextmanager
@@ -51,18 +53,13 @@ async def lifespan(app: object) -> AsyncIterator[None]:
     yield
     inst.sampler.sample()  # a last tick, after every request has closed
     ledger = inst.ledger
-    since, until = ledger.first_time, ledger.last_time
     totals = ledger.totals()
     state = {
         "in_flight": ledger.in_flight,
-        "unattributed": dict(
-            zip(("cpu", "gpu", "ram"), totals.unattributed, strict=True)
-        ),
-        "attributed": dict(zip(("cpu", "gpu", "ram"), totals.attributed, strict=True)),
-        "after_response": dict(
-            zip(("cpu", "gpu", "ram"), totals.after_response, strict=True)
-        ),
-        "measured": {c: source.joules(c, since, until) for c in ("cpu", "ram")},
+        "unattributed": per_component(totals.unattributed),
+        "attributed": per_component(totals.attributed),
+        "after_response": per_component(totals.after_response),
+        "measured": drawn(inst, source),
     }
     with open(os.environ["E2E_STATE"], "w") as f:
         json.dump(state, f)
@@ -78,10 +75,4 @@ else:
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=tracer_provider, meter_provider=meter_provider
     )
-CodeCarbonInstrumentor().instrument_app(
-    app,
-    power_source=source,
-    meter_provider=meter_provider,
-    sample_interval=0.05,
-    country_iso_code="FRA",
-)
+source = measured(app, meter_provider)

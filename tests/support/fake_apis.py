@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -42,10 +41,10 @@ class _Server(ThreadingHTTPServer):
 class FakeApi:
     def __init__(self) -> None:
         self.seen: list[tuple[str, dict[str, str], dict[str, str]]] = []
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.owner = self
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.httpd = _Server(("127.0.0.1", 0), _Handler)
+        self.httpd.owner = self
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def answer(
         self, path: str, query: dict[str, str], headers: dict[str, str]
@@ -53,17 +52,12 @@ class FakeApi:
         raise NotImplementedError
 
     def __enter__(self) -> FakeApi:
-        self._thread.start()
+        self.thread.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 class ElectricityMaps(FakeApi):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -32,32 +33,35 @@ class Clock:
 
 class Recorded:
     """A power source (`source`, a real one inside) that keeps every reading it
-    returned, by its time: what the source itself said, independently of
-    what the ledger made of it. `first` and `last` are the first and the
-    latest reading it returned."""
+    returned: what the source itself said, independently of what the ledger
+    made of it. `at(time)` is the reading taken at `time`."""
 
     def __init__(self, source: PowerSource) -> None:
         self.source = source
+        self.readings: list[EnergyReading] = []
         self.by_time: dict[float, EnergyReading] = {}
-        self.first: EnergyReading | None = None
-        self.last: EnergyReading | None = None
 
     def read(self) -> EnergyReading:
         reading = self.source.read()
         self.by_time.setdefault(reading.time, reading)
-        if self.first is None:
-            self.first = reading
-        self.last = reading
+        self.readings.append(reading)
         return reading
 
     def describe(self) -> HardwareInfo:
         return self.source.describe()
 
     @property
+    def first(self) -> EnergyReading | None:
+        return self.readings[0] if self.readings else None
+
+    @property
+    def last(self) -> EnergyReading | None:
+        return self.readings[-1] if self.readings else None
+
+    @property
     def reads(self) -> int:
-        """The inner source's reads, where it counts them (support.otel's
-        `wait_ready` waits on them)."""
-        return int(getattr(self.source, "reads", len(self.by_time)))
+        """The inner source's reads, where it counts them."""
+        return int(getattr(self.source, "reads", len(self.readings)))
 
     def at(self, time: float | None) -> EnergyReading:
         """The reading the source returned at `time`."""
@@ -116,6 +120,7 @@ class BlockingSource(ConstantPowerSource):
         return super().read()
 
 
+@dataclass(kw_only=True, eq=False)
 class FakeNvml:
     """The pynvml calls carbonspan makes (through CodeCarbon), for fake GPUs.
 
@@ -129,29 +134,20 @@ class FakeNvml:
     a lost GPU. `init_error`: nvmlInit() fails with that message.
     """
 
-    def __init__(
-        self,
-        *,
-        devices: int = 2,
-        name: str | bytes = b"NVIDIA H100 80GB HBM3",
-        mj_per_read: int = 5000,
-        milliwatts: int = 100_000,
-        processes: bool = True,
-        energy_counter: bool = True,
-        per_process: bool = True,
-        init_error: str | None = None,
-    ) -> None:
-        self.devices = devices
-        self.name = name
-        self.mj_per_read = mj_per_read
-        self.milliwatts = milliwatts
-        self.processes = processes
-        self.energy_counter = energy_counter
-        self.per_process = per_process
-        self.init_error = init_error
-        self.broken = False
-        self.mj = [0] * devices
-        self.other_pid = os.getpid() + 1
+    devices: int = 2
+    name: str | bytes = b"NVIDIA H100 80GB HBM3"
+    mj_per_read: int = 5000
+    milliwatts: int = 100_000
+    processes: bool = True
+    energy_counter: bool = True
+    per_process: bool = True
+    init_error: str | None = None
+    broken: bool = field(default=False, init=False)
+    mj: list[int] = field(init=False)
+    other_pid: int = field(default_factory=lambda: os.getpid() + 1, init=False)
+
+    def __post_init__(self) -> None:
+        self.mj = [0] * self.devices
 
     @classmethod
     def idle(cls, *, init_error: str | None = None) -> FakeNvml:

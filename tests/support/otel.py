@@ -87,16 +87,16 @@ class Instrumented:
         if otel is not None:
             settings.setdefault("meter_provider", otel.meter_provider)
         if contrib == "before" and otel is not None:
-            self._contrib(app, otel)
+            self.instrument_contrib(app, otel)
         CodeCarbonInstrumentor().instrument_app(app, **settings)
         self.carbon.append(app)
         if contrib == "after" and otel is not None:
-            self._contrib(app, otel)
+            self.instrument_contrib(app, otel)
         inst = instrumentation_of(app)
         assert inst is not None
         return inst
 
-    def _contrib(self, app: Any, otel: Otel) -> None:
+    def instrument_contrib(self, app: Any, otel: Otel) -> None:
         FastAPIInstrumentor.instrument_app(
             app,
             tracer_provider=otel.tracer_provider,

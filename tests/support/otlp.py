@@ -33,7 +33,7 @@ class Receiver:
     def __init__(self) -> None:
         self.spans: list[dict[str, Any]] = []
         self.points: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,10 +42,10 @@ class Receiver:
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 if self.path == "/v1/traces":
-                    receiver._traces(ExportTraceServiceRequest.FromString(body))
+                    receiver.take_traces(ExportTraceServiceRequest.FromString(body))
                     reply = ExportTraceServiceResponse().SerializeToString()
                 elif self.path == "/v1/metrics":
-                    receiver._metrics(ExportMetricsServiceRequest.FromString(body))
+                    receiver.take_metrics(ExportMetricsServiceRequest.FromString(body))
                     reply = ExportMetricsServiceResponse().SerializeToString()
                 else:
                     self.send_response(404)
@@ -63,18 +63,18 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> Receiver:
-        self._thread.start()
+        self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
 
-    def _traces(self, request: ExportTraceServiceRequest) -> None:
-        with self._lock:
+    def take_traces(self, request: ExportTraceServiceRequest) -> None:
+        with self.lock:
             for rs in request.resource_spans:
                 resource = _attrs(rs.resource.attributes)
                 for ss in rs.scope_spans:
@@ -87,8 +87,8 @@ class Receiver:
                             "resource": resource,
                         })  # fmt: skip
 
-    def _metrics(self, request: ExportMetricsServiceRequest) -> None:
-        with self._lock:
+    def take_metrics(self, request: ExportMetricsServiceRequest) -> None:
+        with self.lock:
             for rm in request.resource_metrics:
                 resource = _attrs(rm.resource.attributes)
                 for sm in rm.scope_metrics:
@@ -111,11 +111,11 @@ class Receiver:
                             })  # fmt: skip
 
     def server_spans(self) -> list[dict[str, Any]]:
-        with self._lock:
+        with self.lock:
             return [s for s in self.spans if s["kind"] == 2]  # SPAN_KIND_SERVER
 
     def metric(self, name: str) -> list[dict[str, Any]]:
-        with self._lock:
+        with self.lock:
             return [p for p in self.points if p["name"] == name]
 
 

@@ -11,23 +11,14 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import start_http_server
 
-from carbonspan import CodeCarbonInstrumentor
 from carbonspan.otel.instrumentor import instrumentation_of
-from carbonspan.testing import ConstantPowerSource
 from support.apps import build_app
-from support.fakes import Recorded
+from support.served import drawn, measured
 
 start_http_server(int(os.environ["PROM_APP_METRICS_PORT"]), addr="127.0.0.1")
 meter_provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
-source = Recorded(ConstantPowerSource(cpu=10.0, ram=2.0))
 app = build_app()
-CodeCarbonInstrumentor().instrument_app(
-    app,
-    power_source=source,
-    meter_provider=meter_provider,
-    sample_interval=0.05,
-    country_iso_code="FRA",
-)
+source = measured(app, meter_provider)
 inst = instrumentation_of(app)
 assert inst is not None
 
@@ -38,5 +29,4 @@ def freeze() -> dict[str, float]:
     the source counted between the ledger's first and last readings."""
     inst.sampler.stop()
     inst.sampler.sample()
-    since, until = inst.ledger.first_time, inst.ledger.last_time
-    return {c: source.joules(c, since, until) for c in ("cpu", "ram")}
+    return drawn(inst, source)

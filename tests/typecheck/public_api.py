@@ -15,7 +15,10 @@ from opentelemetry.trace import Span
 from carbonspan import (
     CodeCarbonInstrumentor,
     CodeCarbonMiddleware,
+    ElectricityMapsIntensity,
+    EnergyReading,
     EnergyTotals,
+    HardwareInfo,
     Measurement,
 )
 from carbonspan.testing import ConstantPowerSource
@@ -51,12 +54,43 @@ CodeCarbonInstrumentor().instrument_app(
 )
 CodeCarbonMiddleware(app, excluded_urls="/health")
 
+
+class Meter:
+    """A power source of one's own (the `PowerSource` protocol)."""
+
+    def read(self) -> EnergyReading:
+        # The process's share of the machine, for the embodied emissions.
+        return EnergyReading(time=1.0, cpu=2.5, share=0.25)
+
+    def describe(self) -> HardwareInfo:
+        return HardwareInfo(measurement={"cpu": "meter"}, busy_watts={"cpu": 9.0})
+
+
+class Grid:
+    """An intensity provider of one's own (the `IntensityProvider` protocol)."""
+
+    name = "grid"
+
+    def current(self) -> float:
+        return 120.0
+
+
+CodeCarbonInstrumentor().instrument_app(
+    app, power_source=Meter(), intensity_provider=Grid(), intensity_refresh=60.0
+)
+CodeCarbonInstrumentor().instrument_app(
+    app, intensity_provider=ElectricityMapsIntensity("FR", "token")
+)
+
 # Mistakes a type checker catches before instrument() raises.
 CodeCarbonInstrumentor().instrument_app(app, sample_intervall=0.1)  # type: ignore[call-arg]
 CodeCarbonInstrumentor().instrument_app(app, scope="host")  # type: ignore[arg-type]
 CodeCarbonInstrumentor().instrument(attribution="cpu")  # type: ignore[arg-type]
 CodeCarbonMiddleware(app, sample_interval="fast")  # type: ignore[arg-type]
 CodeCarbonInstrumentor().instrument_app(app, measurement_hook=len)  # type: ignore[arg-type]
+CodeCarbonInstrumentor().instrument_app(app, power_source=object())  # type: ignore[arg-type]
+CodeCarbonInstrumentor().instrument_app(app, intensity_provider="wattTime")  # type: ignore[arg-type]
+EnergyReading(time=1.0, share="half")  # type: ignore[arg-type]
 
 totals: EnergyTotals | None = CodeCarbonInstrumentor.energy_totals(app)
 if totals is not None:

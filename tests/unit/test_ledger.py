@@ -25,7 +25,7 @@ class Primed:
     def __init__(self, first: float = 1.0, **watts: float) -> None:
         self.watts = watts
         self.clock = Clock()
-        draws = {c: self._draw(c) for c in watts}
+        draws = {c: self.draw(c) for c in watts}
         self.source = Recorded(
             ScriptedPowerSource(**draws, resolution=math.inf, clock=self.clock)
         )
@@ -34,7 +34,7 @@ class Primed:
         self.clock.now += first
         self.tick()
 
-    def _draw(self, component: str) -> Callable[[float], float]:
+    def draw(self, component: str) -> Callable[[float], float]:
         return lambda _t: self.watts[component]
 
     def tick(self) -> None:

@@ -102,17 +102,27 @@ def source() -> ConstantPowerSource:
 
 
 def ready(
-    instrument: Instrumented, otel: Otel, source: ConstantPowerSource, **kw: Any
-) -> tuple[Any, Instrumentation]:
-    return ready_app(instrument, otel, power_source=source, sample_interval=0.02, **kw)
+    instrument: Instrumented,
+    otel: Otel,
+    source: ConstantPowerSource,
+    *,
+    sampler_drains: bool = False,
+    **kw: Any,
+) -> tuple[Any, Instrumentation, Recording]:
+    """The test app, ready; unless `sampler_drains`, only collections, flushes
+    and closes record what requests queue. Its histogram's records are noted."""
+    app, inst = ready_app(
+        instrument, otel, power_source=source, sample_interval=0.02, **kw
+    )
+    if not sampler_drains:
+        hold_draining(inst)
+    return app, inst, Recording(inst)
 
 
 def test_the_request_path_only_queues_and_a_collection_records(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, inst = ready(instrument, otel, source)
-    hold_draining(inst)
-    recording = Recording(inst)
+    app, _, recording = ready(instrument, otel, source)
     assert fetch(app, ["/fast", "/items/3", "/fast"]) == [200] * 3
     assert recording.threads == []  # nothing recorded yet
     points = otel.points(ENERGY)  # a collection right after the requests
@@ -127,8 +137,7 @@ def test_the_request_path_only_queues_and_a_collection_records(
 def test_the_emissions_counter_sees_the_same_collection(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, inst = ready(instrument, otel, source, country_iso_code="FRA")
-    hold_draining(inst)
+    app, _, _ = ready(instrument, otel, source, country_iso_code="FRA")
     assert fetch(app, ["/fast"] * 4, concurrently=True) == [200] * 4
     data = otel.reader.get_metrics_data()
     assert data is not None
@@ -150,8 +159,7 @@ def test_the_emissions_counter_sees_the_same_collection(
 def test_the_sampler_thread_records_after_its_tick(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, inst = ready(instrument, otel, source)
-    recording = Recording(inst)
+    app, _, recording = ready(instrument, otel, source, sampler_drains=True)
     assert fetch(app, ["/fast"] * 5, concurrently=True) == [200] * 5
     wait_for(lambda: len(recording.threads) == 5)
     assert set(recording.threads) == {"carbonspan-sampler"}
@@ -161,8 +169,7 @@ def test_the_sampler_thread_records_after_its_tick(
 def test_exemplars_link_to_the_request_span_not_the_collector(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, inst = ready(instrument, otel, source)
-    hold_draining(inst)
+    app, _, _ = ready(instrument, otel, source)
     assert fetch(app, ["/fast"]) == [200]
     (span,) = otel.server_spans()
     # Collected (and so drained) while another span is current on this thread.
@@ -195,8 +202,7 @@ def test_exemplars_from_the_sampler_thread_link_to_each_request(
             )
         ],
     )
-    app, inst = ready(instrument, otel, source)
-    recording = Recording(inst)
+    app, _, recording = ready(instrument, otel, source, sampler_drains=True)
     paths = ["/sleep?seconds=0.001", "/sleep?seconds=0.03", "/sleep?seconds=0.3"]
     assert fetch(app, paths, concurrently=True) == [200] * 3
     wait_for(lambda: len(recording.threads) == 3)  # drained by the sampler
@@ -219,8 +225,7 @@ def test_a_full_buffer_drops_counts_and_never_blocks(
     source: ConstantPowerSource,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app, inst = ready(instrument, otel, source)
-    hold_draining(inst)
+    app, inst, _ = ready(instrument, otel, source)
     inst.metrics.queue.buffer_size = 2
     with caplog.at_level(logging.WARNING, logger="carbonspan.otel.metric_queue"):
         assert fetch(app, ["/fast"] * 5, concurrently=True) == [200] * 5
@@ -236,7 +241,7 @@ def test_a_full_buffer_drops_counts_and_never_blocks(
 def test_nothing_is_dropped_by_default_under_a_burst(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, _ = ready(instrument, otel, source)
+    app, _, _ = ready(instrument, otel, source, sampler_drains=True)
     assert fetch(app, ["/fast"] * 300, concurrently=True) == [200] * 300
     points = otel.points(ENERGY)
     assert sum(p.count for p in points) == 300
@@ -252,9 +257,7 @@ def test_drained_when_the_meter_provider_shuts_down(
     instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
     otel, exporter = exporting()
-    app, inst = ready(instrument, otel, source)
-    hold_draining(inst)
-    recording = Recording(inst)
+    app, _, recording = ready(instrument, otel, source)
     assert fetch(app, ["/fast"] * 3, concurrently=True) == [200] * 3
     assert recording.threads == []
     otel.meter_provider.shutdown()  # its last export collects, and so drains
@@ -266,9 +269,7 @@ def test_drained_by_the_flush_at_server_shutdown(
     instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
     otel, exporter = exporting()
-    app, inst = ready(instrument, otel, source)
-    hold_draining(inst)
-    recording = Recording(inst)
+    app, _, recording = ready(instrument, otel, source)
 
     async def serve() -> None:
         # A server's lifespan: startup, requests, then shutdown.
@@ -306,9 +307,7 @@ def test_drained_by_the_flush_at_server_shutdown(
 def test_drained_at_uninstrument(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, inst = ready(instrument, otel, source)
-    hold_draining(inst)
-    recording = Recording(inst)
+    app, inst, recording = ready(instrument, otel, source)
     assert fetch(app, ["/fast"] * 2, concurrently=True) == [200] * 2
     assert recording.threads == []
     CodeCarbonInstrumentor.uninstrument_app(app)
@@ -322,11 +321,9 @@ def test_drained_at_uninstrument(
 def test_a_forked_child_starts_empty_and_the_parent_keeps_its_queue(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, inst = ready(instrument, otel, source)
-    hold_draining(inst)
+    app, inst, recording = ready(instrument, otel, source)
     queue = inst.metrics.queue
     queue.buffer_size = 2
-    recording = Recording(inst)
     assert fetch(app, ["/fast"] * 3, concurrently=True) == [200] * 3
     assert queue.dropped == 1
     read, write = os.pipe()
@@ -351,8 +348,7 @@ def test_a_forked_child_starts_empty_and_the_parent_keeps_its_queue(
 def test_nothing_recorded_for_excluded_or_unmeasured_requests(
     otel: Otel, instrument: Instrumented, source: ConstantPowerSource
 ) -> None:
-    app, inst = ready(instrument, otel, source, excluded_urls="/items")
-    hold_draining(inst)
+    app, _, _ = ready(instrument, otel, source, excluded_urls="/items")
     assert fetch(app, ["/items/1", "/fast"]) == [200, 200]
     (point,) = otel.points(ENERGY)
     assert point.attributes[a.HTTP_ROUTE] == "/fast" and point.count == 1
@@ -364,8 +360,7 @@ def test_unsampled_requests_are_recorded_without_exemplars(
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
     otel = Otel(sampler=ALWAYS_OFF)
-    app, inst = ready(instrument, otel, source)
-    hold_draining(inst)
+    app, _, _ = ready(instrument, otel, source)
     assert fetch(app, ["/fast"] * 2, concurrently=True) == [200] * 2
     (point,) = otel.points(ENERGY)
     assert point.count == 2

@@ -8,7 +8,7 @@ themselves.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -92,6 +92,26 @@ class Harness:
         factors = self.inst.accounts.factors
         self.readings.append((reading.time, reading.cpu, factors.intensity.g_per_kwh))
 
+    def prime(self, seconds: float) -> None:
+        """Two readings `seconds` apart: requests have figures from here."""
+        self.tick()
+        self.clock.now += seconds
+        self.tick()
+
+    def ticks(self, n: int, every: float) -> None:
+        """`n` readings, `every` seconds apart (the clock moves after each)."""
+        for _ in range(n):
+            self.tick()
+            self.clock.now += every
+
+    def request(self, seconds: float) -> dict[str, Any]:
+        """A request alone for `seconds`: its span attributes."""
+        window = self.open()
+        self.clock.now += seconds
+        got = self.close(window)
+        assert got is not None
+        return got
+
     def open(self) -> Window:
         return self.inst.ledger.open(self.clock.now)
 
@@ -113,10 +133,19 @@ def clock() -> Clock:
     return Clock()
 
 
+MakeHarness = Callable[..., Harness]
+
+
 @pytest.fixture
-def harnesses() -> Iterator[list[Harness]]:
+def harness(clock: Clock) -> Iterator[MakeHarness]:
+    """Harnesses on the test's clock, closed at teardown."""
     made: list[Harness] = []
-    yield made
+
+    def make(source: ConstantPowerSource, **kw: Any) -> Harness:
+        made.append(Harness(source, clock, **kw))
+        return made[-1]
+
+    yield make
     for h in made:
         h.close_all()
 
@@ -127,21 +156,14 @@ G_PER_S = 1 / 36
 
 
 def test_sci_of_lone_and_overlapping_requests_by_hand(
-    clock: Clock, harnesses: list[Harness]
+    clock: Clock, harness: MakeHarness
 ) -> None:
-    h = Harness(
-        ConstantPowerSource(cpu=10.0, clock=clock), clock,
+    h = harness(
+        ConstantPowerSource(cpu=10.0, clock=clock),
         carbon_intensity=360.0, embodied_emissions=876.6, hardware_lifetime=1.0,
     )  # fmt: skip
-    harnesses.append(h)
-    h.tick()
-    clock.now += 1.0
-    h.tick()
-    # A: alone for 1 s, 10 J.
-    w = h.open()
-    clock.now += 1.0
-    got = h.close(w)
-    assert got is not None
+    h.prime(1.0)
+    got = h.request(1.0)  # A: alone for 1 s, 10 J.
     assert got[a.ENERGY_TOTAL] == pytest.approx(10.0, rel=1e-12)
     assert got[a.EMISSIONS] == pytest.approx(10.0 * G_PER_J, rel=1e-12)
     assert got[a.EMBODIED] == pytest.approx(1.0 * G_PER_S, rel=1e-12)
@@ -175,13 +197,12 @@ def test_sci_of_lone_and_overlapping_requests_by_hand(
 
 
 def test_a_process_is_charged_its_share_of_the_machine(
-    clock: Clock, harnesses: list[Harness]
+    clock: Clock, harness: MakeHarness
 ) -> None:
-    h = Harness(
-        SharedSource([0.0, 0.25], cpu=10.0, clock=clock), clock,
+    h = harness(
+        SharedSource([0.0, 0.25], cpu=10.0, clock=clock),
         embodied_emissions=876.6, hardware_lifetime=1.0,
     )  # fmt: skip
-    harnesses.append(h)
     h.tick()
     w = h.open()
     clock.now += 1.0
@@ -193,17 +214,12 @@ def test_a_process_is_charged_its_share_of_the_machine(
 
 
 def test_without_a_source_of_embodied_emissions_there_are_none(
-    clock: Clock, harnesses: list[Harness]
+    clock: Clock, harness: MakeHarness
 ) -> None:
-    h = Harness(ConstantPowerSource(cpu=10.0, clock=clock), clock)
-    harnesses.append(h)
-    h.tick()
-    clock.now += 1.0
-    h.tick()
-    w = h.open()
-    clock.now += 0.5
-    got = h.close(w)
-    assert got is not None and got[a.ENERGY_TOTAL] == pytest.approx(5.0)
+    h = harness(ConstantPowerSource(cpu=10.0, clock=clock))
+    h.prime(1.0)
+    got = h.request(0.5)
+    assert got[a.ENERGY_TOTAL] == pytest.approx(5.0)
     assert a.EMBODIED not in got and a.SCI not in got
     h.tick()
     assert h.inst.accounts.embodied_total == 0.0
@@ -318,16 +334,13 @@ def test_attributed_plus_unattributed_equals_the_elapsed_time_and_energy(
 
 
 def test_a_constant_share_leaves_idle_and_excluded_time_unattributed(
-    clock: Clock, harnesses: list[Harness]
+    clock: Clock, harness: MakeHarness
 ) -> None:
-    h = Harness(
-        ConstantPowerSource(cpu=10.0, clock=clock), clock,
+    h = harness(
+        ConstantPowerSource(cpu=10.0, clock=clock),
         embodied_emissions=876.6, hardware_lifetime=1.0,
     )  # fmt: skip
-    harnesses.append(h)
-    h.tick()
-    clock.now += 0.2
-    h.tick()  # a first interval measured: requests have figures from here
+    h.prime(0.2)  # a first interval measured: requests have figures from here
     clock.now += 0.3  # idle 0.3 s
     w1 = h.open()
     clock.now += 0.2
@@ -351,24 +364,20 @@ def test_a_constant_share_leaves_idle_and_excluded_time_unattributed(
 
 
 def test_each_request_uses_the_intensity_in_force_when_it_ran(
-    clock: Clock, harnesses: list[Harness]
+    clock: Clock, harness: MakeHarness
 ) -> None:
     provider = Steps([100.0, 400.0, 250.0])
-    h = Harness(
-        ConstantPowerSource(cpu=36.0, clock=clock), clock,
+    h = harness(
+        ConstantPowerSource(cpu=36.0, clock=clock),
         carbon_intensity=50.0, intensity_provider=provider, intensity_refresh=1.0,
     )  # fmt: skip
-    harnesses.append(h)
     assert h.inst.intensity.g_per_kwh == 50.0  # until the provider answers
     h.tick()  # asks the provider: 100, in force from the next reading
     assert h.inst.intensity.g_per_kwh == 50.0
     clock.now += 0.5
     h.tick()
     assert h.inst.intensity.g_per_kwh == 100.0
-    w = h.open()
-    clock.now += 0.5
-    first = h.close(w)
-    assert first is not None
+    first = h.request(0.5)
     assert first[a.CARBON_INTENSITY] == 100.0
     assert first[a.LOCATION_SOURCE] == "steps"
     assert first[a.EMISSIONS] == pytest.approx(18.0 / 3.6e6 * 100.0, rel=1e-12)
@@ -400,46 +409,34 @@ def test_each_request_uses_the_intensity_in_force_when_it_ran(
 
 
 def test_a_failing_provider_keeps_the_last_good_value_with_a_warning(
-    clock: Clock, harnesses: list[Harness], caplog: pytest.LogCaptureFixture
+    clock: Clock, harness: MakeHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
     provider = Failing(good=[300.0])
-    h = Harness(
-        ConstantPowerSource(cpu=36.0, clock=clock), clock,
+    h = harness(
+        ConstantPowerSource(cpu=36.0, clock=clock),
         carbon_intensity=50.0, intensity_provider=provider, intensity_refresh=0.1,
     )  # fmt: skip
-    harnesses.append(h)
     with caplog.at_level(logging.WARNING, logger="carbonspan.carbon.grid"):
-        for _ in range(6):
-            h.tick()
-            clock.now += 0.2
+        h.ticks(6, every=0.2)
     assert provider.calls == 6
     assert h.inst.grid.failures == 5
     assert h.inst.intensity.g_per_kwh == 300.0  # the last good answer
     warnings = [r for r in caplog.records if "failed" in r.getMessage()]
     assert len(warnings) == 1  # then at most once a minute
     assert "300 g/kWh" in warnings[0].getMessage()
-    w = h.open()
-    clock.now += 0.1
-    got = h.close(w)
-    assert got is not None and got[a.CARBON_INTENSITY] == 300.0
+    assert h.request(0.1)[a.CARBON_INTENSITY] == 300.0
 
 
 def test_a_provider_that_never_answers_leaves_the_offline_factor(
-    clock: Clock, harnesses: list[Harness]
+    clock: Clock, harness: MakeHarness
 ) -> None:
-    h = Harness(
-        ConstantPowerSource(cpu=36.0, clock=clock), clock,
+    h = harness(
+        ConstantPowerSource(cpu=36.0, clock=clock),
         country_iso_code="FRA", intensity_provider=Failing(),
         intensity_refresh=0.1,
     )  # fmt: skip
-    harnesses.append(h)
-    for _ in range(3):
-        h.tick()
-        clock.now += 0.2
-    w = h.open()
-    clock.now += 0.1
-    got = h.close(w)
-    assert got is not None
+    h.ticks(3, every=0.2)
+    got = h.request(0.1)
     # The country's factor, labelled as such: nothing invented.
     assert got[a.LOCATION_SOURCE] == "country"
     assert got[a.CARBON_INTENSITY] == h.inst.grid.fallback.g_per_kwh
@@ -450,15 +447,13 @@ def test_a_provider_that_never_answers_leaves_the_offline_factor(
 
 @pytest.mark.parametrize("answer", [float("nan"), -5.0, float("inf")])
 def test_a_provider_answer_that_is_not_an_intensity_is_refused(
-    clock: Clock, harnesses: list[Harness], answer: float
+    clock: Clock, harness: MakeHarness, answer: float
 ) -> None:
-    h = Harness(
-        ConstantPowerSource(cpu=36.0, clock=clock), clock, carbon_intensity=80.0,
+    h = harness(
+        ConstantPowerSource(cpu=36.0, clock=clock),
+        carbon_intensity=80.0,
         intensity_provider=Steps([answer]), intensity_refresh=0.1,
     )  # fmt: skip
-    harnesses.append(h)
-    for _ in range(3):
-        h.tick()
-        clock.now += 0.2
+    h.ticks(3, every=0.2)
     assert h.inst.grid.failures >= 2
     assert h.inst.intensity.g_per_kwh == 80.0

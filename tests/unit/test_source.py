@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from typing import Any
 
 import psutil
@@ -49,14 +48,14 @@ def test_gpu_falls_back_on_power_and_memory_share(nvml: FakeNvml) -> None:
     nvml.energy_counter = False
     nvml.per_process = False
     source = CodeCarbonPowerSource("process")
-    source.read()
-    time.sleep(0.05)
+    first = source.read()
     reading = source.read()
-    assert reading.gpu is not None
-    # 100 W on each of 2 devices, for this process's quarter of the GPU memory.
-    elapsed = 0.05
-    assert reading.gpu >= 2 * 100.0 * elapsed * 0.25 * 0.99
-    assert reading.gpu <= 2 * 100.0 * 1.0 * 0.25
+    assert first.gpu == 0.0 and reading.gpu is not None
+    # 100 W on each of 2 devices, over the interval between the two readings,
+    # for this process's quarter of the GPU memory.
+    elapsed = reading.time - first.time
+    assert elapsed > 0
+    assert reading.gpu == pytest.approx(2 * 100.0 * elapsed * 0.25, rel=1e-9)
 
 
 def test_broken_nvml_leaves_gpu_unmeasured(monkeypatch: pytest.MonkeyPatch) -> None:
