@@ -17,9 +17,9 @@ scripted power, so it owes nothing to the ledger.
 
 Under `cpu_time`, each request also gets a
 `carbonspan.attribution.cpu_clock.CpuClock`, the object the middleware hands
-the ledger; the script advances its
-CPU seconds (`add_thread`) by the request's scripted CPU rate as the fake clock moves, as
-the timed coroutine wrapper does for a real request. The exact `cpu_time`
+the ledger; the script advances its CPU seconds (`add_thread`) by the
+request's scripted CPU rate as the fake clock moves, as the timed coroutine
+wrapper does for a real request. The exact `cpu_time`
 share is the integral of P(t) x r_i / (sum of the r of the requests in flight),
 where r is each request's CPU rate.
 """
