@@ -41,12 +41,15 @@ def served(policy: str, loop: str, rounds: int) -> list[dict[str, Any]]:
                     results = (await c.get("/results")).json()
                     return sum(r["reported"] is not None for r in results)
 
-                # Until the sampler's readings charge requests: three warm-up
-                # requests with figures give the estimator its prior.
+                # Until the sampler's readings charge requests; then three
+                # requests longer than a sampling interval, each measured
+                # across a tick: the estimator's prior.
                 deadline = time.monotonic() + 30
-                while await measured() < 3:
+                while await measured() < 1:
                     assert time.monotonic() < deadline, "no figures in time"
                     await get("/sync", 1.0)
+                for _ in range(3):
+                    await get("/sync", 120.0)
                 start = len((await c.get("/results")).json())
                 await shapes.drive(get, rounds)
                 results: list[dict[str, Any]] = (await c.get("/results")).json()
