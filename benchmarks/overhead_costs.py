@@ -73,6 +73,9 @@ class _NoPoints:
     def record(self, *args: Any) -> None:
         pass
 
+    def background(self, *args: Any) -> None:
+        pass
+
 
 def ablated_instrumentation(
     *, attributes: bool, metrics: bool
