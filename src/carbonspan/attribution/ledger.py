@@ -43,6 +43,8 @@ class Ledger:
         self, policy: AttributionPolicy | None = None, ring: int = RING
     ) -> None:
         self.policy: AttributionPolicy = policy if policy is not None else TimeShare()
+        #: Whether the policy keeps per-window state (a CPU clock per request).
+        self._timed = self.policy.timed
         self._ring_size = ring
         self.reset()
 
@@ -80,7 +82,7 @@ class Ledger:
             ring = self._ring
             window = Window(now, self._b, ring.j, self._t is not None, ring.last())
             self._windows[window] = None
-            if self.policy.timed:  # only a policy with clocks keeps per-window state
+            if self._timed:  # only a policy with clocks keeps per-window state
                 self.policy.opened(window, clock)
             return window
 
@@ -117,8 +119,10 @@ class Ledger:
             )
             # Its shared time, for the embodied emissions: attributed where
             # the request reports figures.
-            figures = account is self._attributed and any(
-                joules is not None for joules in charges.values()
+            figures = account is self._attributed and (
+                charges["cpu"] is not None
+                or charges["gpu"] is not None
+                or charges["ram"] is not None
             )
             self._closed_shared[0 if figures else 1] += shared
             for name, joules in charges.items():
@@ -126,7 +130,8 @@ class Ledger:
                     account[name] += joules
                     if reported is not None and account is self._attributed:
                         self._after[name] += joules - (getattr(reported, name) or 0.0)
-        return measure(window, now, charges, shared, shared_cpu, self._label(window))
+            label = self.policy.label(window) if self._timed else self.policy.name
+        return measure(window, now, charges, shared, shared_cpu, label)
 
     def peek(self, window: Window, now: float) -> Measurement:
         """What `window` has been charged so far, without closing it."""
@@ -140,10 +145,8 @@ class Ledger:
                 shared = self._b - window.b0
                 if past is not None:
                     charges, shared, shared_cpu = past.plus(charges, shared, shared_cpu)
-        return measure(window, now, charges, shared, shared_cpu, self._label(window))
-
-    def _label(self, window: Window) -> str:
-        return self.policy.label(window) if self.policy.timed else self.policy.name
+            label = self.policy.label(window) if self._timed else self.policy.name
+        return measure(window, now, charges, shared, shared_cpu, label)
 
     def pause(self, window: Window, now: float) -> None:
         """The request waits on its client (a body, a slow reader): until
@@ -169,7 +172,7 @@ class Ledger:
             self._n += 1
             window.b0, window.j0 = self._b, self._ring.j
             window.last_tick = self._ring.last()
-            if self.policy.timed:
+            if self._timed:
                 self.policy.resumed(window)
 
     def _leave(self, window: Window) -> tuple[dict[str, float | None], float | None]:
@@ -178,7 +181,7 @@ class Ledger:
         self._n -= 1
         ring = self._ring
         charges, guesses, shared_cpu = ring.charges(window, self._b)
-        if self.policy.timed:
+        if self._timed:
             self.policy.closed(window)
         # Its tail: its shared time since the last tick (or since it entered).
         self._tails += self._b - (window.b0 if window.j0 == ring.j else ring.tick_b)
