@@ -20,6 +20,7 @@ from carbonspan.attribution.totals import EnergyTotals
 from carbonspan.carbon.grid import ElectricityMapsIntensity, IntensityProvider
 from carbonspan.otel.instrumentor import CodeCarbonInstrumentor
 from carbonspan.otel.middleware import CodeCarbonMiddleware
+from carbonspan.otel.tenant import set_tenant
 from carbonspan.power.codecarbon import CodeCarbonPowerSource
 from carbonspan.power.source import EnergyReading, HardwareInfo, PowerSource
 from carbonspan.version import __version__
@@ -36,4 +37,5 @@ __all__ = [
     "Measurement",
     "PowerSource",
     "__version__",
+    "set_tenant",
 ]

@@ -31,6 +31,7 @@ from carbonspan import checks, parsers
 from carbonspan.attribution.policies import POLICIES
 from carbonspan.carbon import grid
 from carbonspan.carbon.intensity import CarbonIntensity, resolve
+from carbonspan.otel.tenant import MAX_MAX_TENANTS, MAX_TENANTS
 from carbonspan.power.source import PowerSource, SourceScope
 from carbonspan.types import MeasurementHook
 
@@ -92,6 +93,8 @@ class Settings:
     response_headers: tuple[str, ...] = _setting((), parsers.header_fields, "`bool`, or list of `str`", "`True` / `False`, or a list of `energy`, `emissions`, `duration`; in the environment `true`, `1`, `yes`, `on`, `false`, `0`, `no`, `off`, or a comma-separated list", shown="off")  # fmt: skip
     response_headers_format: str = _setting("x-codecarbon", parsers.one_of(HEADER_FORMATS), _TEXT, ", ".join(f"`{n}`" for n in HEADER_FORMATS) + _CASE)  # fmt: skip
     long_request: float = _setting(300.0, parsers.seconds_between(MIN_LONG, MAX_LONG), "`float`, seconds", f"a number from {MIN_LONG:g} to {MAX_LONG:g}")  # fmt: skip
+    tenant_baggage: str | None = _setting(None, parsers.nonempty_text, _TEXT, "the name of the OpenTelemetry baggage entry that names a request's tenant (`tenant.id`, ...); `carbonspan.set_tenant` wins over it")  # fmt: skip
+    max_tenants: int = _setting(MAX_TENANTS, parsers.count_in(0, MAX_MAX_TENANTS), "`int`", f"a whole number from 0 to {MAX_MAX_TENANTS}: the tenants metric points name, per process; the others are `_other`")  # fmt: skip
     power_source: PowerSource | None = _setting(None, None, "a `carbonspan.PowerSource`", "any object with `read()` and `describe()`", shown="`CodeCarbonPowerSource(scope)`")  # fmt: skip
     meter_provider: MeterProvider | None = _setting(None, None, "an OpenTelemetry `MeterProvider`", "any `MeterProvider`", shown="the global one")  # fmt: skip
     tracer_provider: TracerProvider | None = _setting(None, None, "an OpenTelemetry `TracerProvider`", "any `TracerProvider`; only flushed at shutdown", shown="the global one")  # fmt: skip

@@ -122,6 +122,22 @@ def number_in(
     return parse
 
 
+def count_in(low: int, high: int) -> Callable[[str, Any], int]:
+    """A parser of whole numbers from `low` to `high`."""
+
+    def parse(name: str, value: Any) -> int:
+        text = value.strip() if isinstance(value, str) else value
+        if isinstance(text, str) and re.fullmatch(r"[0-9]+", text):
+            text = int(text)
+        if isinstance(text, int) and not isinstance(text, bool) and low <= text <= high:
+            return text
+        raise ValueError(
+            f"{name}: expected a whole number from {low} to {high}, got {value!r}"
+        )
+
+    return parse
+
+
 def seconds_between(low: float, high: float) -> Callable[[str, Any], float]:
     return number_in("seconds", low, high)
 

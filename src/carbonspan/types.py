@@ -60,6 +60,8 @@ class InstrumentSettings(TypedDict, total=False):
     response_headers: bool | Sequence[str] | None
     response_headers_format: Literal["x-codecarbon", "server-timing", "both"] | None
     long_request: float | None  # s
+    tenant_baggage: str | None  # a baggage entry's name, such as "tenant.id"
+    max_tenants: int | None
     power_source: PowerSource | None
     meter_provider: MeterProvider | None
     tracer_provider: TracerProvider | None

@@ -1,4 +1,5 @@
-"""The Grafana dashboard's PromQL only names metrics and labels carbonspan exposes."""
+"""The Grafana dashboard's PromQL, and the queries docs/tenants.md gives, only
+name metrics and labels carbonspan exposes, and are valid PromQL."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from support.asgi import fetch
 from support.otel import wait_ready
 
 DASHBOARD = ROOT / "dashboards" / "carbonspan.json"
+TENANTS_DOC = ROOT / "docs" / "tenants.md"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$job": ".*"}
 PROMQL_WORDS = {"by", "without", "le", "sum", "rate", "increase", "topk"}
 
@@ -36,6 +38,13 @@ def expressions(dashboard: dict[str, Any]) -> list[str]:
         v["query"] for v in dashboard["templating"]["list"] if v.get("type") == "query"
     ]
     return exprs
+
+
+def doc_queries() -> list[str]:
+    """The ```promql blocks of docs/tenants.md."""
+    found = re.findall(r"```promql\n(.*?)\n```", TENANTS_DOC.read_text(), re.S)
+    assert len(found) == 6
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +67,7 @@ def exposition() -> str:
         inst = instrumentation_of(app)
         assert inst is not None
         wait_ready(inst)
-        fetch(app, ["/items/1", "/later"])
+        fetch(app, ["/items/1", "/later", "/tenant?name=acme"])
         return generate_latest(REGISTRY).decode()
     finally:
         CodeCarbonInstrumentor.uninstrument_app(app)
@@ -70,7 +79,7 @@ def test_every_metric_in_the_dashboard_is_exposed(exposition: str) -> None:
     exposed = set(re.findall(r"^(codecarbon_\w+?)(?:\{| )", exposition, re.M))
     labels = set(re.findall(r"(\w+)=\"", exposition)) | {"job", "le"}
     used = set()
-    for expr in expressions(dashboard):
+    for expr in expressions(dashboard) + doc_queries():
         # Metric names: what is left once label groupings and matchers are out.
         bare = re.sub(r"\b(by|without) \([^)]*\)|\{[^}]*\}", "", expr)
         names = set(re.findall(r"\bcodecarbon_\w+", bare))
@@ -107,12 +116,32 @@ def test_sci_panel_adds_embodied_to_operational_per_request_by_route() -> None:
     assert panel["fieldConfig"]["defaults"]["unit"] == "massg"
 
 
+def test_tenant_panel_reads_energy_and_emissions_by_tenant(exposition: str) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in dashboard["panels"] if "by tenant" in p["title"]]
+    energy, grams = (t["expr"] for t in panel["targets"])
+    assert "increase(codecarbon_request_energy_joules_sum{" in energy
+    assert "increase(codecarbon_request_emissions_grams_total{" in grams
+    for expr in (energy, grams):
+        assert expr.startswith("sum by (codecarbon_tenant) (")
+        assert 'codecarbon_tenant!=""' in expr  # requests with no tenant left out
+    # The exposition carries the label on both series, for the tenant named.
+    for metric in (
+        "codecarbon_request_energy_joules_sum",
+        "codecarbon_request_emissions_grams_total",
+    ):
+        line = rf'^{metric}{{[^}}]*codecarbon_tenant="(\w+)"'
+        assert re.findall(line, exposition, re.M) == ["acme"], metric
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
 def test_every_expression_is_valid_promql(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool (Debian package prometheus) is needed for this test"
     dashboard = json.loads(DASHBOARD.read_text())
     rules = []
-    for i, expr in enumerate(expressions(dashboard)):
+    for i, expr in enumerate(expressions(dashboard) + doc_queries()):
         for variable, value in GRAFANA_VARIABLES.items():
             expr = expr.replace(variable, value)
         if expr.startswith("label_values("):

@@ -10,6 +10,8 @@ import fastapi
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
 
+from carbonspan import set_tenant
+
 
 def burn(seconds: float) -> int:
     """Busy-loop on the CPU for about `seconds`."""
@@ -62,6 +64,12 @@ def build_app(**fastapi_kwargs: object) -> FastAPI:
     @app.get("/teapot")
     async def teapot() -> None:
         raise HTTPException(status_code=418, detail="short and stout")
+
+    @app.get("/tenant")
+    async def tenant(name: str = "") -> dict[str, str]:
+        if name:
+            set_tenant(name)  # as an authenticating dependency would
+        return {"tenant": name}
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -47,6 +47,12 @@ BAD_KWARGS = [
     ("excluded_urls", 42, "regexes"),
     ("response_headers", "maybe", "'maybe' is not accepted"),
     ("power_source", object(), "read() and describe()"),
+    ("max_tenants", -1, "whole number from 0 to 10000"),
+    ("max_tenants", 2.5, "whole number from 0 to 10000"),
+    ("max_tenants", True, "whole number from 0 to 10000"),
+    ("max_tenants", 10001, "whole number from 0 to 10000"),
+    ("tenant_baggage", "  ", "non-empty"),
+    ("tenant_baggage", 7, "non-empty"),
 ]
 
 
@@ -82,6 +88,17 @@ def test_instrument_raises_and_stays_uninstrumented() -> None:
 def test_unknown_setting_is_refused() -> None:
     with pytest.raises(ValueError, match=r"unknown setting.*contry"):
         Settings.load({"contry_iso_code": "FRA"}, environ={})
+
+
+def test_tenant_settings_from_the_environment() -> None:
+    environ = {
+        "CARBONSPAN_TENANT_BAGGAGE": " tenant.id ",
+        "CARBONSPAN_MAX_TENANTS": "0",
+    }
+    s = Settings.load({}, environ=environ)
+    assert (s.tenant_baggage, s.max_tenants) == ("tenant.id", 0)
+    assert Settings.load({"max_tenants": 20}, environ=environ).max_tenants == 20
+    assert Settings().max_tenants == 100 and Settings().tenant_baggage is None
 
 
 @pytest.mark.parametrize(
@@ -140,6 +157,8 @@ def test_bad_env_is_logged_and_the_default_used(
          "carbon_intensity: expected g CO2eq/kWh in [0, 2000], got '1e308'"),
         ("CARBONSPAN_CARBON_INTENSITY", "4_75",
          "carbon_intensity: expected a number, got '4_75'"),
+        ("CARBONSPAN_MAX_TENANTS", "lots",
+         "max_tenants: expected a whole number from 0 to 10000, got 'lots'"),
     ],
 )  # fmt: skip
 def test_bad_env_values_are_quoted_as_given(

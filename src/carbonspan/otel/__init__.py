@@ -2,6 +2,7 @@
 middleware into FastAPI apps (`instrumentor`), the middleware (`middleware`)
 and the reporter it hands each request to (`reporter`), what one
 instrumentation holds (`instrumentation`), the contract's names
-(`attributes`), span attributes (`span`), response headers (`headers`),
+(`attributes`), span attributes (`span`), the request's tenant (`tenant`),
+response headers (`headers`),
 metrics (`metrics`, fed by `metric_queue`) and the resource detector
 (`resource`)."""

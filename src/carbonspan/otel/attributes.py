@@ -29,6 +29,7 @@ IDLE_POWER = "codecarbon.idle_power"
 CPU_MODEL = "codecarbon.cpu.model"
 GPU_MODEL = "codecarbon.gpu.model"
 GPU_COUNT = "codecarbon.gpu.count"
+TENANT = "codecarbon.tenant"
 
 # Metric attribute keys.
 HTTP_ROUTE = "http.route"

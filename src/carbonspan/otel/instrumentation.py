@@ -66,6 +66,9 @@ class Instrumentation:
         self.metrics = metrics_for(settings.meter_provider)
         self.metrics.add(self.ledger, self.accounts, settings.long_request)
         self.sampler.after_tick.append(self.metrics.drain)
+        self.metrics.queue.tenants.limit = settings.max_tenants
+        #: The baggage entry that names a request's tenant, if any.
+        self.tenant_baggage = settings.tenant_baggage
         self.excluded = _exclusion(settings)
         self.reporter = Reporter(
             self.ledger,

@@ -4,8 +4,10 @@ The request path makes no SDK call: `PointQueue.record` appends the request's
 valuation to a bounded buffer. `PointQueue.drain` records them in a batch, one
 histogram point each, with the request's span in an explicit context so that
 exemplars still link to traces, and adds their grams to the per-route sums
-that the observable counters of `carbonspan.otel.metrics` report. The sampler
-thread drains after each tick, and so does every collection.
+that the observable counters of `carbonspan.otel.metrics` report. A series
+is a route, a method, a status and a tenant (its name, `_other` beyond the
+`max_tenants` first ones, or none). The sampler thread drains after each
+tick, and so does every collection.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ from opentelemetry.metrics import Histogram
 from opentelemetry.trace import Span, set_span_in_context
 
 from carbonspan.otel import attributes as a
+from carbonspan.otel.tenant import TenantLabels
 from carbonspan.throttle import Throttle
 
 if TYPE_CHECKING:
     from carbonspan.otel.reporter import Valuation
 
-RouteKey = tuple[str | None, str, int]
-#: One finished request waiting to be recorded: its valuation, its route key
-#: and its server span (for the exemplar).
-Pending = tuple["Valuation", RouteKey, Span]
+#: A request's series: route template, method, status, tenant.
+RouteKey = tuple[str | None, str, int, str | None]
+#: One finished request waiting to be recorded: its valuation (which holds
+#: its route key, with the tenant's own name) and its server span (for the
+#: exemplar).
+Pending = tuple["Valuation", Span]
 #: Requests the buffer holds at most; beyond, requests are dropped and counted.
 #: At the 0.1 s default interval that is 160,000 requests/s, or a sampler
 #: stalled for 1.6 s at 10,000 requests/s.
@@ -52,13 +57,15 @@ class PointQueue:
         self.background_joules: dict[RouteKey, float] = {}
         self.route_embodied: dict[RouteKey, float] = {}
         self.attributes: dict[RouteKey, dict[str, Any]] = {}
+        #: The tenants the series may name (`max_tenants` of them).
+        self.tenants = TenantLabels()
         self._pending: deque[Pending] = deque()
         self._drain_lock = threading.Lock()
         self.buffer_size = BUFFER_SIZE
         self.dropped = 0  # requests not recorded because the buffer was full
         self._throttle = Throttle()
 
-    def record(self, valuation: Valuation, key: RouteKey, span: Span) -> None:
+    def record(self, valuation: Valuation, span: Span) -> None:
         """Queue one valued request; the SDK call happens in `drain`.
 
         Never blocks: when the buffer is full the request is dropped and
@@ -66,7 +73,7 @@ class PointQueue:
         """
         pending = self._pending
         if len(pending) < self.buffer_size:
-            pending.append((valuation, key, span))
+            pending.append((valuation, span))
         else:
             self._drop()
 
@@ -74,15 +81,20 @@ class PointQueue:
         """Add the work a request left running after its response to its
         route's figures (and its emissions to `codecarbon.request.emissions`)."""
         with self.lock:
-            self._attributes(key)
+            key = self._series(key)
             self.background_joules[key] = self.background_joules.get(key, 0.0) + joules
             self.route_grams[key] = self.route_grams.get(key, 0.0) + grams
 
-    def _attributes(self, key: RouteKey) -> dict[str, Any]:
-        attrs = self.attributes.get(key)
-        if attrs is None:
-            attrs = self.attributes[key] = _route_attributes(key)
-        return attrs
+    def _series(self, key: RouteKey) -> RouteKey:
+        """`key` with its tenant's label (under `lock`); its attributes made."""
+        tenant = key[3]
+        if tenant is not None:
+            label = self.tenants.label(tenant)
+            if label is not tenant:
+                key = (key[0], key[1], key[2], label)
+        if key not in self.attributes:
+            self.attributes[key] = _route_attributes(key)
+        return key
 
     def drain(self) -> int:
         """Record every queued request (one histogram point each); how many.
@@ -102,11 +114,12 @@ class PointQueue:
             try:
                 while True:
                     try:
-                        valuation, key, span = pending.popleft()
+                        valuation, span = pending.popleft()
                     except IndexError:
                         break
                     with self.lock:
-                        attrs = self._attributes(key)
+                        key = self._series(valuation.key)
+                        attrs = self.attributes[key]
                     # The request's own span, never the draining thread's.
                     context = (
                         set_span_in_context(span, _EMPTY)
@@ -150,16 +163,21 @@ class PointQueue:
         self.lock = threading.Lock()
         self.dropped = 0
         self._throttle = Throttle()
+        self.tenants._after_fork_in_child()
 
 
-def route_key(route: str | None, method: str, status: int) -> RouteKey:
+def route_key(
+    route: str | None, method: str, status: int, tenant: str | None = None
+) -> RouteKey:
     """A request's series: methods outside the standard set are `_OTHER`."""
-    return route, method if method in _METHODS else "_OTHER", status
+    return route, method if method in _METHODS else "_OTHER", status, tenant
 
 
 def _route_attributes(key: RouteKey) -> dict[str, Any]:
-    route, method, status = key
+    route, method, status, tenant = key
     attrs: dict[str, Any] = {a.HTTP_METHOD: method, a.HTTP_STATUS: status}
     if route is not None:
         attrs[a.HTTP_ROUTE] = route
+    if tenant is not None:
+        attrs[a.TENANT] = tenant
     return attrs

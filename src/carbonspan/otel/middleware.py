@@ -20,6 +20,7 @@ from opentelemetry import trace
 from carbonspan.attribution import cpu_clock
 from carbonspan.attribution.window import Window
 from carbonspan.config import Settings
+from carbonspan.otel import tenant
 from carbonspan.otel.instrumentation import Instrumentation
 from carbonspan.otel.reporter import Valuation
 from carbonspan.types import (
@@ -96,10 +97,11 @@ class _Request:
     creators end the span right after it; the window closes when the app
     returns, and what it drew in between (background tasks) is reported to
     the route's metrics apart. The `Reporter` does all of that; this only
-    tells it when.
+    tells it when. It is also the request `carbonspan.set_tenant` names.
     """
 
     __slots__ = (
+        "_named",
         "_receive",
         "_send",
         "_token",
@@ -112,6 +114,7 @@ class _Request:
         "scope",
         "span",
         "status",
+        "tenant",
         "valuation",
         "waits",
         "window",
@@ -146,6 +149,9 @@ class _Request:
         self._token: Token[cpu_clock.CpuClock | None] | None = None
         if timed is not None:
             self.clock, self._token = timed
+        baggage = instrumentation.tenant_baggage
+        self.tenant = None if baggage is None else tenant.from_baggage(baggage)
+        self._named = tenant.current.set(self)
         self.window: Window | None = reporter.open(self.clock)
 
     def end(self) -> None:
@@ -160,7 +166,9 @@ class _Request:
                 self.scope,
                 self.status,
                 self.excluded,
+                self.tenant,
             )
+        tenant.current.reset(self._named)
         if self._token is not None:
             cpu_clock.end(self.clock, self._token)  # type: ignore[arg-type]
 
@@ -202,7 +210,7 @@ class _Request:
             # The span creator ends the span right after this message.
             self.reported = True
             self.valuation = self.reporter.report(
-                window, self.span, self.scope, self.status, self.excluded
+                window, self.span, self.scope, self.status, self.excluded, self.tenant
             )
             body = message.get("body", b"")
             if kind != "http.response.pathsend" and len(body) < BIG_BODY:

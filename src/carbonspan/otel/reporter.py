@@ -10,6 +10,9 @@ send and tells the `Reporter` what happens:
     valuation = reporter.report(window, ...)    # before its final body
     reporter.close(window, valuation, ...)      # the app returned
 
+A request is reported under its series (`RouteKey`: route, method, status,
+and its tenant where the app or the baggage named one).
+
 `report` asks the ledger once for the request's charges, values them once
 (`Valuation`: joules, grams, embodied grams at the factors in force) and
 gives that one valuation to the span, the metric queue and the hook. What
@@ -23,7 +26,8 @@ import logging
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from carbonspan.otel.metric_queue import route_key
+from carbonspan.otel.attributes import TENANT
+from carbonspan.otel.metric_queue import RouteKey, route_key
 from carbonspan.throttle import Throttle
 
 if TYPE_CHECKING:
@@ -48,14 +52,21 @@ AFTER_RESPONSE = 0.001
 
 class Valuation:
     """What one measured request is worth: J, g CO2eq and, where the embodied
-    emissions are known, its share of them (g), at `factors`."""
+    emissions are known, its share of them (g), at `factors`; and the series
+    it is reported under (`key`, whose last item is its tenant)."""
 
-    __slots__ = ("at", "embodied", "factors", "grams", "joules", "measurement")
+    __slots__ = ("at", "embodied", "factors", "grams", "joules", "key", "measurement")
 
     def __init__(
-        self, measurement: Measurement, joules: float, factors: Factors, at: float
+        self,
+        measurement: Measurement,
+        joules: float,
+        factors: Factors,
+        at: float,
+        key: RouteKey,
     ) -> None:
         self.measurement = measurement
+        self.key = key
         self.factors = factors
         self.joules = joules  # measurement.total
         self.grams = factors.intensity.grams(joules)
@@ -135,10 +146,12 @@ class Reporter:
         scope: Scope,
         status: int,
         excluded: bool,
+        tenant: str | None,
         measurement: Measurement | None = None,
     ) -> Valuation | None:
         """Value the request once and report it: span attributes, a queued
         metric point (the SDK call happens off the request path), the hook.
+        The `tenant` goes on the span even where nothing was measured.
 
         With no `measurement`, what the window holds now. None where nothing
         was measured (or the request is excluded: no attributes, metrics or
@@ -153,10 +166,15 @@ class Reporter:
                 return None
             joules = measurement.total
             if joules is not None:
-                valuation = Valuation(measurement, joules, self.accounts.factors, now)
-                self.queue.record(valuation, _route(scope, status), span)
+                key = _route(scope, status, tenant)
+                valuation = Valuation(
+                    measurement, joules, self.accounts.factors, now, key
+                )
+                self.queue.record(valuation, span)
                 if span.is_recording():
                     span.set_attributes(self.spans.for_span(valuation, span))
+            elif tenant is not None and span.is_recording():
+                span.set_attribute(TENANT, tenant)
         except Exception as exc:
             self.failed(exc)
             return None
@@ -176,27 +194,29 @@ class Reporter:
         scope: Scope,
         status: int,
         excluded: bool,
+        tenant: str | None,
     ) -> None:
         """The app returned (or raised): close the window. Report it if it
         was not; else add what it drew since its `valuation` (background
-        tasks) to its route's metrics, at the factors it was valued at."""
+        tasks) to its series' metrics, at the factors it was valued at."""
         try:
             now = monotonic()
             before = valuation.measurement if valuation is not None else None
             measurement = self.ledger.close(window, now, not excluded, before)
             if not reported:
-                self.report(window, span, scope, status, excluded, measurement)
+                self.report(window, span, scope, status, excluded, tenant, measurement)
                 return
             if valuation is None or now - valuation.at < AFTER_RESPONSE:
                 return
             after = (measurement.total or 0.0) - valuation.joules
             if after > 0.0:
                 grams = valuation.factors.intensity.grams(after)
-                self.queue.background(after, grams, _route(scope, status))
+                self.queue.background(after, grams, valuation.key)
         except Exception as exc:
             self.failed(exc)
 
 
-def _route(scope: Scope, status: int) -> tuple[str | None, str, int]:
+def _route(scope: Scope, status: int, tenant: str | None) -> RouteKey:
     method = scope.get("method", "GET")  # a WebSocket opens with a GET
-    return route_key(getattr(scope.get("route"), "path", None), method, status)
+    route = getattr(scope.get("route"), "path", None)
+    return route_key(route, method, status, tenant)

@@ -27,6 +27,7 @@ from carbonspan.otel.attributes import (
     REGION,
     SCI,
     SCOPE,
+    TENANT,
 )
 from carbonspan.power.source import HardwareInfo
 
@@ -167,6 +168,9 @@ class SpanAttributes:
                     attrs[power] = watts
         if m.attribution != self._attribution:
             attrs[ATTRIBUTION] = m.attribution  # this request fell back
+        tenant = valuation.key[3]
+        if tenant is not None:
+            attrs[TENANT] = tenant
         return attrs
 
 
