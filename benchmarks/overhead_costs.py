@@ -36,6 +36,7 @@ from carbonspan import (
 from carbonspan.attribution.ledger import Ledger
 from carbonspan.config import Settings
 from carbonspan.otel.instrumentation import Instrumentation
+from carbonspan.otel.metric_queue import route_key
 from carbonspan.otel.reporter import Valuation
 from carbonspan.power.sampler import PowerSampler
 from harness import http_scope, median_us
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 ALL = "+ carbonspan (all)"
 TENANT = ALL + ", tenant set"
+KEY = route_key("/ping", "GET", 200)  # a request's series, for valuing by hand
 
 
 # -- around a trivial app, parts switched off ----------------------------------
@@ -310,7 +312,7 @@ def attribute_costs(
     plain_span = plain.get_tracer("bench").start_span("x")
 
     def attributes(target: Any) -> dict[str, Any]:
-        valuation = Valuation(measurement, measurement.total, factors, 0.0)
+        valuation = Valuation(measurement, measurement.total, factors, 0.0, KEY)
         return for_span(valuation, target)
 
     out["Valuation + SpanAttributes.for_span(), resource detected"] = per_call_ns(
@@ -355,7 +357,7 @@ def metrics_costs(
     queue = instrumentation.metrics.queue
     live = tracer.start_span("x")
     factors = instrumentation.accounts.factors
-    valuation = Valuation(measurement, measurement.total, factors, 0.0)
+    valuation = Valuation(measurement, measurement.total, factors, 0.0, KEY)
     args = (valuation, ("/ping", "GET", 200), live)
     after_tick = instrumentation.sampler.after_tick
     held = list(after_tick)

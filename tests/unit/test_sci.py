@@ -22,6 +22,7 @@ from carbonspan.carbon.embodied import HOURS_PER_YEAR
 from carbonspan.config import Settings
 from carbonspan.otel import attributes as a
 from carbonspan.otel.instrumentation import Instrumentation
+from carbonspan.otel.metric_queue import route_key
 from carbonspan.otel.reporter import Valuation
 from carbonspan.testing import ConstantPowerSource
 from support.fakes import Clock, Recorded
@@ -121,7 +122,8 @@ class Harness:
         m = self.inst.ledger.close(window, self.clock.now, attributed)
         if not attributed or m.total is None:
             return None
-        valuation = Valuation(m, m.total, self.inst.accounts.factors, self.clock.now)
+        factors, key = self.inst.accounts.factors, route_key("/", "GET", 200)
+        valuation = Valuation(m, m.total, factors, self.clock.now, key)
         return self.inst.reporter.spans.for_span(valuation)
 
     def close_all(self) -> None:
