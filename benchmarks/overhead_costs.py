@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 ALL = "+ carbonspan (all)"
 TENANT = ALL + ", tenant set"
+DOWNSTREAM = ALL + ", downstream_energy on"
 KEY = route_key("/ping", "GET", 200)  # a request's series, for valuing by hand
 
 
@@ -91,15 +92,16 @@ class _NoPoints:
 
 
 def ablated_instrumentation(
-    *, attributes: bool, metrics: bool
+    *, attributes: bool, metrics: bool, downstream: bool = False
 ) -> tuple[Instrumentation, MeterProvider]:
     """An instrumentation on the shared default sampler, with its own
     MeterProvider, and the span attributes (all but an empty set_attributes
     call) and/or the metric point switched off."""
     provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-    instrumentation = Instrumentation(
-        Settings.load({"country_iso_code": COUNTRY, "meter_provider": provider})
-    )
+    settings = {"country_iso_code": COUNTRY, "meter_provider": provider}
+    if downstream:
+        settings["downstream_energy"] = True
+    instrumentation = Instrumentation(Settings.load(settings))
     reporter = instrumentation.reporter
     if not attributes:
         reporter.spans = _NoAttributes()  # type: ignore[assignment]
@@ -131,6 +133,9 @@ class Rows:
         self.apps[TENANT] = CodeCarbonMiddleware(
             trivial_for_a_tenant, instrumentation=self.owned[-1][0]
         )
+        made = ablated_instrumentation(attributes=True, metrics=True, downstream=True)
+        self.owned.append(made)
+        self.apps[DOWNSTREAM] = CodeCarbonMiddleware(trivial, instrumentation=made[0])
         self.tracers: dict[str, Tracer] = dict.fromkeys(self.apps, tracer)
         if otel.others and ALL in self.apps:
             label = ALL + ", plain Resource"
@@ -248,6 +253,12 @@ def print_split(mw: dict[str, dict[str, float]]) -> dict[str, float] | None:
         print(
             "  a tenant set (set_tenant, the span attribute, the label) adds "
             f"{tenant['cpu_median_us'] - full['cpu_median_us']:+.2f} µs CPU"
+        )
+    downstream = mw.get(DOWNSTREAM)
+    if downstream is not None:
+        print(
+            "  downstream_energy on, no outgoing call, adds "
+            f"{downstream['cpu_median_us'] - full['cpu_median_us']:+.2f} µs CPU"
         )
     split = split_breakdown(mw)
     if split is not None:

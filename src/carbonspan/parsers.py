@@ -187,13 +187,28 @@ def url_regexes(name: str, value: Any) -> re.Pattern[str] | None:
         ) from None
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(
+        f"{name}: {value!r} is not accepted; use True or False (in the "
+        f"environment {', '.join(_TRUE + _FALSE)})"
+    )
+
+
 def header_fields(name: str, value: Any) -> tuple[str, ...]:
     given = value
     if isinstance(value, str):
         text = value.strip().lower()
-        if text in ("true", "1", "yes", "on"):
+        if text in _TRUE:
             return HEADER_FIELDS
-        if text in ("false", "0", "no", "off", ""):
+        if text in (*_FALSE, ""):
             return ()
         value = [p.strip() for p in text.split(",") if p.strip()]
     if value is True:

@@ -59,6 +59,7 @@ class InstrumentSettings(TypedDict, total=False):
     excluded_urls: str | list[str] | tuple[str, ...] | re.Pattern[str] | None  # regexes
     response_headers: bool | Sequence[str] | None
     response_headers_format: Literal["x-codecarbon", "server-timing", "both"] | None
+    downstream_energy: bool | None
     long_request: float | None  # s
     tenant_baggage: str | None  # a baggage entry's name, such as "tenant.id"
     max_tenants: int | None

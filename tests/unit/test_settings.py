@@ -53,6 +53,8 @@ BAD_KWARGS = [
     ("max_tenants", 10001, "whole number from 0 to 10000"),
     ("tenant_baggage", "  ", "non-empty"),
     ("tenant_baggage", 7, "non-empty"),
+    ("downstream_energy", "sometimes", "use True or False"),
+    ("downstream_energy", 1, "use True or False"),
 ]
 
 

@@ -23,6 +23,7 @@ from carbonspan.carbon.grid import (
 )
 from carbonspan.carbon.intensity import CarbonIntensity
 from carbonspan.config import Settings
+from carbonspan.otel import clients
 from carbonspan.otel.headers import header_writer
 from carbonspan.otel.metrics import metrics_for
 from carbonspan.otel.reporter import Reporter
@@ -64,11 +65,17 @@ class Instrumentation:
         self.accounts = EmissionsAccounts(self.ledger, self.grid, _embodied(settings))
         self.sampler.on_tick.append(self.accounts.tick)
         self.metrics = metrics_for(settings.meter_provider)
-        self.metrics.add(self.ledger, self.accounts, settings.long_request)
+        self.metrics.add(
+            self.ledger, self.accounts, settings.long_request, settings.scope
+        )
         self.sampler.after_tick.append(self.metrics.drain)
         self.metrics.queue.tenants.limit = settings.max_tenants
         #: The baggage entry that names a request's tenant, if any.
         self.tenant_baggage = settings.tenant_baggage
+        #: Whether requests read what their outgoing calls report.
+        self.downstream = settings.downstream_energy
+        if self.downstream:
+            clients.install()
         self.excluded = _exclusion(settings)
         self.reporter = Reporter(
             self.ledger,
@@ -141,6 +148,8 @@ class Instrumentation:
             sampler.release(self.sampler)
             if self.timed:
                 cpu_clock.unpatch()
+            if self.downstream:
+                clients.uninstall()
 
 
 def _exclusion(settings: Settings) -> Callable[[Scope], bool] | None:

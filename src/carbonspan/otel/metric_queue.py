@@ -48,8 +48,10 @@ _log = logging.getLogger(__name__)
 class PointQueue:
     """The queue of valued requests, and the per-route sums they feed."""
 
-    def __init__(self, histogram: Histogram) -> None:
+    def __init__(self, histogram: Histogram, downstream: Histogram) -> None:
         self.histogram = histogram
+        #: codecarbon.request.energy.downstream: what requests' calls reported.
+        self.downstream = downstream
         self.lock = threading.Lock()  # guards the sums below
         #: Per route key: g CO2eq (the requests' and what they left running),
         #: J after the responses, embodied g, and the metric attributes.
@@ -106,7 +108,7 @@ class PointQueue:
         pending = self._pending
         if not pending:
             return 0
-        histogram = self.histogram.record
+        histogram, downstream = self.histogram.record, self.downstream.record
         grams: dict[RouteKey, float] = {}
         embodied: dict[RouteKey, float] = {}
         done = 0
@@ -127,6 +129,8 @@ class PointQueue:
                         else _EMPTY
                     )
                     histogram(valuation.joules, attrs, context=context)
+                    if valuation.downstream is not None:
+                        downstream(valuation.downstream[0], attrs, context=context)
                     grams[key] = grams.get(key, 0.0) + valuation.grams
                     if valuation.embodied is not None:
                         embodied[key] = embodied.get(key, 0.0) + valuation.embodied

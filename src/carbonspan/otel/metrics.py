@@ -1,14 +1,16 @@
 """The metrics contract, through the application's MeterProvider.
 
 The request path makes no SDK call: requests' figures are queued and
-recorded in batches (see `carbonspan.otel.metric_queue`); every collection drains the
-queue first, so a reader that collects right after a request sees it.
+recorded in batches (see `carbonspan.otel.metric_queue`); every collection
+drains the queue first, so a reader that collects right after a request
+sees it.
 Everything else is observable and read at collection time from sums the
 ledger, the books and the recorder already keep.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import weakref
@@ -58,22 +60,23 @@ class Metrics:
             meter_provider=meter_provider,
             schema_url=SCHEMA_URL,
         )
-        self.queue = PointQueue(
+        energy, downstream = (
             meter.create_histogram(
-                "codecarbon.request.energy",
-                unit="J",
-                description="Energy charged to each HTTP request",
+                name, unit="J", description=text,
                 explicit_bucket_boundaries_advisory=ENERGY_BUCKETS,
             )
-        )
+            for name, text in a.HISTOGRAMS
+        )  # fmt: skip
+        self.queue = PointQueue(energy, downstream)
         self.drain = self.queue.drain
         # The first observable is codecarbon.request.emissions: a collection
         # runs it before it reads the histogram, so what it drains is in that
         # collection.
         for kind, name, unit, description, callback in a.OBSERVABLES:
+            method, *args = callback.split()  # a method, and its first arguments
             getattr(meter, f"create_observable_{kind}")(
                 name,
-                callbacks=[getattr(self, callback)],
+                callbacks=[functools.partial(getattr(self, method), *args)],
                 unit=unit,
                 description=description,
             )
@@ -85,14 +88,21 @@ class Metrics:
         self.queue._after_fork_in_child()
 
     def add(
-        self, ledger: Ledger, accounts: EmissionsAccounts, long_request: float = 300.0
+        self,
+        ledger: Ledger,
+        accounts: EmissionsAccounts,
+        long_request: float = 300.0,
+        scope: str = "process",
     ) -> None:
         """Count `ledger` (shared by the instrumentations of one sampler: the
-        first one's accounts and the last one's long_request hold)."""
+        first one's accounts and scope, the last one's long_request hold).
+        Under `scope="machine"` its readings are the hardware's, and feed
+        OpenTelemetry's `hw.*` instruments too."""
         with self._lock:
             entry = self._ledgers.get(ledger)
             if entry is None:
                 entry = self._ledgers[ledger] = _LedgerEntry(accounts)
+                entry.machine = scope == "machine"
             entry.count += 1
             entry.long_request = long_request
 
@@ -106,7 +116,9 @@ class Metrics:
 
     # -- observable callbacks ---------------------------------------------
 
-    def _totals(self) -> list[tuple[EmissionsAccounts, Totals, list[float]]]:
+    def _totals(
+        self, machine_only: bool = False
+    ) -> list[tuple[EmissionsAccounts, Totals, list[float]]]:
         """Each ledger's accounts and totals, its unattributed joules floored.
 
         The ledger's unattributed account dips when a power drop is corrected
@@ -116,6 +128,8 @@ class Metrics:
         with self._lock:
             out = []
             for ledger, entry in self._ledgers.items():
+                if machine_only and not entry.machine:
+                    continue
                 totals = ledger.totals()
                 floor = entry.joules_floor
                 for i, value in enumerate(totals.unattributed):
@@ -176,22 +190,34 @@ class Metrics:
             if acc.embodied.value is not None
         )
 
-    def _by_hw_type(self, field: str) -> list[Observation]:
-        """A `Totals` field summed over the ledgers, one observation per hw.type."""
+    def _sums(self, field: str, machine_only: bool = False) -> dict[str, float]:
+        """A `Totals` field summed over the ledgers, per hw.type."""
         sums: dict[str, float] = {}
-        for _accounts, totals, _floored in self._totals():
+        for _accounts, totals, _floored in self._totals(machine_only):
             values = getattr(totals, field)
             for i, component in enumerate(COMPONENTS):
                 if totals.known[i]:
                     hw = a.HW_TYPES[component]
                     sums[hw] = sums.get(hw, 0.0) + values[i]
-        return [Observation(value, {a.HW_TYPE: hw}) for hw, value in sums.items()]
+        return sums
+
+    def _by_hw_type(self, field: str) -> list[Observation]:
+        return [Observation(v, {a.HW_TYPE: hw}) for hw, v in self._sums(field).items()]
 
     def _observe_power(self, _: CallbackOptions) -> Iterable[Observation]:
         return self._by_hw_type("power")
 
     def _observe_open(self, _: CallbackOptions) -> Iterable[Observation]:
         return self._by_hw_type("open")
+
+    def _hardware(self, field: str, per: str, _: CallbackOptions) -> list[Observation]:
+        """OpenTelemetry's hardware conventions, for the hardware's own
+        figures (scope="machine" only): `per` "component", one aggregate
+        component per hw.type, `hw.id` naming it; `per` "host", the total."""
+        sums = self._sums(field, machine_only=True)
+        if per == "host":
+            return [Observation(sum(sums.values()))] if sums else []
+        return [Observation(v, {a.HW_TYPE: hw, a.HW_ID: hw}) for hw, v in sums.items()]
 
     def _observe_in_flight(self, _: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
@@ -221,11 +247,15 @@ class _LedgerEntry:
     instrumentations count it, and the floors that keep its unattributed
     counters from going down."""
 
-    __slots__ = ("accounts", "count", "grams_floor", "joules_floor", "long_request")
+    __slots__ = (
+        *("accounts", "count", "grams_floor"),
+        *("joules_floor", "long_request", "machine"),
+    )
 
     def __init__(self, accounts: EmissionsAccounts) -> None:
         self.accounts = accounts
         self.count = 0
+        self.machine = False  # scope="machine": its readings are the hardware's
         self.long_request = 300.0
         self.joules_floor = [0.0] * len(COMPONENTS)
         self.grams_floor = [0.0, 0.0]

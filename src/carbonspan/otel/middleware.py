@@ -20,7 +20,7 @@ from opentelemetry import trace
 from carbonspan.attribution import cpu_clock
 from carbonspan.attribution.window import Window
 from carbonspan.config import Settings
-from carbonspan.otel import tenant
+from carbonspan.otel import in_flight, tenant
 from carbonspan.otel.instrumentation import Instrumentation
 from carbonspan.otel.reporter import Valuation
 from carbonspan.types import (
@@ -107,6 +107,7 @@ class _Request:
         "_token",
         "body_done",
         "clock",
+        "downstream",
         "excluded",
         "receive",
         "reported",
@@ -151,7 +152,9 @@ class _Request:
             self.clock, self._token = timed
         baggage = instrumentation.tenant_baggage
         self.tenant = None if baggage is None else tenant.from_baggage(baggage)
-        self._named = tenant.current.set(self)
+        #: What its outgoing calls reported: J, g, J without g, calls.
+        self.downstream = [0.0, 0.0, 0.0, 0.0] if instrumentation.downstream else None
+        self._named = in_flight.current.set(self)
         self.window: Window | None = reporter.open(self.clock)
 
     def end(self) -> None:
@@ -167,8 +170,9 @@ class _Request:
                 self.status,
                 self.excluded,
                 self.tenant,
+                self.downstream,
             )
-        tenant.current.reset(self._named)
+        in_flight.current.reset(self._named)
         if self._token is not None:
             cpu_clock.end(self.clock, self._token)  # type: ignore[arg-type]
 
@@ -192,7 +196,7 @@ class _Request:
         if kind == "http.response.start":
             self.status = message["status"]
             if self.with_headers and window is not None:
-                extra = self.reporter.headers(window)
+                extra = self.reporter.headers(window, self.downstream)
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await self._send(message)
             return
@@ -210,7 +214,13 @@ class _Request:
             # The span creator ends the span right after this message.
             self.reported = True
             self.valuation = self.reporter.report(
-                window, self.span, self.scope, self.status, self.excluded, self.tenant
+                window,
+                self.span,
+                self.scope,
+                self.status,
+                self.excluded,
+                self.tenant,
+                self.downstream,
             )
             body = message.get("body", b"")
             if kind != "http.response.pathsend" and len(body) < BIG_BODY:

@@ -55,7 +55,16 @@ class Valuation:
     emissions are known, its share of them (g), at `factors`; and the series
     it is reported under (`key`, whose last item is its tenant)."""
 
-    __slots__ = ("at", "embodied", "factors", "grams", "joules", "key", "measurement")
+    __slots__ = (
+        "at",
+        "downstream",
+        "embodied",
+        "factors",
+        "grams",
+        "joules",
+        "key",
+        "measurement",
+    )
 
     def __init__(
         self,
@@ -64,9 +73,12 @@ class Valuation:
         factors: Factors,
         at: float,
         key: RouteKey,
+        downstream: list[float] | None = None,
     ) -> None:
         self.measurement = measurement
         self.key = key
+        #: (J, g) the request's outgoing calls reported, where one did.
+        self.downstream = _valued(downstream, factors)
         self.factors = factors
         self.joules = joules  # measurement.total
         self.grams = factors.intensity.grams(joules)
@@ -124,8 +136,11 @@ class Reporter:
         except Exception as exc:
             self.failed(exc)
 
-    def headers(self, window: Window) -> list[tuple[bytes, bytes]]:
-        """The response headers with the request's figures so far."""
+    def headers(
+        self, window: Window, downstream: list[float] | None
+    ) -> list[tuple[bytes, bytes]]:
+        """The response headers with the request's figures so far: its own
+        energy plus what its outgoing calls reported (inclusive)."""
         write = self.header_writer
         assert write is not None
         try:
@@ -133,7 +148,12 @@ class Reporter:
             joules = so_far.total
             grams = None
             if joules is not None:
-                grams = self.accounts.factors.intensity.grams(joules)
+                factors = self.accounts.factors
+                grams = factors.intensity.grams(joules)
+                valued = _valued(downstream, factors)
+                if valued is not None:
+                    joules += valued[0]
+                    grams += valued[1]
             return write(so_far.duration, joules, grams)
         except Exception as exc:
             self.failed(exc, "writing response headers")
@@ -147,6 +167,7 @@ class Reporter:
         status: int,
         excluded: bool,
         tenant: str | None,
+        downstream: list[float] | None,
         measurement: Measurement | None = None,
     ) -> Valuation | None:
         """Value the request once and report it: span attributes, a queued
@@ -168,7 +189,7 @@ class Reporter:
             if joules is not None:
                 key = _route(scope, status, tenant)
                 valuation = Valuation(
-                    measurement, joules, self.accounts.factors, now, key
+                    measurement, joules, self.accounts.factors, now, key, downstream
                 )
                 self.queue.record(valuation, span)
                 if span.is_recording():
@@ -195,6 +216,7 @@ class Reporter:
         status: int,
         excluded: bool,
         tenant: str | None,
+        downstream: list[float] | None,
     ) -> None:
         """The app returned (or raised): close the window. Report it if it
         was not; else add what it drew since its `valuation` (background
@@ -204,7 +226,8 @@ class Reporter:
             before = valuation.measurement if valuation is not None else None
             measurement = self.ledger.close(window, now, not excluded, before)
             if not reported:
-                self.report(window, span, scope, status, excluded, tenant, measurement)
+                args = (status, excluded, tenant, downstream, measurement)
+                self.report(window, span, scope, *args)
                 return
             if valuation is None or now - valuation.at < AFTER_RESPONSE:
                 return
@@ -214,6 +237,17 @@ class Reporter:
                 self.queue.background(after, grams, valuation.key)
         except Exception as exc:
             self.failed(exc)
+
+
+def _valued(
+    downstream: list[float] | None, factors: Factors
+) -> tuple[float, float] | None:
+    """(J, g) of what a request's calls reported (None: no call did); the
+    grams a callee did not report are valued at `factors`."""
+    if downstream is None or not downstream[3]:
+        return None
+    joules, grams, unvalued, _ = downstream
+    return joules, grams + factors.intensity.grams(unvalued)
 
 
 def _route(scope: Scope, status: int, tenant: str | None) -> RouteKey:

@@ -16,7 +16,10 @@ from carbonspan.otel.attributes import (
     CPU_MODEL,
     EMBODIED,
     EMISSIONS,
+    EMISSIONS_DOWNSTREAM,
     ENERGY,
+    ENERGY_DOWNSTREAM,
+    ENERGY_INCLUSIVE,
     ENERGY_TOTAL,
     GPU_COUNT,
     GPU_MODEL,
@@ -171,6 +174,11 @@ class SpanAttributes:
         tenant = valuation.key[3]
         if tenant is not None:
             attrs[TENANT] = tenant
+        downstream = valuation.downstream
+        if downstream is not None:
+            attrs[ENERGY_DOWNSTREAM] = downstream[0]
+            attrs[ENERGY_INCLUSIVE] = valuation.joules + downstream[0]
+            attrs[EMISSIONS_DOWNSTREAM] = downstream[1]
         return attrs
 
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry import baggage
 
+from carbonspan.otel.in_flight import current
 from carbonspan.throttle import Throttle
 
 #: A tenant's name is cut to this many characters.
@@ -39,16 +39,6 @@ MAX_TENANTS, MAX_MAX_TENANTS = 100, 10000
 
 _log = logging.getLogger(__name__)
 _throttle = Throttle()
-
-
-class Named(Protocol):
-    """A request in flight, as the middleware holds it: its tenant so far."""
-
-    tenant: str | None
-
-
-#: The request in flight in this context (set by the middleware).
-current: ContextVar[Named | None] = ContextVar("carbonspan.request", default=None)
 
 
 def set_tenant(name: str) -> None:
