@@ -50,7 +50,7 @@ def test_phoenix_sums_a_trace_to_the_callers_inclusive_energy(tmp_path: Path) ->
             }
             with Server(uvicorn("support.chain_app:app"), caller_env, "/health") as a:
                 for _ in range(2):
-                    r = httpx.get(a.url + "/work", params={"ms": 60}, timeout=30)
+                    r = httpx.get(a.url + "/work", params={"ms": 300}, timeout=30)
                     assert r.status_code == 200
                 a.stop()  # SIGTERM: what is queued is flushed at shutdown
             b.stop()
