@@ -247,6 +247,12 @@ def in_process_flags(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="leave out variant e (carbonspan with a plain Resource)",
     )
+    p.add_argument(
+        "--total-blocks",
+        type=int,
+        default=60,
+        help="blocks per variant in the total-CPU phase (every thread); 0 skips it",
+    )
     p.add_argument("--warmup", type=int, default=300, help="warm-up requests")
     p.add_argument("--middleware-requests", type=int, default=20_000)
     p.add_argument("--micro-number", type=int, default=40_000)
@@ -296,6 +302,7 @@ def http_flags(p: argparse.ArgumentParser) -> None:
 def quick(args: argparse.Namespace) -> None:
     """--quick: every count capped, both modes in about a minute."""
     args.requests = min(args.requests, 2_500)
+    args.total_blocks = min(args.total_blocks, 20)
     args.cpu_requests = min(args.cpu_requests, 600)
     args.warmup = min(args.warmup, 100)
     args.middleware_requests = min(args.middleware_requests, 3_000)
