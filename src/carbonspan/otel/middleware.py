@@ -161,17 +161,7 @@ class _Request:
         """The app returned or raised: close the window, report what is left."""
         window, self.window = self.window, None
         if window is not None:
-            self.reporter.close(
-                window,
-                self.reported,
-                self.valuation,
-                self.span,
-                self.scope,
-                self.status,
-                self.excluded,
-                self.tenant,
-                self.downstream,
-            )
+            self.reporter.close(window, self)
         in_flight.current.reset(self._named)
         if self._token is not None:
             cpu_clock.end(self.clock, self._token)  # type: ignore[arg-type]
@@ -196,7 +186,7 @@ class _Request:
         if kind == "http.response.start":
             self.status = message["status"]
             if self.with_headers and window is not None:
-                extra = self.reporter.headers(window, self.downstream)
+                extra = self.reporter.headers(window, self)
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await self._send(message)
             return
@@ -213,15 +203,7 @@ class _Request:
         ):
             # The span creator ends the span right after this message.
             self.reported = True
-            self.valuation = self.reporter.report(
-                window,
-                self.span,
-                self.scope,
-                self.status,
-                self.excluded,
-                self.tenant,
-                self.downstream,
-            )
+            self.valuation = self.reporter.report(window, self)
             body = message.get("body", b"")
             if kind != "http.response.pathsend" and len(body) < BIG_BODY:
                 # A small last body is written without waiting on the reader.

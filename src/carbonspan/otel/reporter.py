@@ -6,9 +6,12 @@ send and tells the `Reporter` what happens:
 
     window = reporter.open(clock)               # the request enters
     reporter.pause(window) / resume(window)     # it waits on its client
-    reporter.headers(window)                    # at http.response.start
-    valuation = reporter.report(window, ...)    # before its final body
-    reporter.close(window, valuation, ...)      # the app returned
+    reporter.headers(window, request)           # at http.response.start
+    valuation = reporter.report(window, request)  # before its final body
+    reporter.close(window, request)             # the app returned
+
+where `request` is what the middleware knows of the request so far
+(`carbonspan.otel.in_flight.InFlight`).
 
 A request is reported under its series (`RouteKey`: route, method, status,
 and its tenant where the app or the baggage named one).
@@ -31,14 +34,13 @@ from carbonspan.otel.metric_queue import RouteKey, route_key
 from carbonspan.throttle import Throttle
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-
     from carbonspan.attribution.cpu_clock import CpuClock
     from carbonspan.attribution.ledger import Ledger
     from carbonspan.attribution.measurement import Measurement
     from carbonspan.attribution.window import Window
     from carbonspan.carbon.accounts import EmissionsAccounts, Factors
     from carbonspan.otel.headers import HeaderWriter
+    from carbonspan.otel.in_flight import InFlight
     from carbonspan.otel.metric_queue import PointQueue
     from carbonspan.otel.span import SpanAttributes
     from carbonspan.types import MeasurementHook, Scope
@@ -136,9 +138,7 @@ class Reporter:
         except Exception as exc:
             self.failed(exc)
 
-    def headers(
-        self, window: Window, downstream: list[float] | None
-    ) -> list[tuple[bytes, bytes]]:
+    def headers(self, window: Window, request: InFlight) -> list[tuple[bytes, bytes]]:
         """The response headers with the request's figures so far: its own
         energy plus what its outgoing calls reported (inclusive)."""
         write = self.header_writer
@@ -150,7 +150,7 @@ class Reporter:
             if joules is not None:
                 factors = self.accounts.factors
                 grams = factors.intensity.grams(joules)
-                valued = _valued(downstream, factors)
+                valued = _valued(request.downstream, factors)
                 if valued is not None:
                     joules += valued[0]
                     grams += valued[1]
@@ -162,12 +162,7 @@ class Reporter:
     def report(
         self,
         window: Window,
-        span: Span,
-        scope: Scope,
-        status: int,
-        excluded: bool,
-        tenant: str | None,
-        downstream: list[float] | None,
+        request: InFlight,
         measurement: Measurement | None = None,
     ) -> Valuation | None:
         """Value the request once and report it: span attributes, a queued
@@ -179,17 +174,19 @@ class Reporter:
         hook).
         """
         valuation = None
+        span, scope, tenant = request.span, request.scope, request.tenant
         try:
             now = monotonic()
             if measurement is None:
                 measurement = self.ledger.peek(window, now)
-            if excluded:
+            if request.excluded:
                 return None
             joules = measurement.total
             if joules is not None:
-                key = _route(scope, status, tenant)
+                key = _route(scope, request.status, tenant)
+                factors = self.accounts.factors
                 valuation = Valuation(
-                    measurement, joules, self.accounts.factors, now, key, downstream
+                    measurement, joules, factors, now, key, request.downstream
                 )
                 self.queue.record(valuation, span)
                 if span.is_recording():
@@ -206,28 +203,17 @@ class Reporter:
                 self.failed(exc, "the measurement_hook")
         return valuation
 
-    def close(
-        self,
-        window: Window,
-        reported: bool,
-        valuation: Valuation | None,
-        span: Span,
-        scope: Scope,
-        status: int,
-        excluded: bool,
-        tenant: str | None,
-        downstream: list[float] | None,
-    ) -> None:
+    def close(self, window: Window, request: InFlight) -> None:
         """The app returned (or raised): close the window. Report it if it
         was not; else add what it drew since its `valuation` (background
         tasks) to its series' metrics, at the factors it was valued at."""
+        valuation = request.valuation
         try:
             now = monotonic()
             before = valuation.measurement if valuation is not None else None
-            measurement = self.ledger.close(window, now, not excluded, before)
-            if not reported:
-                args = (status, excluded, tenant, downstream, measurement)
-                self.report(window, span, scope, *args)
+            measurement = self.ledger.close(window, now, not request.excluded, before)
+            if not request.reported:
+                self.report(window, request, measurement)
                 return
             if valuation is None or now - valuation.at < AFTER_RESPONSE:
                 return
