@@ -20,6 +20,7 @@ from carbonspan import (
     EnergyTotals,
     HardwareInfo,
     Measurement,
+    set_tenant,
 )
 from carbonspan.testing import ConstantPowerSource
 from carbonspan.types import InstrumentSettings, MeasurementHook
@@ -53,6 +54,10 @@ CodeCarbonInstrumentor().instrument_app(
     meter_provider=None,
 )
 CodeCarbonMiddleware(app, excluded_urls="/health")
+CodeCarbonInstrumentor().instrument_app(
+    app, tenant_baggage="tenant.id", max_tenants=20, downstream_energy=True
+)
+set_tenant("acme")
 
 
 class Meter:
@@ -91,6 +96,8 @@ CodeCarbonInstrumentor().instrument_app(app, measurement_hook=len)  # type: igno
 CodeCarbonInstrumentor().instrument_app(app, power_source=object())  # type: ignore[arg-type]
 CodeCarbonInstrumentor().instrument_app(app, intensity_provider="wattTime")  # type: ignore[arg-type]
 EnergyReading(time=1.0, share="half")  # type: ignore[arg-type]
+CodeCarbonInstrumentor().instrument_app(app, max_tenants="20")  # type: ignore[arg-type]
+set_tenant(42)  # type: ignore[arg-type]
 
 totals: EnergyTotals | None = CodeCarbonInstrumentor.energy_totals(app)
 if totals is not None:
