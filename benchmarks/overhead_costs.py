@@ -369,7 +369,7 @@ def metrics_costs(
     live = tracer.start_span("x")
     factors = instrumentation.accounts.factors
     valuation = Valuation(measurement, measurement.total, factors, 0.0, KEY)
-    args = (valuation, ("/ping", "GET", 200), live)
+    args = (valuation, live)
     after_tick = instrumentation.sampler.after_tick
     held = list(after_tick)
     after_tick.clear()
