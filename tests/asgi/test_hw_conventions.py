@@ -5,8 +5,6 @@ the process's share."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from carbonspan.otel import attributes as a
@@ -15,18 +13,6 @@ from support.asgi import fetch
 from support.otel import Instrumented, Otel, ready_app
 
 HW = ("hw.energy", "hw.power", "hw.host.energy", "hw.host.power")
-
-
-def collect(otel: Otel) -> dict[str, list[Any]]:
-    """One collection: each metric's points, by name."""
-    data = otel.reader.get_metrics_data()
-    out: dict[str, list[Any]] = {}
-    assert data is not None
-    for rm in data.resource_metrics:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                out[metric.name] = list(metric.data.data_points)
-    return out
 
 
 def test_under_machine_scope_the_hardware_figures_follow_otel_conventions(
@@ -39,7 +25,7 @@ def test_under_machine_scope_the_hardware_figures_follow_otel_conventions(
     assert fetch(app, ["/fast", "/sleep?seconds=0.05"]) == [200, 200]
     inst.sampler.stop()  # the books hold still while they are compared
     inst.sampler.sample()  # a reading after both closed: nothing is open
-    got = collect(otel)
+    got = otel.collect()
     energy = {p.attributes[a.HW_TYPE]: p for p in got["hw.energy"]}
     assert set(energy) == {"cpu", "memory"}
     for hw, point in energy.items():
@@ -71,7 +57,7 @@ def test_under_process_scope_no_share_is_labelled_as_the_hardware(
         power_source=ConstantPowerSource(cpu=10.0, ram=2.0),
     )  # fmt: skip
     assert fetch(app, ["/fast"]) == [200]
-    got = collect(otel)
+    got = otel.collect()
     assert got["codecarbon.energy"]  # the process's figures are there
     for name in HW:
         assert not got.get(name), name

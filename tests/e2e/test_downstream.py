@@ -4,7 +4,6 @@ carries what its calls reported, and a chain adds up."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from support.checks import wait_for
-from support.server import Server, free_port, uvicorn
+from support.server import Server, free_port, spans_in, uvicorn
 
 pytestmark = pytest.mark.e2e
 
@@ -29,10 +28,9 @@ ENERGY = "codecarbon.energy"
 WORK = {"ms": 300}
 
 
-def spans_in(path: Path) -> list[dict[str, Any]]:
-    lines = path.read_text().split("\n")[:-1] if path.exists() else []
-    spans = [json.loads(line) for line in lines if line]
-    return [s for s in spans if "/health" not in s["name"]]
+def service_spans(path: Path) -> list[dict[str, Any]]:
+    """The spans a service wrote, its readiness checks left out."""
+    return [s for s in spans_in(path) if "/health" not in s["name"]]
 
 
 @contextmanager
@@ -73,10 +71,10 @@ def test_a_caller_learns_what_its_two_calls_cost(tmp_path: Path) -> None:
         assert [r.status_code for r in responses] == [200] * 3
         # A caller without response_headers sends no figure of its own.
         assert all("x-codecarbon-energy" not in r.headers for r in responses)
-        wait_for(lambda: len(server_spans(spans_in(paths[1]))) == 6, timeout=30)
-        wait_for(lambda: len(server_spans(spans_in(paths[0]))) == 3, timeout=30)
-    a_spans = spans_in(paths[0])
-    b_by_trace = by_trace(server_spans(spans_in(paths[1])))
+        wait_for(lambda: len(server_spans(service_spans(paths[1]))) == 6, timeout=30)
+        wait_for(lambda: len(server_spans(service_spans(paths[0]))) == 3, timeout=30)
+    a_spans = service_spans(paths[0])
+    b_by_trace = by_trace(server_spans(service_spans(paths[1])))
     for a in server_spans(a_spans):
         attrs = a["attributes"]
         bs = b_by_trace[a["context"]["trace_id"]]
@@ -108,9 +106,11 @@ def test_a_three_service_chain_adds_up(tmp_path: Path) -> None:
         for _ in range(3):
             r = httpx.get(servers[0].url + "/work", params=WORK, timeout=30)
             assert r.status_code == 200
-        for path in paths:
-            wait_for(lambda p=path: len(server_spans(spans_in(p))) == 3, timeout=30)  # type: ignore[misc]
-    a, b, c = (by_trace(server_spans(spans_in(p))) for p in paths)
+        wait_for(
+            lambda: all(len(server_spans(service_spans(p))) == 3 for p in paths),
+            timeout=30,
+        )
+    a, b, c = (by_trace(server_spans(service_spans(p))) for p in paths)
     assert set(a) == set(b) == set(c)
     for trace_id, (a_span,) in a.items():
         (b_span,), (c_span,) = b[trace_id], c[trace_id]
@@ -137,13 +137,13 @@ def test_requests_and_aiohttp_calls_are_read_too(tmp_path: Path, client: str) ->
         to = servers[1].url + "/work?ms=300"
         r = httpx.get(servers[0].url + f"/call-{client}", params={"to": to})
         assert r.status_code == 200 and r.json() == {"status": 200}
-        wait_for(lambda: len(server_spans(spans_in(paths[0]))) == 1, timeout=30)
-        wait_for(lambda: len(server_spans(spans_in(paths[1]))) == 1, timeout=30)
-    (a,) = server_spans(spans_in(paths[0]))
-    (b,) = server_spans(spans_in(paths[1]))
+        wait_for(lambda: len(server_spans(service_spans(paths[0]))) == 1, timeout=30)
+        wait_for(lambda: len(server_spans(service_spans(paths[1]))) == 1, timeout=30)
+    (a,) = server_spans(service_spans(paths[0]))
+    (b,) = server_spans(service_spans(paths[1]))
     b_total = b["attributes"][f"{ENERGY}.total"]
     assert a["attributes"][f"{ENERGY}.downstream"] == pytest.approx(b_total, rel=0.02)
-    calls = [s for s in spans_in(paths[0]) if s["kind"] == "SpanKind.CLIENT"]
+    calls = [s for s in service_spans(paths[0]) if s["kind"] == "SpanKind.CLIENT"]
     if client == "requests":  # aiohttp's calls have no client span here
         assert a["context"]["trace_id"] == b["context"]["trace_id"]
         (call,) = calls
@@ -177,8 +177,8 @@ def test_only_figures_the_caller_asked_for_and_well_formed_count(
         assert r.status_code == 200 and r.json() == {"status": 200}
         # A plain client reading the forged figure itself changes nothing.
         assert httpx.get(fake.url + "/forged").headers["x-codecarbon-energy"] == "7.5"
-        wait_for(lambda: len(server_spans(spans_in(spans))) == 7, timeout=30)
-    got = [s["attributes"] for s in server_spans(spans_in(spans))]
+        wait_for(lambda: len(server_spans(service_spans(spans))) == 7, timeout=30)
+    got = [s["attributes"] for s in server_spans(service_spans(spans))]
     assert all(g[f"{ENERGY}.total"] > 0 for g in got)  # measured all the same
     downstream = [g.get(f"{ENERGY}.downstream") for g in got]
     # Only the failing callee's figure (a 503 that reported its energy)

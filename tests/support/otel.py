@@ -56,17 +56,18 @@ class Otel:
         points = self.points("codecarbon.request.energy")
         return [p.attributes.get(a.HTTP_ROUTE) for p in points]
 
-    def points(self, name: str) -> list[Any]:
+    def collect(self) -> dict[str, list[Any]]:
+        """One collection: each metric's points, by name."""
         data = self.reader.get_metrics_data()
-        out: list[Any] = []
-        if data is None:
-            return out
-        for rm in data.resource_metrics:
+        out: dict[str, list[Any]] = {}
+        for rm in data.resource_metrics if data is not None else ():
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
-                    if metric.name == name:
-                        out.extend(metric.data.data_points)
+                    out.setdefault(metric.name, []).extend(metric.data.data_points)
         return out
+
+    def points(self, name: str) -> list[Any]:
+        return self.collect().get(name, [])
 
 
 class Instrumented:

@@ -119,9 +119,13 @@ async def send_all(url: str, paths: list[str]) -> list[int]:
     return [r.status_code for r in responses]
 
 
-def server_spans_in(path: Path) -> list[dict[str, Any]]:
-    """The server spans a ConsoleSpanExporter wrote to `path`, a JSON line each
-    (a line still being written, after the last newline, is left out)."""
+def spans_in(path: Path) -> list[dict[str, Any]]:
+    """The spans a ConsoleSpanExporter wrote to `path`, a JSON line each (a
+    line still being written, after the last newline, is left out)."""
     lines = path.read_text().split("\n")[:-1] if path.exists() else []
-    spans = [json.loads(line) for line in lines if line]
-    return [s for s in spans if s["kind"] == "SpanKind.SERVER"]
+    return [json.loads(line) for line in lines if line]
+
+
+def server_spans_in(path: Path) -> list[dict[str, Any]]:
+    """The server spans of `spans_in(path)`."""
+    return [s for s in spans_in(path) if s["kind"] == "SpanKind.SERVER"]

@@ -25,12 +25,16 @@ import logging
 import math
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
 from carbonspan.otel.attributes import ENERGY_DOWNSTREAM
 from carbonspan.otel.in_flight import current
 from carbonspan.throttle import Throttle
+
+if TYPE_CHECKING:
+    from carbonspan.carbon.accounts import Factors
 
 #: J one call may report; above, the value is taken as absurd: a kWh.
 MAX_JOULES = 3.6e6
@@ -59,21 +63,43 @@ def reported(header: HeaderLookup) -> None:
                 ENERGY_HEADER,
             )
         return
-    totals = request.downstream
-    if totals is None:
+    calls = request.downstream
+    if calls is None:
         return  # downstream_energy is off for this request's instrumentation
     joules, grams = figures(header)
     if joules is None:
         return
-    totals[0] += joules
-    if grams is None:
-        totals[2] += joules  # valued at the caller's own factor
-    else:
-        totals[1] += grams
-    totals[3] += 1
+    calls.add(joules, grams)
     span = trace.get_current_span()
     if span is not request.span and span.is_recording():
         span.set_attribute(ENERGY_DOWNSTREAM, joules)
+
+
+class Downstream:
+    """What one request's outgoing calls reported, summed."""
+
+    __slots__ = ("calls", "grams", "joules", "unvalued")
+
+    def __init__(self) -> None:
+        self.calls = 0  # the calls that reported a figure
+        self.joules = 0.0
+        self.grams = 0.0  # what the callees reported
+        self.unvalued = 0.0  # J of the callees that reported no grams
+
+    def add(self, joules: float, grams: float | None) -> None:
+        self.calls += 1
+        self.joules += joules
+        if grams is None:
+            self.unvalued += joules
+        else:
+            self.grams += grams
+
+    def valued(self, factors: Factors) -> tuple[float, float] | None:
+        """(J, g), the grams no callee reported valued at `factors`; None
+        where no call reported a figure (not a 0)."""
+        if not self.calls:
+            return None
+        return self.joules, self.grams + factors.intensity.grams(self.unvalued)
 
 
 def figures(header: HeaderLookup) -> tuple[float | None, float | None]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from opentelemetry.trace import Span
 
 if TYPE_CHECKING:
+    from carbonspan.otel.downstream import Downstream
     from carbonspan.otel.reporter import Valuation
     from carbonspan.types import Scope
 
@@ -24,9 +25,9 @@ class InFlight(Protocol):
 
     #: Its tenant so far (None: none named).
     tenant: str | None
-    #: What its outgoing calls reported so far: [J, g, J reported without
-    #: g, calls]; None where downstream energy is not read.
-    downstream: list[float] | None
+    #: What its outgoing calls reported so far; None where downstream
+    #: energy is not read.
+    downstream: Downstream | None
     #: Its server span, ASGI scope, and response status so far.
     span: Span
     scope: Scope

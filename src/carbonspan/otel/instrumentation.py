@@ -66,10 +66,13 @@ class Instrumentation:
         self.sampler.on_tick.append(self.accounts.tick)
         self.metrics = metrics_for(settings.meter_provider)
         self.metrics.add(
-            self.ledger, self.accounts, settings.long_request, settings.scope
+            self.ledger,
+            self.accounts,
+            settings.long_request,
+            settings.scope,
+            settings.max_tenants,
         )
         self.sampler.after_tick.append(self.metrics.drain)
-        self.metrics.queue.tenants.limit = settings.max_tenants
         #: The baggage entry that names a request's tenant, if any.
         self.tenant_baggage = settings.tenant_baggage
         #: Whether requests read what their outgoing calls report.

@@ -1,11 +1,10 @@
 """The metrics contract, through the application's MeterProvider.
 
 The request path makes no SDK call: requests' figures are queued and
-recorded in batches (see `carbonspan.otel.metric_queue`); every collection
-drains the queue first, so a reader that collects right after a request
-sees it.
-Everything else is observable and read at collection time from sums the
-ledger, the books and the recorder already keep.
+recorded in batches (`carbonspan.otel.metric_queue`); every collection
+drains the queue first, so a reader that collects right after a request sees
+it. Everything else is observable, read at collection time from sums the
+ledger and the accounts already keep.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from carbonspan.attribution.totals import Totals
 from carbonspan.carbon.accounts import EmissionsAccounts
 from carbonspan.otel import attributes as a
 from carbonspan.otel.metric_queue import PointQueue, RouteKey
+from carbonspan.otel.tenant import MAX_TENANTS
 from carbonspan.power.source import COMPONENTS
 from carbonspan.version import __version__
 
@@ -93,11 +93,13 @@ class Metrics:
         accounts: EmissionsAccounts,
         long_request: float = 300.0,
         scope: str = "process",
+        max_tenants: int = MAX_TENANTS,
     ) -> None:
         """Count `ledger` (shared by the instrumentations of one sampler: the
-        first one's accounts and scope, the last one's long_request hold).
-        Under `scope="machine"` its readings are the hardware's, and feed
-        OpenTelemetry's `hw.*` instruments too."""
+        first one's accounts and scope, the last one's long_request and
+        max_tenants hold). Under `scope="machine"` its readings are the
+        hardware's, and feed OpenTelemetry's `hw.*` instruments too."""
+        self.queue.tenants.limit = max_tenants
         with self._lock:
             entry = self._ledgers.get(ledger)
             if entry is None:

@@ -21,6 +21,7 @@ from carbonspan.attribution import cpu_clock
 from carbonspan.attribution.window import Window
 from carbonspan.config import Settings
 from carbonspan.otel import in_flight, tenant
+from carbonspan.otel.downstream import Downstream
 from carbonspan.otel.instrumentation import Instrumentation
 from carbonspan.otel.reporter import Valuation
 from carbonspan.types import (
@@ -152,8 +153,7 @@ class _Request:
             self.clock, self._token = timed
         baggage = instrumentation.tenant_baggage
         self.tenant = None if baggage is None else tenant.from_baggage(baggage)
-        #: What its outgoing calls reported: J, g, J without g, calls.
-        self.downstream = [0.0, 0.0, 0.0, 0.0] if instrumentation.downstream else None
+        self.downstream = Downstream() if instrumentation.downstream else None
         self._named = in_flight.current.set(self)
         self.window: Window | None = reporter.open(self.clock)
 

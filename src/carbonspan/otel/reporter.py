@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from carbonspan.attribution.measurement import Measurement
     from carbonspan.attribution.window import Window
     from carbonspan.carbon.accounts import EmissionsAccounts, Factors
+    from carbonspan.otel.downstream import Downstream
     from carbonspan.otel.headers import HeaderWriter
     from carbonspan.otel.in_flight import InFlight
     from carbonspan.otel.metric_queue import PointQueue
@@ -75,12 +76,12 @@ class Valuation:
         factors: Factors,
         at: float,
         key: RouteKey,
-        downstream: list[float] | None = None,
+        downstream: Downstream | None = None,
     ) -> None:
         self.measurement = measurement
         self.key = key
         #: (J, g) the request's outgoing calls reported, where one did.
-        self.downstream = _valued(downstream, factors)
+        self.downstream = None if downstream is None else downstream.valued(factors)
         self.factors = factors
         self.joules = joules  # measurement.total
         self.grams = factors.intensity.grams(joules)
@@ -150,7 +151,8 @@ class Reporter:
             if joules is not None:
                 factors = self.accounts.factors
                 grams = factors.intensity.grams(joules)
-                valued = _valued(request.downstream, factors)
+                calls = request.downstream
+                valued = None if calls is None else calls.valued(factors)
                 if valued is not None:
                     joules += valued[0]
                     grams += valued[1]
@@ -223,17 +225,6 @@ class Reporter:
                 self.queue.background(after, grams, valuation.key)
         except Exception as exc:
             self.failed(exc)
-
-
-def _valued(
-    downstream: list[float] | None, factors: Factors
-) -> tuple[float, float] | None:
-    """(J, g) of what a request's calls reported (None: no call did); the
-    grams a callee did not report are valued at `factors`."""
-    if downstream is None or not downstream[3]:
-        return None
-    joules, grams, unvalued, _ = downstream
-    return joules, grams + factors.intensity.grams(unvalued)
 
 
 def _route(scope: Scope, status: int, tenant: str | None) -> RouteKey:
