@@ -21,6 +21,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+import psutil
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
@@ -40,6 +41,7 @@ from carbonspan.otel.instrumentation import Instrumentation
 from carbonspan.otel.metric_queue import route_key
 from carbonspan.otel.metrics import ENERGY_BUCKETS
 from carbonspan.otel.reporter import Valuation
+from carbonspan.power.proc_stat import MachineCpuTimes
 from carbonspan.power.sampler import PowerSampler
 from harness import http_scope, median_us
 from overhead_ab import COUNTRY, Otel, SyncFloor
@@ -493,8 +495,20 @@ def sampler_cost(samples: int, interval: float) -> dict[str, float]:
         cpu_ns.append(time.thread_time_ns() - c0)
         wall_ns.append(time.perf_counter_ns() - w0)
     mean_cpu = statistics.fmean(cpu_ns) / 1000.0
+    # The machine's CPU times, read each way a tick could, in turn, a tick apart.
+    machine = MachineCpuTimes()
+    reads: dict[str, list[int]] = {"psutil": [], "proc_stat": []}
+    for _ in range(max(samples // 5, 5)):
+        for key, read in (("psutil", psutil.cpu_times), ("proc_stat", machine.read)):
+            time.sleep(interval)
+            c0 = time.thread_time_ns()
+            read()
+            reads[key].append(time.thread_time_ns() - c0)
+    machine.close()
     return {
         "detect_s": detect_s,
+        "psutil_cpu_times_us": median_us(reads["psutil"]),
+        "proc_stat_read_us": median_us(reads["proc_stat"]),
         "sample_cpu_median_us": median_us(cpu_ns),
         "sample_cpu_mean_us": mean_cpu,
         "sample_wall_median_us": median_us(wall_ns),
@@ -520,3 +534,8 @@ def print_sampler(sc: dict[str, Any], live_wall_s: float) -> None:
             f"({live_wall_s:.0f} s)"
         )
     print(f"  (fresh source's hardware detection took {sc['detect_s']:.2f} s)")
+    print(
+        "  the machine's CPU times, one read a tick: psutil.cpu_times() "
+        f"{sc['psutil_cpu_times_us']:.0f} µs CPU, MachineCpuTimes.read() "
+        f"{sc['proc_stat_read_us']:.0f} µs (medians)"
+    )

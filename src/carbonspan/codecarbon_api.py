@@ -129,15 +129,6 @@ def model_tdp(hw: Any) -> float | None:
     return float(tdp) if isinstance(tdp, (int, float)) and tdp > 0 else None
 
 
-def load_meter_times(hw: Any) -> Any:
-    """The psutil CPU times CodeCarbon's load model has just read, if it has
-    (`CPU._cpu_load_meter._last_times`): reusing them spares a second read of
-    /proc/stat per tick. None: read them anew."""
-    meter = getattr(hw, "_cpu_load_meter", None)
-    times = getattr(meter, "_last_times", None)
-    return times if hasattr(times, "idle") else None
-
-
 def cpu_joules(hw: Any, dt: float) -> float:
     """J CodeCarbon's CPU object measured over the last `dt` seconds."""
     _, energy = hw.measure_power_and_energy(last_duration=dt)

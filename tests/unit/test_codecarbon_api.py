@@ -15,6 +15,7 @@ from codecarbon.input import DataSource
 
 from carbonspan import codecarbon_api as cc
 from carbonspan.power.codecarbon import CodeCarbonPowerSource
+from carbonspan.power.cpu import LoadModel, load_watts
 
 XEON = "Intel(R) Xeon(R) Platinum 8259CL CPU @ 2.50GHz"  # in CodeCarbon's table
 
@@ -110,11 +111,45 @@ def test_the_cpu_model_objects_work_and_fall_back() -> None:
     assert cc.model_tdp(hw) == 210.0
     hw.start()
     assert cc.cpu_joules(hw, 0.1) >= 0.0
-    times = cc.load_meter_times(hw)
-    assert times is None or hasattr(times, "idle")
-    # Attributes CodeCarbon no longer has: no TDP, times read anew.
+    # An attribute CodeCarbon no longer has: no TDP.
     assert cc.model_tdp(object()) is None
-    assert cc.load_meter_times(object()) is None
+
+
+@pytest.mark.parametrize("percent", [0.0, 3.0, 25.0, 50.0, 87.5, 100.0])
+def test_the_load_model_gives_codecarbons_power_at_each_load(
+    percent: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """carbonspan evaluates CodeCarbon's load model itself (on CodeCarbon's
+    TDP): at every load it gives the watts CodeCarbon's CPU object gives."""
+    hw = cc.cpu_hardware("cpu_load", XEON, 210.0)
+    monkeypatch.setattr(hw._cpu_load_meter, "percent", lambda *_, **__: percent)
+    theirs = hw._get_power_from_cpu_load().W
+    assert load_watts(210.0, percent / 100.0) == pytest.approx(theirs, rel=1e-12)
+
+
+def test_the_load_model_integrates_the_machines_load_over_each_interval() -> None:
+    """Over an interval the machine spent 1 of its 4 CPU seconds busy, the
+    load is 25%, and the joules are the load model's watts times the
+    interval's length."""
+
+    class Times:
+        def __init__(self) -> None:
+            self.busy, self.total = 100.0, 400.0
+
+        def read(self) -> tuple[float, float]:
+            return self.busy, self.total
+
+    times = Times()
+    model = LoadModel(210.0, times)  # type: ignore[arg-type]
+    model.start()
+    times.busy, times.total = 101.0, 404.0
+    assert model.joules(2.0) == pytest.approx(load_watts(210.0, 0.25) * 2.0)
+    assert model.machine_busy() == 101.0
+    # No CPU second elapsed (a clock that did not move): no load, idle power.
+    assert model.joules(1.0) == pytest.approx(load_watts(210.0, 0.0))
+    # Counters that went back (a reset): the load is clamped, never negative.
+    times.busy, times.total = 50.0, 408.0
+    assert model.joules(1.0) == pytest.approx(load_watts(210.0, 0.0))
 
 
 def test_the_ram_model_works() -> None:

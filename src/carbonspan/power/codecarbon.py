@@ -14,6 +14,7 @@ import psutil
 from carbonspan import codecarbon_api as cc
 from carbonspan.power.cpu import CPU_FALLBACK, ConstantCpu, CpuMeter, detect_cpu
 from carbonspan.power.nvml import NvmlGpus
+from carbonspan.power.proc_stat import MachineCpuTimes
 from carbonspan.power.process_share import IDLE_POWER, CpuSplit, memory_share
 from carbonspan.power.source import EnergyReading, HardwareInfo, SourceScope
 
@@ -23,6 +24,11 @@ CONSTANT_PROCESS = (
     "carbonspan: CodeCarbon's constant CPU model cannot tell what this process "
     "draws (its power is the same at any load); CPU energy is not measured "
     "under scope='process' (scope='machine' charges the whole machine's)"
+)
+CONSTANT_MACHINE = (
+    "carbonspan: CodeCarbon has neither RAPL nor its CPU load model here (it "
+    "cannot read the CPU load); CPU energy is its constant model, half the TDP "
+    "whatever the load (codecarbon.measurement.cpu=tdp)"
 )
 RAM_REFRESH = 30.0  # seconds between two asks of CodeCarbon's RAM model
 
@@ -66,7 +72,8 @@ class CodeCarbonPowerSource:
         self._share_at = -1.0
         self._split = CpuSplit(None, None)
         self._cpu_share: float | None = None  # the last interval's, see below
-        self._machine_times = True  # psutil reads the machine's CPU times
+        self._machine = MachineCpuTimes()
+        self._machine_times = True  # the machine's CPU times can be read
         self._failing: set[str] = set()  # components whose failure was logged
 
     # -- detection --------------------------------------------------------
@@ -75,7 +82,9 @@ class CodeCarbonPowerSource:
         measurement: dict[str, str] = {}
         cpu_model: str | None = None
         try:
-            self._cpu, measurement["cpu"], cpu_model = detect_cpu()
+            self._cpu, measurement["cpu"], cpu_model = detect_cpu(self._machine)
+            if measurement["cpu"] == "tdp" and self.scope == "machine":
+                _log.warning(CONSTANT_MACHINE)
         except Exception:
             _log.warning(CPU_FALLBACK, exc_info=True)
             self._cpu, measurement["cpu"], cpu_model = ConstantCpu.fallback()
@@ -186,7 +195,7 @@ class CodeCarbonPowerSource:
 
     def _cpu_joules(self, dt: float) -> float:
         joules = self._cpu.joules(dt)
-        proc_cpu, machine_busy = self._cpu_times(self._cpu.machine_times())
+        proc_cpu, machine_busy = self._cpu_times(self._cpu.machine_busy())
         if self.scope == "process":
             used = proc_cpu - self._last_proc_cpu
             busy = machine_busy - self._last_machine_busy
@@ -223,29 +232,26 @@ class CodeCarbonPowerSource:
             self._ram_w = cc.ram_watts(self._ram)
         return self._ram_w
 
-    def _cpu_times(self, machine: Any = None) -> tuple[float, float]:
+    def _cpu_times(self, machine_busy: float | None = None) -> tuple[float, float]:
         """This process's CPU seconds, and the machine's busy CPU seconds.
 
-        `machine` is psutil's machine CPU times if already read. Where psutil
-        cannot read them, the machine's capacity (logical CPUs x monotonic
-        seconds) stands in for its busy time from then on: the process is
-        charged its share of the whole machine.
+        `machine_busy` is the machine's busy seconds if the CPU model has
+        just read them. Where they cannot be read, the machine's capacity
+        (logical CPUs x monotonic seconds) stands in for its busy time from
+        then on: the process is charged its share of the whole machine.
         """
         # The process's CPU clock (ns resolution), not `os.times()`, which
         # counts in 10 ms clock ticks: a 5 ms request read 0 or 10 ms.
         own = time.process_time()
+        if machine_busy is not None:
+            return own, machine_busy
         if self._machine_times:
             try:
-                if machine is None:
-                    machine = psutil.cpu_times()
-                idle = machine.idle + getattr(machine, "iowait", 0.0)
-                total = sum(machine) - getattr(machine, "guest", 0.0)
-                total -= getattr(machine, "guest_nice", 0.0)
-                return own, float(total - idle)
+                return own, self._machine.read()[0]
             except Exception:
                 self._machine_times = False
                 _log.warning(
-                    "carbonspan: psutil cannot read the machine's CPU times; the "
+                    "carbonspan: the machine's CPU times cannot be read; the "
                     "process's CPU share is taken of the machine's capacity",
                     exc_info=True,
                 )

@@ -9,6 +9,7 @@ import os
 from typing import Any, Protocol
 
 from carbonspan import codecarbon_api as cc
+from carbonspan.power.proc_stat import MachineCpuTimes
 
 CPU_FALLBACK = (
     "carbonspan: CPU detection failed; CPU energy falls back on a constant half "
@@ -40,13 +41,60 @@ class CpuMeter(Protocol):
         """W at no load; None where it measures."""
         ...
 
-    def machine_times(self) -> Any:
-        """psutil's machine CPU times as just read by the model, or None."""
+    def machine_busy(self) -> float | None:
+        """The machine's busy CPU seconds as the model has just read them
+        (None: it reads none)."""
         ...
 
 
+def load_watts(tdp: float, load: float) -> float:
+    """CodeCarbon's load model: W the machine's CPU draws at `load` (0-1)."""
+    return tdp * (IDLE_SHARE + (1 - IDLE_SHARE) * load**3)
+
+
+class LoadModel:
+    """CodeCarbon's load model (`cpu_load`), on CodeCarbon's TDP, evaluated
+    over each interval on the machine's CPU times as `MachineCpuTimes`
+    reads them: the interval's load is its busy CPU seconds over all CPU
+    seconds, as CodeCarbon's load meter computes it. Asking CodeCarbon's CPU
+    object instead would read /proc/stat through psutil and build its power
+    and energy objects at every tick, the larger part of the sampler's cost
+    (docs/decisions.md, 79)."""
+
+    def __init__(self, tdp: float, machine: MachineCpuTimes) -> None:
+        self.tdp = tdp
+        self._machine = machine
+        self._busy = self._total = 0.0
+
+    def start(self) -> None:
+        self._busy, self._total = self._machine.read()
+
+    def joules(self, dt: float) -> float:
+        busy, total = self._machine.read()
+        spent, elapsed = busy - self._busy, total - self._total
+        self._busy, self._total = busy, total
+        load = min(max(spent / elapsed, 0.0), 1.0) if elapsed > 0 else 0.0
+        return load_watts(self.tdp, load) * dt
+
+    def busy_watts(self) -> float | None:
+        """What the model says one busy core draws, on an idle machine.
+
+        A process that serves one request at a time keeps one core busy: the
+        machine's load is then 1/N of its N CPUs.
+        """
+        return load_watts(self.tdp, 1.0 / (os.cpu_count() or 1))
+
+    def idle_watts(self) -> float | None:
+        """What the model draws at no load: 10% of the TDP."""
+        return load_watts(self.tdp, 0.0)
+
+    def machine_busy(self) -> float | None:
+        return self._busy
+
+
 class CodeCarbonCpu:
-    """CodeCarbon's CPU object (RAPL, its load model or its constant model)."""
+    """CodeCarbon's CPU object: RAPL or its constant model (`tdp`), or its
+    load model where CodeCarbon gives no TDP to evaluate it on."""
 
     def __init__(self, hw: Any, method: str) -> None:
         self.hw = hw
@@ -59,30 +107,19 @@ class CodeCarbonCpu:
         return cc.cpu_joules(self.hw, dt)
 
     def busy_watts(self) -> float | None:
-        """What CodeCarbon's CPU model says one busy core draws, on an idle
-        machine.
-
-        A process that serves one request at a time keeps one core busy:
-        under `cpu_load` the machine's load is then 1/N of its N CPUs, and
-        CodeCarbon's machine model gives TDP x (0.1 + 0.9 x load^3). RAPL
-        measures: no model to ask.
-        """
-        tdp = cc.model_tdp(self.hw)
-        if self.method != "cpu_load" or tdp is None:
-            return None
-        load = 1.0 / (os.cpu_count() or 1)
-        return tdp * (IDLE_SHARE + (1 - IDLE_SHARE) * load**3)
+        """None: RAPL measures, and the other models are not known to be
+        evaluated on a TDP here."""
+        return None
 
     def idle_watts(self) -> float | None:
-        """What CodeCarbon's CPU model draws at no load: 10% of the TDP under
-        `cpu_load`, the constant under `tdp`; None where RAPL measures."""
+        """The constant under `tdp`; None where RAPL measures."""
         tdp = cc.model_tdp(self.hw)
-        if tdp is None or self.method == "rapl":
+        if tdp is None or self.method != "tdp":
             return None
-        return tdp * (IDLE_SHARE if self.method == "cpu_load" else cc.CONSTANT_SHARE)
+        return tdp * cc.CONSTANT_SHARE
 
-    def machine_times(self) -> Any:
-        return cc.load_meter_times(self.hw)
+    def machine_busy(self) -> float | None:
+        return None
 
 
 class ConstantCpu:
@@ -116,12 +153,14 @@ class ConstantCpu:
     def idle_watts(self) -> float | None:
         return self.watts
 
-    def machine_times(self) -> Any:
+    def machine_busy(self) -> float | None:
         return None
 
 
-def detect_cpu() -> tuple[CodeCarbonCpu, str, str | None]:
-    """CodeCarbon's CPU object in machine mode, and how it measures."""
+def detect_cpu(
+    machine: MachineCpuTimes,
+) -> tuple[CpuMeter, str, str | None]:
+    """The machine's CPU model, as CodeCarbon detects it, and how it measures."""
     method = cc.cpu_method()
     model = cpu_model()
     if method == "rapl":
@@ -132,7 +171,13 @@ def detect_cpu() -> tuple[CodeCarbonCpu, str, str | None]:
         tdp = logical * cc.watts_per_cpu()
     max_power = tdp * physical if tdp is not None else None
     hw = cc.cpu_hardware(method, model or "Unknown", max_power)
-    return CodeCarbonCpu(hw, method), method, model or "Unknown"
+    modelled = cc.model_tdp(hw)  # the TDP CodeCarbon's object models with
+    meter: CpuMeter = (
+        LoadModel(modelled, machine)
+        if method == "cpu_load" and modelled is not None
+        else CodeCarbonCpu(hw, method)
+    )
+    return meter, method, model or "Unknown"
 
 
 def cpu_model() -> str | None:
