@@ -80,3 +80,17 @@ def test_where_nothing_can_read_them_the_error_is_the_callers(
     monkeypatch.setattr(psutil, "cpu_times", broken)
     with pytest.raises(RuntimeError):
         MachineCpuTimes().read()
+
+
+def test_closing_never_closes_a_file_that_took_its_descriptors_number() -> None:
+    times = MachineCpuTimes()
+    fd = times._fd
+    assert fd is not None
+    os.close(fd)  # closed behind its back...
+    other = os.open(os.devnull, os.O_RDONLY)  # ...and the number reused
+    try:
+        assert other == fd
+        times.close()
+        os.fstat(other)  # still open: not ours to close
+    finally:
+        os.close(other)

@@ -25,15 +25,18 @@ class MachineCpuTimes:
     nice time, so it is not counted twice (psutil's rule, and CodeCarbon's).
     """
 
-    __slots__ = ("_fd",)
+    __slots__ = ("_fd", "_file")
 
     def __init__(self) -> None:
         self._fd: int | None = None
+        self._file: tuple[int, int] | None = None  # its (device, inode)
         self._open()
 
     def _open(self) -> None:
         try:
             self._fd = os.open(_PATH, os.O_RDONLY)
+            stat = os.fstat(self._fd)
+            self._file = (stat.st_dev, stat.st_ino)
         except (OSError, AttributeError):
             self._fd = None
 
@@ -43,18 +46,19 @@ class MachineCpuTimes:
         Raises what psutil raises where neither /proc/stat nor psutil can
         read them.
         """
-        if self._fd is not None:
+        for attempt in range(2):
+            fd = self._fd
+            if fd is None:
+                break
             try:
-                return _parse(os.pread(self._fd, 512, 0))
+                return _parse(os.pread(fd, 512, 0))
             except (OSError, ValueError, IndexError):
                 # A descriptor closed behind our back (a daemon closing every
-                # file after a fork): open it again, once.
-                self._open()
-                if self._fd is not None:
-                    try:
-                        return _parse(os.pread(self._fd, 512, 0))
-                    except (OSError, ValueError, IndexError):
-                        self._fd = None
+                # file after a fork) is opened again, once; then psutil. It
+                # is dropped, not closed: its number may be another file's.
+                self._fd = None
+                if attempt == 0:
+                    self._open()
         times = psutil.cpu_times()
         total = sum(times) - getattr(times, "guest", 0.0)
         total -= getattr(times, "guest_nice", 0.0)
@@ -62,10 +66,14 @@ class MachineCpuTimes:
         return float(total - idle), float(total)
 
     def close(self) -> None:
+        """Close the descriptor, if it is still the one opened on /proc/stat
+        (closed behind our back, its number may be another file's)."""
         fd, self._fd = self._fd, None
         if fd is not None:
             with contextlib.suppress(OSError):
-                os.close(fd)
+                stat = os.fstat(fd)
+                if (stat.st_dev, stat.st_ino) == self._file:
+                    os.close(fd)
 
     __del__ = close
 
