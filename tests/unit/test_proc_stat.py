@@ -3,6 +3,7 @@ agree with psutil's, and survive what can go wrong with the descriptor."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -17,6 +18,28 @@ def psutil_busy_total() -> tuple[float, float]:
     t = psutil.cpu_times()
     total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
     return total - t.idle - getattr(t, "iowait", 0.0), total
+
+
+def stat_descriptors() -> set[int]:
+    """This process's descriptors open on /proc/stat."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own, now closed
+            if os.readlink(f"/proc/self/fd/{name}") == "/proc/stat":
+                found.add(int(name))
+    return found
+
+
+def opened() -> tuple[MachineCpuTimes, int]:
+    """A reader, and the descriptor it keeps on /proc/stat."""
+    for _ in range(5):  # another thread may open the file meanwhile (psutil)
+        before = stat_descriptors()
+        times = MachineCpuTimes()
+        new = stat_descriptors() - before
+        if len(new) == 1:
+            return times, new.pop()
+        times.close()
+    raise AssertionError("no one descriptor kept on /proc/stat")
 
 
 def assert_agrees(times: MachineCpuTimes) -> None:
@@ -42,9 +65,7 @@ def test_the_times_agree_with_psutils_and_move_forward() -> None:
 
 
 def test_a_descriptor_closed_behind_its_back_is_opened_again() -> None:
-    times = MachineCpuTimes()
-    fd = times._fd
-    assert fd is not None
+    times, fd = opened()
     os.close(fd)  # as a daemon closing every file after a fork does
     assert_agrees(times)
     times.close()
@@ -52,8 +73,19 @@ def test_a_descriptor_closed_behind_its_back_is_opened_again() -> None:
 
 def test_without_proc_stat_psutil_reads_them(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(proc_stat, "_PATH", "/nonexistent/stat")
+    calls = []
+    cpu_times = psutil.cpu_times
+
+    def counted() -> Any:
+        calls.append(1)
+        return cpu_times()
+
     times = MachineCpuTimes()
-    assert times._fd is None
+    monkeypatch.setattr(psutil, "cpu_times", counted)
+    busy, total = times.read()
+    monkeypatch.setattr(psutil, "cpu_times", cpu_times)
+    assert calls == [1]
+    assert 0.0 <= busy <= total
     assert_agrees(times)
 
 
@@ -83,9 +115,7 @@ def test_where_nothing_can_read_them_the_error_is_the_callers(
 
 
 def test_closing_never_closes_a_file_that_took_its_descriptors_number() -> None:
-    times = MachineCpuTimes()
-    fd = times._fd
-    assert fd is not None
+    times, fd = opened()
     os.close(fd)  # closed behind its back...
     other = os.open(os.devnull, os.O_RDONLY)  # ...and the number reused
     try:
