@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import httpx
@@ -23,13 +24,17 @@ def by(result: list[dict[str, object]], label: str) -> dict[str, float]:
 
 def test_prometheus_sees_routes_components_and_the_balance(tmp_path: Path) -> None:
     metrics_port = free_port()
-    env = {"PROM_APP_METRICS_PORT": str(metrics_port)}
+    drawn = tmp_path / "drawn.json"
+    env = {"PROM_APP_METRICS_PORT": str(metrics_port), "PROM_APP_DRAWN": str(drawn)}
     with (
         Server(uvicorn("support.prom_app:app"), env) as app,
         Prometheus(tmp_path, [f"127.0.0.1:{metrics_port}"]) as prom,
     ):
         assert set(asyncio.run(send_all(app.url, LOAD))) == {200}
-        measured = httpx.post(app.url + "/_freeze").json()
+        assert httpx.post(app.url + "/_freeze").status_code == 200
+        wait_for(drawn.exists, timeout=30)
+        measured = json.loads(drawn.read_text())
+        assert measured.pop("in_flight") == 0
         # Counters hold still now: wait until two scrapes in a row (a second
         # apart) have the same, final values.
         energy = "sum by (hw_type) (codecarbon_energy_joules_total)"
@@ -65,9 +70,10 @@ def test_prometheus_sees_routes_components_and_the_balance(tmp_path: Path) -> No
     assert per_route["/sleep"] > 10 * per_route["/fast"] > 0
     # Per component, with OTel's hw.type values.
     assert set(per_component) == {"cpu", "memory"}
-    # Attributed plus unattributed is what the source measured.
+    # Attributed plus unattributed is what the source measured: the last
+    # reading came after every request had closed, so no tail is left unsettled.
     assert set(attributed) == {"true", "false"}
     total_measured = measured["cpu"] + measured["ram"]
-    assert sum(attributed.values()) == pytest.approx(total_measured, rel=0.01)
-    assert per_component["cpu"] == pytest.approx(measured["cpu"], rel=0.01)
-    assert per_component["memory"] == pytest.approx(measured["ram"], rel=0.01)
+    assert sum(attributed.values()) == pytest.approx(total_measured, rel=1e-6)
+    assert per_component["cpu"] == pytest.approx(measured["cpu"], rel=1e-6)
+    assert per_component["memory"] == pytest.approx(measured["ram"], rel=1e-6)

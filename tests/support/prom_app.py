@@ -1,11 +1,15 @@
 """An app exposing its metrics to Prometheus, for the Prometheus end-to-end test.
 
 PROM_APP_METRICS_PORT  where prometheus_client serves /metrics
+PROM_APP_DRAWN         where POST /_freeze has the books' last figures written
 """
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+import time
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
@@ -23,10 +27,23 @@ inst = instrumentation_of(app)
 assert inst is not None
 
 
-@app.post("/_freeze")
-def freeze() -> dict[str, float]:
-    """Test hook: stop, then a last reading, so the counters hold still; what
-    the source counted between the ledger's first and last readings."""
-    inst.sampler.stop()
+def _last_reading() -> None:
+    # Once no request is open (this one included), a last reading settles
+    # every request's tail: attributed + unattributed = measured from here.
+    deadline = time.monotonic() + 30
+    while inst.ledger.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
     inst.sampler.sample()
-    return drawn(inst, source)
+    path = os.environ["PROM_APP_DRAWN"]
+    with open(path + ".part", "w") as f:
+        json.dump({"in_flight": inst.ledger.in_flight, **drawn(inst, source)}, f)
+    os.replace(path + ".part", path)
+
+
+@app.post("/_freeze")
+def freeze() -> None:
+    """Test hook: no more readings by the sampler's thread; once this request
+    has closed, a last one, and what the source counted between the ledger's
+    first and last readings written to PROM_APP_DRAWN."""
+    inst.sampler.stop()
+    threading.Thread(target=_last_reading, daemon=True).start()
