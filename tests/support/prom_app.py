@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
@@ -17,6 +16,7 @@ from prometheus_client import start_http_server
 
 from carbonspan.otel.instrumentor import instrumentation_of
 from support.apps import build_app
+from support.checks import wait_for
 from support.served import drawn, measured
 
 start_http_server(int(os.environ["PROM_APP_METRICS_PORT"]), addr="127.0.0.1")
@@ -30,9 +30,7 @@ assert inst is not None
 def _last_reading() -> None:
     # Once no request is open (this one included), a last reading settles
     # every request's tail: attributed + unattributed = measured from here.
-    deadline = time.monotonic() + 30
-    while inst.ledger.in_flight and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: not inst.ledger.in_flight, timeout=30)
     inst.sampler.sample()
     path = os.environ["PROM_APP_DRAWN"]
     with open(path + ".part", "w") as f:
